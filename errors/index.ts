@@ -46,6 +46,7 @@ export const ErrorCodes = {
   TAR_PATH_TOO_DEEP: "SANDQ_ERR_TAR_PATH_TOO_DEEP",
   TAR_DUPLICATE: "SANDQ_ERR_TAR_DUPLICATE",
   TAR_CORRUPT: "SANDQ_ERR_TAR_CORRUPT",
+  WORKSPACE_LIMIT: "SANDQ_ERR_WORKSPACE_LIMIT",
   // secrets
   SECRET_NOT_FOUND: "SANDQ_ERR_SECRET_NOT_FOUND",
   // catch-all for bugs: a non-SandqueueError that reached the pipeline

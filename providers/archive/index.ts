@@ -1,0 +1,25 @@
+/**
+ * Workspace archives: the one place tar streams are validated, extracted and
+ * produced. Used by every provider (putArchive/getArchive) and by the
+ * snapshot pipeline. See docs/ERRORS.md for the SANDQ_ERR_TAR_* rules.
+ */
+import type { Readable } from "node:stream";
+
+export interface ArchiveLimits {
+  /** Total bytes of file content. */
+  maxBytes: number;
+  /** Number of entries (files + dirs + symlinks). */
+  maxEntries: number;
+  /** Path depth in segments. */
+  maxDepth: number;
+}
+
+export interface PackOptions extends Partial<ArchiveLimits> {
+  /** Glob patterns (relative to the packed dir) left out of the archive. */
+  exclude?: string[];
+}
+
+export interface ExtractStats {
+  files: number;
+  bytes: number;
+}
