@@ -6,6 +6,7 @@
  * against every provider; a backend is done when that suite passes.
  */
 import type { Readable } from "node:stream";
+import type { PackOptions } from "./archive/index.js";
 
 export interface SandboxLimits {
   /** Hard memory limit for everything in the sandbox, MiB. */
@@ -60,8 +61,12 @@ export interface Sandbox {
   exec(req: ExecRequest): Promise<ExecResult>;
   /** Extracts a (validated) tar stream into `dir` inside the sandbox. */
   putArchive(dir: string, tar: Readable): Promise<void>;
-  /** Streams `dir` inside the sandbox out as a tar. */
-  getArchive(dir: string): Promise<Readable>;
+  /**
+   * Streams `dir` inside the sandbox out as a normalised tar (regular files,
+   * dirs and symlinks only; excludes and limits applied; a limit breach makes
+   * the stream fail with WORKSPACE_LIMIT).
+   */
+  getArchive(dir: string, opts?: PackOptions): Promise<Readable>;
   /** Kills everything and removes every trace. Idempotent. */
   release(): Promise<void>;
 }
