@@ -1,0 +1,352 @@
+/**
+ * The producer client a service uses: enqueue, enqueueMany, waitForResult,
+ * getResult, cancel.
+ *
+ * Every spec is validated before anything is enqueued. Results live in the
+ * BullMQ job's return value; a job's result is published exactly once by the
+ * worker that held its lock when it finished.
+ */
+import { createHash, randomUUID } from "node:crypto";
+import { Job, Queue, QueueEvents } from "bullmq";
+import type { Redis } from "ioredis";
+import { ClientError, ErrorCodes, SpecError, isSandqueueError } from "../errors/index.js";
+import { DEFAULT_SPEC_SIZE_LIMITS, parseJobSpec, type JobSpec, type SpecSizeLimits } from "./job-spec.js";
+import { JobResultSchema, type JobResult } from "./job-result.js";
+import {
+  DEFAULT_PREFIX,
+  DEFAULT_QUEUE,
+  DEFAULT_REDIS_URL,
+  connectOrFail,
+  createRedis,
+  isConnectionError,
+  redisUnavailable,
+} from "./redis.js";
+import { cancelChannel, type QueuedJobData } from "./queue-protocol.js";
+
+export interface ClientOptions {
+  redisUrl?: string;
+  queue?: string;
+  prefix?: string;
+  /** Tries per job for infrastructure faults (user failures are never retried). */
+  attempts?: number;
+  /** First retry delay; doubles per attempt. */
+  backoffMs?: number;
+  /** Finished jobs (and their results) are kept this long... */
+  resultTtlMs?: number;
+  /** ...and at most this many of them. */
+  maxResults?: number;
+  sizeLimits?: SpecSizeLimits;
+  /** How long a call may wait for a Redis that does not answer. */
+  connectTimeoutMs?: number;
+}
+
+export interface EnqueuedJob {
+  id: string;
+}
+
+const DEFAULTS = {
+  attempts: 3,
+  backoffMs: 1000,
+  resultTtlMs: 24 * 3600 * 1000,
+  maxResults: 100_000,
+  connectTimeoutMs: 2000,
+};
+
+/** Job id for a spec: stable for an idempotency key, random otherwise. */
+export function jobIdFor(spec: JobSpec): string {
+  if (spec.idempotencyKey === undefined) return randomUUID();
+  return `idem-${createHash("sha256").update(spec.idempotencyKey).digest("hex").slice(0, 40)}`;
+}
+
+type Waiter = { resolve: (r: JobResult) => void; reject: (e: Error) => void };
+
+export class SandqueueClient {
+  readonly queueName: string;
+  private readonly url: string;
+  private readonly opts: typeof DEFAULTS & { sizeLimits: SpecSizeLimits; prefix: string };
+  private readonly redis: Redis;
+  private readonly queue: Queue;
+  private events: QueueEvents | undefined;
+  private eventsRedis: Redis | undefined;
+  private eventsReady: Promise<void> | undefined;
+  private readonly waiters = new Map<string, Set<Waiter>>();
+  private closed = false;
+
+  constructor(options: ClientOptions = {}) {
+    this.url = options.redisUrl ?? DEFAULT_REDIS_URL;
+    this.queueName = options.queue ?? DEFAULT_QUEUE;
+    this.opts = {
+      attempts: options.attempts ?? DEFAULTS.attempts,
+      backoffMs: options.backoffMs ?? DEFAULTS.backoffMs,
+      resultTtlMs: options.resultTtlMs ?? DEFAULTS.resultTtlMs,
+      maxResults: options.maxResults ?? DEFAULTS.maxResults,
+      connectTimeoutMs: options.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs,
+      sizeLimits: options.sizeLimits ?? DEFAULT_SPEC_SIZE_LIMITS,
+      prefix: options.prefix ?? DEFAULT_PREFIX,
+    };
+    this.redis = createRedis(this.url, "producer");
+    this.queue = new Queue(this.queueName, {
+      connection: this.redis,
+      prefix: this.opts.prefix,
+      skipWaitingForReady: true,
+    });
+    this.queue.on("error", () => {});
+  }
+
+  /** Validates and enqueues one job. Nothing is enqueued when the spec is invalid. */
+  async enqueue(input: unknown): Promise<EnqueuedJob> {
+    const spec = parseJobSpec(input, this.opts.sizeLimits);
+    return this.call(async () => {
+      const id = jobIdFor(spec);
+      await this.queue.add(spec.kind, this.dataFor(spec), { ...this.jobOptions(), jobId: id });
+      return { id };
+    });
+  }
+
+  /**
+   * Validates every spec first, then enqueues all in one round trip
+   * (BullMQ addBulk). One invalid spec means nothing is enqueued.
+   */
+  async enqueueMany(inputs: unknown[]): Promise<EnqueuedJob[]> {
+    const specs: JobSpec[] = [];
+    const problems: string[] = [];
+    inputs.forEach((input, i) => {
+      try {
+        specs.push(parseJobSpec(input, this.opts.sizeLimits));
+      } catch (err) {
+        if (!isSandqueueError(err)) throw err;
+        problems.push(`[${i}] ${err.message}`);
+      }
+    });
+    if (problems.length) {
+      throw new SpecError(ErrorCodes.SPEC_INVALID, `${problems.length} of ${inputs.length} job specs are invalid; nothing was enqueued:\n${problems.join("\n")}`, {
+        details: { invalid: problems.length },
+      });
+    }
+    return this.call(async () => {
+      const jobs = specs.map((spec) => ({
+        name: spec.kind,
+        data: this.dataFor(spec),
+        opts: { ...this.jobOptions(), jobId: jobIdFor(spec) },
+      }));
+      const added = await this.queue.addBulk(jobs);
+      return added.map((j) => ({ id: j.id as string }));
+    });
+  }
+
+  /** The result of a finished job, or null while it is waiting or running. */
+  async getResult(id: string): Promise<JobResult | null> {
+    return this.call(async () => {
+      const job = await Job.fromId(this.queue, id);
+      if (!job) throw new ClientError(ErrorCodes.JOB_NOT_FOUND, `no job ${id} in queue ${this.queueName} (never enqueued, cancelled, or its result expired)`);
+      return resultOf(job);
+    });
+  }
+
+  /**
+   * Waits until the job has a result. Rejects with RESULT_TIMEOUT after
+   * `timeoutMs`, JOB_NOT_FOUND if the job does not exist, JOB_CANCELLED if it
+   * is removed while waiting.
+   */
+  async waitForResult(id: string, opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<JobResult> {
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    await this.ensureEvents();
+    return new Promise<JobResult>((resolve, reject) => {
+      let set = this.waiters.get(id);
+      if (!set) this.waiters.set(id, (set = new Set()));
+      const waiter: Waiter = {
+        resolve: (r) => {
+          finish();
+          resolve(r);
+        },
+        reject: (e) => {
+          finish();
+          reject(e);
+        },
+      };
+      const timer = setTimeout(
+        () => waiter.reject(new ClientError(ErrorCodes.RESULT_TIMEOUT, `no result for job ${id} within ${timeoutMs} ms`, { retryable: true })),
+        timeoutMs,
+      );
+      const onAbort = (): void => waiter.reject(new ClientError(ErrorCodes.RESULT_TIMEOUT, `stopped waiting for job ${id}`));
+      opts.signal?.addEventListener("abort", onAbort, { once: true });
+      const finish = (): void => {
+        clearTimeout(timer);
+        opts.signal?.removeEventListener("abort", onAbort);
+        const s = this.waiters.get(id);
+        s?.delete(waiter);
+        if (s && s.size === 0) this.waiters.delete(id);
+      };
+      set.add(waiter);
+      // Subscribed first, then look: a job that finished before we subscribed is seen here.
+      this.getResult(id).then(
+        (r) => {
+          if (r) waiter.resolve(r);
+        },
+        (err: unknown) => waiter.reject(err as Error),
+      );
+    });
+  }
+
+  /**
+   * Cancels a job. A waiting job is removed; a running one is stopped by its
+   * worker and ends as `killed` with reason `cancelled`. Returns false when the
+   * job had already finished.
+   */
+  async cancel(id: string): Promise<boolean> {
+    return this.call(async () => {
+      const job = await Job.fromId(this.queue, id);
+      if (!job) throw new ClientError(ErrorCodes.JOB_NOT_FOUND, `no job ${id} in queue ${this.queueName}`);
+      const state = await job.getState();
+      if (state === "completed" || state === "failed") return false;
+      if (state === "active") {
+        await this.redis.publish(cancelChannel(this.opts.prefix, this.queueName), id);
+        return true;
+      }
+      try {
+        await job.remove();
+        this.rejectWaiters(id, new ClientError(ErrorCodes.JOB_CANCELLED, `job ${id} was cancelled before it ran`));
+        return true;
+      } catch {
+        // It became active between the two calls: stop it where it runs.
+        await this.redis.publish(cancelChannel(this.opts.prefix, this.queueName), id);
+        return true;
+      }
+    });
+  }
+
+  /** Counts per BullMQ state, for progress displays. */
+  async counts(): Promise<Record<string, number>> {
+    return this.call(() => this.queue.getJobCounts("waiting", "active", "delayed", "completed", "failed", "prioritized"));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const [id] of this.waiters) this.rejectWaiters(id, new ClientError(ErrorCodes.RESULT_TIMEOUT, "client closed"));
+    const steps = [() => this.events?.close(), () => this.queue.close(), () => this.eventsRedis?.quit(), () => this.redis.quit()];
+    for (const step of steps) {
+      try {
+        await step();
+      } catch {
+        // keep closing the rest
+      }
+    }
+  }
+
+  private dataFor(spec: JobSpec): QueuedJobData {
+    return { v: 1, spec };
+  }
+
+  private jobOptions() {
+    return {
+      attempts: this.opts.attempts,
+      backoff: { type: "exponential" as const, delay: this.opts.backoffMs },
+      removeOnComplete: { age: Math.ceil(this.opts.resultTtlMs / 1000), count: this.opts.maxResults },
+      removeOnFail: { age: Math.ceil(this.opts.resultTtlMs / 1000), count: this.opts.maxResults },
+    };
+  }
+
+  private rejectWaiters(id: string, err: Error): void {
+    for (const w of [...(this.waiters.get(id) ?? [])]) w.reject(err);
+  }
+
+  private resolveFromJob(id: string): void {
+    if (!this.waiters.has(id)) return;
+    this.getResult(id).then(
+      (r) => {
+        if (r) for (const w of [...(this.waiters.get(id) ?? [])]) w.resolve(r);
+      },
+      () => {},
+    );
+  }
+
+  /** One QueueEvents stream reader serves every waiter of this client. */
+  private ensureEvents(): Promise<void> {
+    if (!this.eventsReady) {
+      this.eventsRedis = createRedis(this.url, "worker");
+      const events = new QueueEvents(this.queueName, { connection: this.eventsRedis, prefix: this.opts.prefix });
+      this.events = events;
+      events.on("error", () => {});
+      events.on("completed", ({ jobId, returnvalue }) => {
+        if (!this.waiters.has(jobId)) return;
+        const parsed = JobResultSchema.safeParse(typeof returnvalue === "string" ? safeJson(returnvalue) : returnvalue);
+        if (parsed.success) for (const w of [...(this.waiters.get(jobId) ?? [])]) w.resolve(parsed.data);
+        else this.resolveFromJob(jobId);
+      });
+      // 'failed' fires only when BullMQ gives up (worker lost too often): read the final state.
+      events.on("failed", ({ jobId }) => this.resolveFromJob(jobId));
+      events.on("removed", ({ jobId }) =>
+        this.rejectWaiters(jobId, new ClientError(ErrorCodes.JOB_CANCELLED, `job ${jobId} was removed before it finished`)),
+      );
+      this.eventsReady = (async () => {
+        await connectOrFail(this.redis, this.url, this.opts.connectTimeoutMs);
+        await withTimeout(events.waitUntilReady(), this.opts.connectTimeoutMs, () => redisUnavailable(this.url, "event stream not ready"));
+      })();
+      this.eventsReady.catch(() => {
+        this.eventsReady = undefined;
+      });
+    }
+    return this.eventsReady;
+  }
+
+  /** Runs a Redis call, turning "Redis is down" into a fast, clear error. */
+  private async call<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new ClientError(ErrorCodes.REDIS_UNAVAILABLE, "client is closed");
+    await connectOrFail(this.redis, this.url, this.opts.connectTimeoutMs);
+    try {
+      return await fn();
+    } catch (err) {
+      if (isSandqueueError(err)) throw err;
+      if (isConnectionError(err, this.redis)) throw redisUnavailable(this.url, err);
+      throw err;
+    }
+  }
+}
+
+/** The published result of a job, or a synthesized `error` result when BullMQ gave up on it. */
+function resultOf(job: Job): JobResult | null {
+  if (job.finishedOn === undefined || job.finishedOn === null) return null;
+  if (job.returnvalue !== null && job.returnvalue !== undefined) {
+    const parsed = JobResultSchema.safeParse(typeof job.returnvalue === "string" ? safeJson(job.returnvalue) : job.returnvalue);
+    if (parsed.success) return parsed.data;
+  }
+  if (!job.failedReason) return null;
+  // No worker published a result: every attempt lost its worker (crash, kill -9).
+  const spec = (job.data as QueuedJobData).spec;
+  return {
+    id: job.id as string,
+    status: "error",
+    exitCode: null,
+    signal: null,
+    stdout: "",
+    stderr: "",
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    reason: null,
+    timings: { queuedMs: 0, acquireMs: 0, execMs: 0, totalMs: job.finishedOn - job.timestamp },
+    provider: "",
+    image: spec?.image ?? "",
+    worker: "",
+    attempts: job.attemptsMade,
+    snapshot: null,
+    error: { code: ErrorCodes.WORKER_LOST, message: `no worker finished the job: ${job.failedReason}` },
+  };
+}
+
+function safeJson(s: string): unknown {
+  try {
+    return JSON.parse(s);
+  } catch {
+    return undefined;
+  }
+}
+
+async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(onTimeout()), ms)))]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

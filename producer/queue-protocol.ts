@@ -1,0 +1,16 @@
+/**
+ * What producer and worker agree on beyond the spec and result schemas:
+ * the job data envelope and the cancel channel.
+ */
+import type { JobSpec } from "./job-spec.js";
+
+/** BullMQ job data. `v` lets a future worker read older envelopes. */
+export interface QueuedJobData {
+  v: 1;
+  spec: JobSpec;
+}
+
+/** Pub/sub channel on which producers ask workers to stop a running job. */
+export function cancelChannel(prefix: string, queue: string): string {
+  return `${prefix}:${queue}:cancel`;
+}

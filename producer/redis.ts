@@ -1,0 +1,94 @@
+/**
+ * Redis connections with the two behaviours the system needs:
+ *
+ * - "producer": calls made while Redis is down fail fast with
+ *   SANDQ_ERR_REDIS_UNAVAILABLE instead of queueing forever, while the client
+ *   keeps reconnecting in the background so it recovers by itself.
+ * - "worker": retries forever (BullMQ workers need `maxRetriesPerRequest:
+ *   null`); a worker rides out a Redis restart.
+ */
+import { Redis, type RedisOptions } from "ioredis";
+import { ClientError, ErrorCodes } from "../errors/index.js";
+
+export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379";
+export const DEFAULT_QUEUE = "sandqueue";
+/** BullMQ key prefix; producer and worker must agree on it. */
+export const DEFAULT_PREFIX = "sandq";
+
+export type ConnectionMode = "producer" | "worker";
+
+/** Reconnect backoff: fast at first, capped at 2 s. */
+const retryStrategy = (times: number): number => Math.min(50 * 2 ** Math.min(times, 6), 2000);
+
+export function redisOptions(mode: ConnectionMode): RedisOptions {
+  if (mode === "producer") {
+    return {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: 2000,
+      retryStrategy,
+    };
+  }
+  return { maxRetriesPerRequest: null, enableOfflineQueue: true, retryStrategy };
+}
+
+export function createRedis(url: string, mode: ConnectionMode): Redis {
+  const client = new Redis(url, redisOptions(mode));
+  // Connection errors are reported through the calls that fail; an unhandled
+  // 'error' event would otherwise crash the process.
+  client.on("error", () => {});
+  return client;
+}
+
+/** Connects a lazy producer connection, failing within `timeoutMs`. */
+export async function connectOrFail(client: Redis, url: string, timeoutMs = 2000): Promise<void> {
+  if (client.status === "ready") return;
+  try {
+    if (client.status === "wait") client.connect().catch(() => {});
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onReady = (): void => {
+        cleanup();
+        resolve();
+      };
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        client.off("ready", onReady);
+      };
+      if (client.status === "ready") onReady();
+      else client.on("ready", onReady);
+    });
+  } catch (err) {
+    throw redisUnavailable(url, err);
+  }
+}
+
+export function redisUnavailable(url: string, cause: unknown): ClientError {
+  const why = cause instanceof Error ? cause.message : String(cause);
+  return new ClientError(ErrorCodes.REDIS_UNAVAILABLE, `Redis at ${redactUrl(url)} is unavailable: ${why}`, {
+    retryable: true,
+    cause,
+  });
+}
+
+/** Never print a Redis password. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "(unparseable url)";
+  }
+}
+
+/** True for errors that mean "Redis is not reachable right now". */
+export function isConnectionError(err: unknown, client: Redis): boolean {
+  if (client.status !== "ready") return true;
+  const code = (err as { code?: string } | null)?.code;
+  return code === "ECONNREFUSED" || code === "ECONNRESET" || code === "ETIMEDOUT" || code === "EPIPE";
+}

@@ -1,0 +1,178 @@
+/**
+ * Worker configuration: environment and flags, parsed once at start into a
+ * frozen object. A bad value stops the program with a message naming the
+ * variable (or flag) and what it accepts.
+ */
+import { hostname, availableParallelism } from "node:os";
+import { join, resolve } from "node:path";
+import { z } from "zod";
+import { ConfigError, ErrorCodes } from "../errors/index.js";
+import { DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_REDIS_URL } from "../producer/redis.js";
+import { LIMIT_BOUNDS, type ResolvedLimits } from "../producer/job-spec.js";
+
+const int = (min: number, max: number) =>
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, { error: `expected an integer from ${min} to ${max}` })
+    .transform(Number)
+    .pipe(z.number().int().min(min, { error: `expected an integer from ${min} to ${max}` }).max(max, { error: `expected an integer from ${min} to ${max}` }));
+
+const bool = z.enum(["true", "false"], { error: "expected true or false" }).transform((s) => s === "true");
+const redisUrl = z.string().regex(/^rediss?:\/\//, { error: "expected a redis:// or rediss:// URL" });
+const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, { error: "expected letters, digits and . _ - (at most 100 characters)" });
+
+/** Every setting: its environment variable, its flag (if any), its parser. */
+const SETTINGS = {
+  redisUrl: { env: "REDIS_URL", flag: "redis", schema: redisUrl },
+  queue: { env: "SANDQUEUE_QUEUE", flag: "queue", schema: name },
+  prefix: { env: "SANDQUEUE_PREFIX", flag: undefined, schema: name },
+  provider: { env: "SANDQUEUE_PROVIDER", flag: "provider", schema: z.enum(["local", "docker"], { error: "expected local or docker" }) },
+  concurrency: { env: "SANDQUEUE_CONCURRENCY", flag: "concurrency", schema: int(1, 1024) },
+  workRoot: { env: "SANDQUEUE_WORK_DIR", flag: undefined, schema: z.string().min(1) },
+  imagesDir: { env: "SANDQUEUE_IMAGES_DIR", flag: undefined, schema: z.string().min(1) },
+  snapshotsUrl: { env: "SANDQUEUE_SNAPSHOTS", flag: undefined, schema: z.string().regex(/^(file|s3):\/\//, { error: "expected a file:// or s3:// URL" }) },
+  secretsDir: { env: "SANDQUEUE_SECRETS_DIR", flag: undefined, schema: z.string().min(1) },
+  dockerHost: { env: "DOCKER_HOST", flag: undefined, schema: z.string().regex(/^(unix|tcp):\/\//, { error: "expected unix:///path or tcp://host:port" }) },
+  poolMinIdle: { env: "SANDQUEUE_POOL_MIN_IDLE", flag: undefined, schema: int(0, 64) },
+  poolMaxSize: { env: "SANDQUEUE_POOL_MAX_SIZE", flag: undefined, schema: int(0, 256) },
+  metricsPort: { env: "SANDQUEUE_METRICS_PORT", flag: "metrics-port", schema: int(0, 65535) },
+  metricsHost: { env: "SANDQUEUE_METRICS_HOST", flag: undefined, schema: z.string().min(1) },
+  graceMs: { env: "SANDQUEUE_SHUTDOWN_GRACE_MS", flag: undefined, schema: int(0, 3_600_000) },
+  lockDurationMs: { env: "SANDQUEUE_LOCK_DURATION_MS", flag: undefined, schema: int(1000, 3_600_000) },
+  stalledIntervalMs: { env: "SANDQUEUE_STALLED_INTERVAL_MS", flag: undefined, schema: int(1000, 3_600_000) },
+  maxStalledCount: { env: "SANDQUEUE_MAX_STALLED_COUNT", flag: undefined, schema: int(0, 100) },
+  reapIntervalMs: { env: "SANDQUEUE_REAP_INTERVAL_MS", flag: undefined, schema: int(1000, 86_400_000) },
+  defaultTimeoutMs: { env: "SANDQUEUE_DEFAULT_TIMEOUT_MS", flag: undefined, schema: int(LIMIT_BOUNDS.timeoutMs.min, LIMIT_BOUNDS.timeoutMs.max) },
+  defaultMemoryMb: { env: "SANDQUEUE_DEFAULT_MEMORY_MB", flag: undefined, schema: int(LIMIT_BOUNDS.memoryMb.min, LIMIT_BOUNDS.memoryMb.max) },
+  defaultPids: { env: "SANDQUEUE_DEFAULT_PIDS", flag: undefined, schema: int(LIMIT_BOUNDS.pids.min, LIMIT_BOUNDS.pids.max) },
+  defaultMaxOutputBytes: { env: "SANDQUEUE_DEFAULT_MAX_OUTPUT_BYTES", flag: undefined, schema: int(LIMIT_BOUNDS.maxOutputBytes.min, LIMIT_BOUNDS.maxOutputBytes.max) },
+  maxTimeoutMs: { env: "SANDQUEUE_MAX_TIMEOUT_MS", flag: undefined, schema: int(LIMIT_BOUNDS.timeoutMs.min, LIMIT_BOUNDS.timeoutMs.max) },
+  maxMemoryMb: { env: "SANDQUEUE_MAX_MEMORY_MB", flag: undefined, schema: int(LIMIT_BOUNDS.memoryMb.min, LIMIT_BOUNDS.memoryMb.max) },
+  maxPids: { env: "SANDQUEUE_MAX_PIDS", flag: undefined, schema: int(LIMIT_BOUNDS.pids.min, LIMIT_BOUNDS.pids.max) },
+  maxOutputBytes: { env: "SANDQUEUE_MAX_OUTPUT_BYTES", flag: undefined, schema: int(LIMIT_BOUNDS.maxOutputBytes.min, LIMIT_BOUNDS.maxOutputBytes.max) },
+  workspaceMaxBytes: { env: "SANDQUEUE_WORKSPACE_MAX_BYTES", flag: undefined, schema: int(1, Number.MAX_SAFE_INTEGER) },
+  workspaceMaxFiles: { env: "SANDQUEUE_WORKSPACE_MAX_FILES", flag: undefined, schema: int(1, 10_000_000) },
+  workspaceMaxDepth: { env: "SANDQUEUE_WORKSPACE_MAX_DEPTH", flag: undefined, schema: int(1, 1024) },
+  logJobs: { env: "SANDQUEUE_LOG", flag: undefined, schema: bool },
+} as const;
+
+type Settings = typeof SETTINGS;
+type Parsed = { [K in keyof Settings]: z.output<Settings[K]["schema"]> };
+
+export interface WorkerConfig {
+  readonly redisUrl: string;
+  readonly queue: string;
+  readonly prefix: string;
+  readonly provider: "local" | "docker";
+  readonly concurrency: number;
+  readonly workRoot: string;
+  readonly imagesDir: string;
+  readonly snapshotsUrl: string;
+  readonly secretsDir: string | undefined;
+  readonly dockerHost: string | undefined;
+  readonly pool: { readonly minIdle: number; readonly maxSize: number };
+  /** 0 disables the metrics/health HTTP server. */
+  readonly metricsPort: number;
+  readonly metricsHost: string;
+  readonly graceMs: number;
+  readonly lockDurationMs: number;
+  readonly stalledIntervalMs: number;
+  readonly maxStalledCount: number;
+  readonly reapIntervalMs: number;
+  readonly defaultLimits: Readonly<ResolvedLimits>;
+  readonly maxLimits: Readonly<ResolvedLimits>;
+  readonly workspaceLimits: { readonly maxBytes: number; readonly maxEntries: number; readonly maxDepth: number };
+  readonly logJobs: boolean;
+  readonly workerId: string;
+}
+
+/** Where project-local state lives by default (images, snapshots). */
+export function stateDir(cwd = process.cwd()): string {
+  return resolve(cwd, ".sandqueue");
+}
+
+/**
+ * Builds the config from environment variables and flags (flags win).
+ * `flags` holds raw strings keyed by flag name, as node:util parseArgs gives them.
+ */
+export function parseWorkerConfig(
+  env: NodeJS.ProcessEnv = process.env,
+  flags: Record<string, string | undefined> = {},
+  overrides: Partial<WorkerConfig> = {},
+): WorkerConfig {
+  const parsed: Partial<Parsed> = {};
+  const problems: string[] = [];
+  for (const [key, setting] of Object.entries(SETTINGS) as [keyof Settings, Settings[keyof Settings]][]) {
+    const fromFlag = setting.flag ? flags[setting.flag] : undefined;
+    const raw = fromFlag ?? env[setting.env];
+    if (raw === undefined || raw === "") continue;
+    const result = setting.schema.safeParse(raw);
+    if (result.success) (parsed as Record<string, unknown>)[key] = result.data;
+    else {
+      const source = fromFlag !== undefined ? `--${setting.flag}` : setting.env;
+      problems.push(`${source}=${JSON.stringify(raw)}: ${result.error.issues[0]?.message ?? "invalid"}`);
+    }
+  }
+  if (problems.length) throw new ConfigError(ErrorCodes.CONFIG_INVALID, `invalid configuration:\n  ${problems.join("\n  ")}`);
+
+  const state = stateDir();
+  const maxLimits = {
+    timeoutMs: parsed.maxTimeoutMs ?? 10 * 60_000,
+    memoryMb: parsed.maxMemoryMb ?? 4096,
+    pids: parsed.maxPids ?? 1024,
+    maxOutputBytes: parsed.maxOutputBytes ?? 16 * 1024 * 1024,
+  };
+  const defaultLimits = {
+    timeoutMs: parsed.defaultTimeoutMs ?? Math.min(10_000, maxLimits.timeoutMs),
+    memoryMb: parsed.defaultMemoryMb ?? Math.min(256, maxLimits.memoryMb),
+    pids: parsed.defaultPids ?? Math.min(128, maxLimits.pids),
+    maxOutputBytes: parsed.defaultMaxOutputBytes ?? Math.min(1024 * 1024, maxLimits.maxOutputBytes),
+  };
+  for (const k of Object.keys(defaultLimits) as (keyof ResolvedLimits)[]) {
+    if (defaultLimits[k] > maxLimits[k]) problems.push(`default ${k} ${defaultLimits[k]} is above the maximum ${maxLimits[k]}`);
+  }
+  if (problems.length) throw new ConfigError(ErrorCodes.CONFIG_INVALID, `invalid configuration:\n  ${problems.join("\n  ")}`);
+
+  const config: WorkerConfig = {
+    redisUrl: parsed.redisUrl ?? DEFAULT_REDIS_URL,
+    queue: parsed.queue ?? DEFAULT_QUEUE,
+    prefix: parsed.prefix ?? DEFAULT_PREFIX,
+    provider: parsed.provider ?? "local",
+    concurrency: parsed.concurrency ?? availableParallelism(),
+    workRoot: parsed.workRoot ?? join(state, "work"),
+    imagesDir: parsed.imagesDir ?? join(state, "images"),
+    snapshotsUrl: parsed.snapshotsUrl ?? `file://${join(state, "snapshots")}`,
+    secretsDir: parsed.secretsDir,
+    dockerHost: parsed.dockerHost,
+    pool: { minIdle: parsed.poolMinIdle ?? 1, maxSize: parsed.poolMaxSize ?? 4 },
+    metricsPort: parsed.metricsPort ?? 9464,
+    metricsHost: parsed.metricsHost ?? "127.0.0.1",
+    graceMs: parsed.graceMs ?? 30_000,
+    lockDurationMs: parsed.lockDurationMs ?? 30_000,
+    stalledIntervalMs: parsed.stalledIntervalMs ?? 30_000,
+    maxStalledCount: parsed.maxStalledCount ?? 2,
+    reapIntervalMs: parsed.reapIntervalMs ?? 60_000,
+    defaultLimits,
+    maxLimits,
+    workspaceLimits: {
+      maxBytes: parsed.workspaceMaxBytes ?? 1024 * 1024 * 1024,
+      maxEntries: parsed.workspaceMaxFiles ?? 100_000,
+      maxDepth: parsed.workspaceMaxDepth ?? 64,
+    },
+    logJobs: parsed.logJobs ?? true,
+    workerId: `${hostname()}:${process.pid}`,
+    ...overrides,
+  };
+  return deepFreeze(config);
+}
+
+/** Names of every environment variable the worker reads (for docs and --help). */
+export function configVariables(): { env: string; flag: string | undefined }[] {
+  return Object.values(SETTINGS).map((s) => ({ env: s.env, flag: s.flag }));
+}
+
+function deepFreeze<T extends object>(o: T): T {
+  for (const v of Object.values(o)) if (v && typeof v === "object") deepFreeze(v as object);
+  return Object.freeze(o);
+}

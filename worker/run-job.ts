@@ -1,0 +1,259 @@
+/**
+ * The job pipeline, for one attempt of one job:
+ *
+ *   resolve secrets -> acquire sandbox -> hydrate workspace -> exec under
+ *   limits -> collect output (capped, masked) -> persist snapshot ->
+ *   release sandbox (always) -> JobResult
+ *
+ * User code that fails, times out or hits a limit yields a result. Runner
+ * faults throw a SandqueueError; the caller (worker.ts) decides between a
+ * retry and an `error` result from `retryable` alone.
+ */
+import type { Readable } from "node:stream";
+import { ErrorCodes, SandqueueError } from "../errors/index.js";
+import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-spec.js";
+import type { JobResult, KillReason, SnapshotRef, Timings } from "../producer/job-result.js";
+import { WORKSPACE_DIR, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
+import type { ArchiveLimits } from "../providers/archive/index.js";
+
+/** Resolves secret names to values; values never leave the worker process. */
+export interface SecretResolver {
+  resolve(names: readonly string[]): Promise<Record<string, string>>;
+}
+
+/** Workspace persistence: how the pipeline reaches the snapshot store. */
+export interface WorkspaceStore {
+  /** Streams a stored snapshot (throws SNAPSHOT_NOT_FOUND). */
+  open(id: string): Promise<Readable>;
+  /** Stores a workspace tar, hashing while streaming. */
+  save(tar: Readable): Promise<SnapshotRef>;
+}
+
+/** How to put inline `files` into a sandbox workspace (a tar, validated like any other). */
+export type FilesToTar = (files: Record<string, string>) => Readable;
+
+/** Redacts secret values from captured output. */
+export type OutputMasker = (out: Buffer, values: string[], opts: { truncated: boolean }) => Buffer;
+
+/** Why a job's abort signal fired. */
+export type AbortReason = "cancelled" | "shutdown";
+
+/** Thrown when the worker is shutting down mid-job: the job goes back to the queue. */
+export class ShutdownInterrupt extends Error {
+  constructor() {
+    super("worker shutting down; job returned to the queue");
+  }
+}
+
+export interface RunContext {
+  jobId: string;
+  /** 1-based attempt number. */
+  attempt: number;
+  /** When the job was enqueued (epoch ms). */
+  enqueuedAt: number;
+  workerId: string;
+  provider: SandboxProvider;
+  limits: ResolvedLimits;
+  workspaceLimits: ArchiveLimits;
+  /** Fires on cancel or shutdown; `signal.reason` is an AbortReason. */
+  signal: AbortSignal;
+  secrets?: SecretResolver;
+  workspace?: WorkspaceStore;
+  filesToTar?: FilesToTar;
+  mask?: OutputMasker;
+  /** Observes phase durations as they complete (metrics). */
+  onPhase?: (phase: string, ms: number) => void;
+}
+
+export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult> {
+  const startedAt = Date.now();
+  const timings: Timings = { queuedMs: Math.max(0, startedAt - ctx.enqueuedAt), acquireMs: 0, execMs: 0, totalMs: 0 };
+  ctx.onPhase?.("queued", timings.queuedMs);
+  const timed = async <T>(phase: "acquireMs" | "hydrateMs" | "execMs" | "snapshotMs", fn: () => Promise<T>): Promise<T> => {
+    const t0 = performance.now();
+    try {
+      return await fn();
+    } finally {
+      const ms = Math.round((performance.now() - t0) * 1000) / 1000;
+      timings[phase] = ms;
+      ctx.onPhase?.(phase.replace(/Ms$/, ""), ms);
+    }
+  };
+  const checkAbort = (): void => {
+    if (ctx.signal.aborted && ctx.signal.reason === "shutdown") throw new ShutdownInterrupt();
+  };
+
+  const secretValues = spec.secrets.length ? await resolveSecrets(spec, ctx) : {};
+  checkAbort();
+  if (ctx.signal.aborted) return finish(cancelledResult());
+
+  let sandbox: Sandbox | undefined;
+  try {
+    sandbox = await timed("acquireMs", () =>
+      ctx.provider.acquire(
+        {
+          image: spec.image,
+          limits: { memoryMb: ctx.limits.memoryMb, pids: ctx.limits.pids },
+          network: spec.network,
+          labels: { "sandqueue.job": ctx.jobId, ...prefixed(spec.labels) },
+        },
+        { signal: ctx.signal },
+      ),
+    );
+    const box = sandbox;
+    checkAbort();
+
+    if (spec.workspace?.from || Object.keys(spec.files).length) {
+      await timed("hydrateMs", async () => {
+        if (spec.workspace?.from) {
+          if (!ctx.workspace) throw new SandqueueError(ErrorCodes.SNAPSHOT_STORE, "this worker has no snapshot store configured");
+          await box.putArchive(WORKSPACE_DIR, await ctx.workspace.open(spec.workspace.from));
+        }
+        if (Object.keys(spec.files).length) {
+          if (!ctx.filesToTar) throw new SandqueueError(ErrorCodes.INTERNAL, "inline files are not supported by this worker");
+          await box.putArchive(WORKSPACE_DIR, ctx.filesToTar(spec.files));
+        }
+      });
+    }
+    checkAbort();
+
+    const exec = await timed("execMs", () =>
+      box.exec({
+        argv: commandFor(spec),
+        env: { ...baseEnv(), ...spec.env, ...secretValues },
+        cwd: WORKSPACE_DIR,
+        timeoutMs: ctx.limits.timeoutMs,
+        maxOutputBytes: ctx.limits.maxOutputBytes,
+        signal: ctx.signal,
+      }),
+    );
+    if (exec.limitHit === "aborted" && ctx.signal.reason === "shutdown") throw new ShutdownInterrupt();
+
+    let snapshot: SnapshotRef | null = null;
+    if (spec.workspace?.persist && exec.limitHit !== "aborted") {
+      if (!ctx.workspace) throw new SandqueueError(ErrorCodes.SNAPSHOT_STORE, "this worker has no snapshot store configured");
+      const store = ctx.workspace;
+      try {
+        snapshot = await timed("snapshotMs", async () =>
+          store.save(await box.getArchive(WORKSPACE_DIR, { ...ctx.workspaceLimits, exclude: spec.workspace?.exclude ?? [] })),
+        );
+      } catch (err) {
+        if (err instanceof SandqueueError && err.code === ErrorCodes.WORKSPACE_LIMIT) {
+          return finish(resultFromExec(exec, Object.values(secretValues), "workspace_limit"));
+        }
+        throw err;
+      }
+    }
+    return finish(resultFromExec(exec, Object.values(secretValues), null), snapshot);
+  } finally {
+    if (sandbox) await sandbox.release().catch(() => {});
+  }
+
+  function finish(partial: Omit<JobResult, "id" | "timings" | "provider" | "image" | "worker" | "attempts" | "snapshot">, snapshot: SnapshotRef | null = null): JobResult {
+    timings.totalMs = Math.max(0, Date.now() - ctx.enqueuedAt);
+    return {
+      id: ctx.jobId,
+      ...partial,
+      timings,
+      provider: ctx.provider.name,
+      image: spec.image,
+      worker: ctx.workerId,
+      attempts: ctx.attempt,
+      snapshot,
+    };
+  }
+
+  function resultFromExec(exec: ExecResult, secrets: string[], forced: KillReason | null) {
+    const mask = (b: Buffer, truncated: boolean): string =>
+      (secrets.length && ctx.mask ? ctx.mask(b, secrets, { truncated }) : b).toString("utf8");
+    const { status, reason } = forced ? { status: "killed" as const, reason: forced } : statusOf(exec);
+    return {
+      status,
+      reason,
+      exitCode: exec.exitCode,
+      signal: exec.signal,
+      stdout: mask(exec.stdout, exec.stdoutTruncated),
+      stderr: mask(exec.stderr, exec.stderrTruncated),
+      stdoutTruncated: exec.stdoutTruncated,
+      stderrTruncated: exec.stderrTruncated,
+      error: null,
+    };
+  }
+
+  function cancelledResult() {
+    return {
+      status: "killed" as const,
+      reason: "cancelled" as const,
+      exitCode: null,
+      signal: null,
+      stdout: "",
+      stderr: "",
+      stdoutTruncated: false,
+      stderrTruncated: false,
+      error: null,
+    };
+  }
+}
+
+/** Maps what ended the process to the result's status and reason. */
+export function statusOf(exec: ExecResult): { status: JobResult["status"]; reason: KillReason | null } {
+  switch (exec.limitHit) {
+    case "timeout":
+      return { status: "timed_out", reason: null };
+    case "aborted":
+      return { status: "killed", reason: "cancelled" };
+    case "memory":
+    case "pids":
+    case "output":
+      return { status: "killed", reason: exec.limitHit };
+    case null:
+      return { status: exec.exitCode === 0 ? "succeeded" : "failed", reason: null };
+  }
+}
+
+/** An `error` result: the runner could not run the job. */
+export function errorResult(
+  spec: JobSpec,
+  err: SandqueueError,
+  ctx: { jobId: string; attempt: number; enqueuedAt: number; workerId: string; provider: string },
+): JobResult {
+  return {
+    id: ctx.jobId,
+    status: "error",
+    exitCode: null,
+    signal: null,
+    stdout: "",
+    stderr: "",
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    reason: null,
+    timings: { queuedMs: 0, acquireMs: 0, execMs: 0, totalMs: Math.max(0, Date.now() - ctx.enqueuedAt) },
+    provider: ctx.provider,
+    image: spec.image,
+    worker: ctx.workerId,
+    attempts: ctx.attempt,
+    snapshot: null,
+    error: { code: err.code, message: err.message },
+  };
+}
+
+async function resolveSecrets(spec: JobSpec, ctx: RunContext): Promise<Record<string, string>> {
+  if (!ctx.secrets) {
+    throw new SandqueueError(ErrorCodes.SECRET_NOT_FOUND, `secret ${spec.secrets[0]} requested but this worker has no secret store`);
+  }
+  return ctx.secrets.resolve(spec.secrets);
+}
+
+/** The minimal environment every job starts from; the worker's own never leaks in. */
+function baseEnv(): Record<string, string> {
+  return {
+    PATH: "/usr/local/bin:/usr/bin:/bin",
+    HOME: WORKSPACE_DIR,
+    LANG: "C.UTF-8",
+    PYTHONDONTWRITEBYTECODE: "1",
+  };
+}
+
+function prefixed(labels: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(labels).map(([k, v]) => [`sandqueue.label.${k}`, v]));
+}
