@@ -151,9 +151,7 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     }
     this._state = "draining";
     this.log.log("info", "worker.draining", { running: this.running.size, graceMs });
-    const force = setTimeout(() => {
-      for (const id of this.running.keys()) this.abortJob(id, "shutdown");
-    }, graceMs);
+    const force = setTimeout(() => this.abortRunning(), graceMs);
     const steps: (() => Promise<unknown> | undefined)[] = [
       () => this.bull?.close(),
       async () => clearInterval(this.reapTimer),
@@ -170,6 +168,11 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     clearTimeout(force);
     this._state = "closed";
     this.log.log("info", "worker.closed", {});
+  }
+
+  /** Ends the grace period now: running jobs are stopped and returned to the queue. */
+  abortRunning(): void {
+    for (const id of this.running.keys()) this.abortJob(id, "shutdown");
   }
 
   /** Aborts a running job on this worker, if it runs here. */

@@ -1,0 +1,43 @@
+/**
+ * `sandqueue worker [--provider local] [--concurrency N]`: runs a worker until
+ * SIGTERM/SIGINT. The first signal drains (running jobs get the grace period,
+ * then go back to the queue); a second signal skips the grace period.
+ */
+import { parseArgs } from "node:util";
+import { parseWorkerConfig } from "../worker/config.js";
+import { jsonLogger } from "../worker/log.js";
+import { startWorkerRuntime } from "../worker/runtime.js";
+
+export const WORKER_USAGE =
+  "usage: sandqueue worker [--provider local|docker] [--concurrency N] [--queue NAME] [--redis URL] [--metrics-port PORT]";
+
+export async function workerCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      provider: { type: "string" },
+      concurrency: { type: "string" },
+      queue: { type: "string" },
+      redis: { type: "string" },
+      "metrics-port": { type: "string" },
+    },
+    strict: true,
+  });
+  const config = parseWorkerConfig(env, values);
+  const log = jsonLogger({ worker: config.workerId });
+  const runtime = await startWorkerRuntime(config, log);
+
+  await new Promise<void>((resolve) => {
+    let signals = 0;
+    const onSignal = (sig: NodeJS.Signals): void => {
+      signals++;
+      log.log("info", "worker.signal", { signal: sig, graceMs: signals === 1 ? config.graceMs : 0 });
+      if (signals === 1) void runtime.close(config.graceMs).then(resolve, resolve);
+      // A second signal: stop waiting; running jobs go back to the queue now.
+      else runtime.worker.abortRunning();
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+  return 0;
+}

@@ -1,0 +1,59 @@
+/**
+ * Assembles a worker process: provider, secret store, snapshot store,
+ * metrics/health server and the queue worker. Start-up that fails half-way
+ * releases what it already took (a last-in-first-out stack of releasers).
+ */
+import type { SandboxProvider } from "../providers/provider.js";
+import type { WorkerConfig } from "./config.js";
+import type { Logger } from "./log.js";
+import { createProvider } from "./provider-factory.js";
+import { SandqueueWorker, type WorkerDeps } from "./worker.js";
+
+export interface WorkerRuntime {
+  worker: SandqueueWorker;
+  provider: SandboxProvider;
+  /** Graceful, two-phase; idempotent. */
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startWorkerRuntime(
+  config: WorkerConfig,
+  log: Logger,
+  opts: { provider?: SandboxProvider } = {},
+): Promise<WorkerRuntime> {
+  const releasers: (() => Promise<unknown>)[] = [];
+  const unwind = async (): Promise<void> => {
+    for (const release of releasers.splice(0).reverse()) {
+      try {
+        await release();
+      } catch (err) {
+        log.log("warn", "runtime.release_failed", { error: String(err) });
+      }
+    }
+  };
+  try {
+    const provider = opts.provider ?? (await createProvider(config));
+    if (!opts.provider) releasers.push(() => provider.close());
+    await provider.check();
+
+    const deps: WorkerDeps = { provider, log, ...(await workspaceDeps(config, releasers)) };
+    const worker = new SandqueueWorker(config, deps);
+    await worker.start();
+    // Closing the worker comes before closing the provider (pushed earlier).
+    let closing: Promise<void> | undefined;
+    const close = (graceMs?: number): Promise<void> =>
+      (closing ??= (async () => {
+        await worker.close(graceMs);
+        await unwind();
+      })());
+    return { worker, provider, close };
+  } catch (err) {
+    await unwind();
+    throw err;
+  }
+}
+
+/** Secrets, snapshots and inline files: wired in as their modules land. */
+async function workspaceDeps(_config: WorkerConfig, _releasers: (() => Promise<unknown>)[]): Promise<Partial<WorkerDeps>> {
+  return {};
+}
