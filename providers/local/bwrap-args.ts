@@ -1,0 +1,66 @@
+/**
+ * The bubblewrap command line of one exec. Pure: easy to unit-test and to
+ * read as the sandbox's security policy in one place.
+ */
+import path from "node:path";
+import { WORKSPACE_DIR } from "../provider.js";
+import { ErrorCodes, ProviderError } from "../../errors/index.js";
+
+export interface BwrapArgsInput {
+  /** Root filesystem operations from image-root.ts. */
+  rootOps: readonly string[];
+  workspaceHostDir: string;
+  argv: readonly string[];
+  env: Readonly<Record<string, string>>;
+  cwd?: string;
+  uid: number;
+  gid: number;
+  /** Size of the private /tmp, bytes (tmpfs pages are charged to the memory cgroup anyway). */
+  tmpSizeBytes?: number;
+}
+
+function invalid(message: string): ProviderError {
+  return new ProviderError(ErrorCodes.PROVIDER_FAILED, message, { retryable: false });
+}
+
+export function buildBwrapArgs(input: BwrapArgsInput): string[] {
+  if (input.argv.length === 0) throw invalid("exec argv is empty");
+  for (const a of input.argv) if (a.includes("\0")) throw invalid("exec argv contains a NUL byte");
+  const cwd = input.cwd ?? WORKSPACE_DIR;
+  if (!path.posix.isAbsolute(cwd) || cwd.includes("\0")) throw invalid(`exec cwd '${cwd}' must be an absolute path`);
+
+  const args = [
+    // Every namespace: no network but lo, own pids/ipc/hostname, uid 1000 without capabilities.
+    "--unshare-user",
+    "--unshare-pid",
+    "--unshare-net",
+    "--unshare-ipc",
+    "--unshare-uts",
+    "--unshare-cgroup-try",
+    // No nested user namespaces: they are the usual door to kernel attack surface.
+    "--disable-userns",
+    "--uid", String(input.uid),
+    "--gid", String(input.gid),
+    "--cap-drop", "ALL",
+    "--hostname", "sandbox",
+    // setsid: no TIOCSTI on the worker's terminal; die-with-parent: killing bwrap ends all.
+    "--new-session",
+    "--die-with-parent",
+    "--clearenv",
+  ];
+  for (const [name, value] of Object.entries(input.env)) {
+    if (name === "" || name.includes("=") || name.includes("\0") || value.includes("\0")) {
+      throw invalid(`invalid environment variable name or value for '${name.replace(/\0/g, "\\0")}'`);
+    }
+    args.push("--setenv", name, value);
+  }
+  args.push("--tmpfs", "/", ...input.rootOps);
+  args.push("--proc", "/proc", "--dev", "/dev");
+  args.push(...(input.tmpSizeBytes ? ["--size", String(input.tmpSizeBytes)] : []), "--tmpfs", "/tmp");
+  args.push("--bind", input.workspaceHostDir, WORKSPACE_DIR);
+  // The root tmpfs holds only mount points now; nothing may be created next to them.
+  args.push("--remount-ro", "/");
+  args.push("--chdir", cwd);
+  args.push("--", ...input.argv);
+  return args;
+}

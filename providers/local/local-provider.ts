@@ -1,0 +1,243 @@
+/**
+ * LocalProvider: sandboxes on this machine with bubblewrap + cgroups.
+ *
+ * Layout on the host, per sandbox `sq-<ownerPid>-<random>`:
+ *   <workRoot>/<id>/owner.json   owner pid + labels (outside the workspace, so
+ *                                sandbox code cannot forge it)
+ *   <workRoot>/<id>/workspace/   bound read-write at /workspace
+ *   <cgroup mount>/<cgroupParent>/<id>   (per hierarchy on v1)
+ * The owner pid in the name lets reap() find sandboxes of dead workers.
+ */
+import { accessSync, constants as fsConstants, existsSync, mkdirSync } from "node:fs";
+import { access, mkdir, readFile, readdir, rm, writeFile, constants } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import os from "node:os";
+import path from "node:path";
+import type { ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
+import type { ArchiveLimits } from "../archive/index.js";
+import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
+import { detectCgroups, type CgroupManager, type SandboxCgroup } from "./cgroups.js";
+import { HOST_IMAGE, dirImageOps, hostImageOps } from "./image-root.js";
+import { LocalSandbox } from "./local-sandbox.js";
+
+export interface LocalProviderOptions {
+  /** Where sandbox workspaces live. Default: `os.tmpdir()/sandqueue-work`. */
+  workRoot?: string;
+  /** Root filesystems of non-`host` images: `<imagesDir>/<image>`. */
+  imagesDir?: string;
+  /** Parent cgroup, relative to each hierarchy's mount. Default `sandqueue`. */
+  cgroupParent?: string;
+  /** Force cgroup v1 or v2 instead of detecting. */
+  cgroupVersion?: 1 | 2;
+  /** Default: `bwrap` found on PATH. */
+  bwrapPath?: string;
+  /** Unprivileged ids sandbox code runs as inside its user namespace. Default 1000. */
+  uid?: number;
+  gid?: number;
+  /** Size cap of the private /tmp, MiB. Default: none (tmpfs pages count against memoryMb anyway). */
+  tmpSizeMb?: number;
+  /** Limits applied to putArchive() input. */
+  archiveLimits?: Partial<ArchiveLimits>;
+}
+
+/** Processes bwrap itself keeps in the cgroup: its monitor and the namespace's pid 1. */
+export const BWRAP_OVERHEAD_PIDS = 2;
+
+const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 1024 ** 3, maxEntries: 100_000, maxDepth: 64 };
+const SANDBOX_NAME = /^sq-(\d+)-[0-9a-f]{12}$/;
+const MiB = 1024 * 1024;
+
+function findOnPath(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(":")) {
+    if (!dir) continue;
+    const candidate = path.join(dir, name);
+    try {
+      accessSync(candidate, fsConstants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+function positiveInt(v: unknown): v is number {
+  return typeof v === "number" && Number.isInteger(v) && v > 0;
+}
+
+export class LocalProvider implements SandboxProvider {
+  readonly name = "local";
+  readonly capabilities: ProviderCapabilities = {
+    memoryLimit: true,
+    pidsLimit: true,
+    networkIsolation: true,
+    hostWorkspace: true,
+  };
+
+  readonly workRoot: string;
+  private readonly imagesDir: string | undefined;
+  private readonly bwrapPath: string;
+  private readonly cgroups: CgroupManager;
+  private readonly hostOps: string[];
+  private readonly uid: number;
+  private readonly gid: number;
+  private readonly tmpSizeBytes: number | undefined;
+  private readonly archiveLimits: ArchiveLimits;
+  private readonly live = new Map<string, LocalSandbox>();
+  private closing: Promise<void> | null = null;
+
+  /** Throws CGROUP_UNAVAILABLE or PROVIDER_UNAVAILABLE when this machine cannot sandbox. */
+  constructor(opts: LocalProviderOptions = {}) {
+    const bwrap = opts.bwrapPath ?? findOnPath("bwrap");
+    if (!bwrap || !existsSync(bwrap)) {
+      throw new ProviderError(
+        ErrorCodes.PROVIDER_UNAVAILABLE,
+        `bubblewrap not found (${opts.bwrapPath ?? "no 'bwrap' on PATH"}); install the 'bubblewrap' package`,
+        { retryable: false },
+      );
+    }
+    this.bwrapPath = bwrap;
+    this.cgroups = detectCgroups({ parent: opts.cgroupParent ?? "sandqueue", version: opts.cgroupVersion });
+    this.workRoot = path.resolve(opts.workRoot ?? path.join(os.tmpdir(), "sandqueue-work"));
+    mkdirSync(this.workRoot, { recursive: true, mode: 0o700 });
+    this.imagesDir = opts.imagesDir === undefined ? undefined : path.resolve(opts.imagesDir);
+    this.hostOps = hostImageOps(path.join(this.workRoot, ".host-etc"));
+    this.uid = opts.uid ?? 1000;
+    this.gid = opts.gid ?? 1000;
+    this.tmpSizeBytes = opts.tmpSizeMb === undefined ? undefined : opts.tmpSizeMb * MiB;
+    this.archiveLimits = { ...DEFAULT_ARCHIVE_LIMITS, ...opts.archiveLimits };
+  }
+
+  get cgroupVersion(): 1 | 2 {
+    return this.cgroups.version;
+  }
+
+  async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+    if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "local provider is closed", { retryable: true });
+    const { memoryMb, pids } = spec.limits;
+    if (!positiveInt(memoryMb) || !positiveInt(pids)) {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `invalid sandbox limits: memoryMb=${memoryMb}, pids=${pids}`, { retryable: false });
+    }
+    if (spec.network !== "none") {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode '${String(spec.network)}' is not supported`, { retryable: false });
+    }
+    const throwIfAborted = (): void => {
+      if (opts.signal?.aborted) {
+        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: opts.signal.reason });
+      }
+    };
+    throwIfAborted();
+    // Resolved before anything is created: an unknown image costs nothing.
+    const rootOps = spec.image === HOST_IMAGE ? this.hostOps : await dirImageOps(this.imagesDir, spec.image);
+
+    const id = `sq-${process.pid}-${randomBytes(6).toString("hex")}`;
+    const sandboxDir = path.join(this.workRoot, id);
+    const workspaceHostDir = path.join(sandboxDir, "workspace");
+    // Undone last-in-first-out when a later step fails.
+    const releasers: Array<() => Promise<unknown>> = [];
+    try {
+      await mkdir(sandboxDir, { mode: 0o700 });
+      releasers.push(() => rm(sandboxDir, { recursive: true, force: true }));
+      await writeFile(path.join(sandboxDir, "owner.json"), JSON.stringify({ pid: process.pid, labels: spec.labels, image: spec.image }));
+      await mkdir(workspaceHostDir, { mode: 0o755 });
+      const cgroup: SandboxCgroup = await this.cgroups.create(id, {
+        memoryBytes: memoryMb * MiB,
+        pids: pids + BWRAP_OVERHEAD_PIDS,
+      });
+      releasers.push(() => cgroup.remove());
+      throwIfAborted();
+      const sandbox = new LocalSandbox({
+        id,
+        sandboxDir,
+        workspaceHostDir,
+        rootOps,
+        cgroup,
+        bwrapPath: this.bwrapPath,
+        uid: this.uid,
+        gid: this.gid,
+        tmpSizeBytes: this.tmpSizeBytes,
+        archiveLimits: this.archiveLimits,
+        onReleased: () => this.live.delete(id),
+      });
+      this.live.set(id, sandbox);
+      return sandbox;
+    } catch (err) {
+      for (const release of releasers.reverse()) await release().catch(() => undefined);
+      if (isSandqueueError(err)) throw err;
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `could not create sandbox: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
+  }
+
+  async check(): Promise<void> {
+    try {
+      await access(this.bwrapPath, constants.X_OK);
+      await access(this.workRoot, constants.W_OK);
+      await this.cgroups.check();
+    } catch (err) {
+      throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, `local provider not ready: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
+  }
+
+  /**
+   * Host resources this provider's sandboxes hold right now (workspace
+   * directories and cgroup directories), for tests and operators.
+   */
+  async resources(): Promise<string[]> {
+    const dirs = (await readdir(this.workRoot).catch(() => [] as string[])).filter((n) => SANDBOX_NAME.test(n));
+    const cgroups = (await this.cgroups.list()).filter((n) => SANDBOX_NAME.test(n));
+    return [...dirs.map((n) => path.join(this.workRoot, n)), ...cgroups.flatMap((n) => this.cgroups.dirsOf(n).filter(existsSync))].sort();
+  }
+
+  /**
+   * Removes sandboxes whose owner process is gone. With labels, a workspace
+   * is reaped only if its owner.json carries all of them; a cgroup without
+   * its workspace has no labels left and is reaped whenever its owner is dead.
+   */
+  async reap(labels: Record<string, string> = {}): Promise<number> {
+    const names = new Set<string>([
+      ...(await readdir(this.workRoot).catch(() => [] as string[])),
+      ...(await this.cgroups.list()),
+    ]);
+    let count = 0;
+    for (const name of names) {
+      const m = SANDBOX_NAME.exec(name);
+      if (!m || this.live.has(name)) continue;
+      const ownerPid = Number(m[1]);
+      if (ownerPid !== process.pid && pidAlive(ownerPid)) continue;
+      const dir = path.join(this.workRoot, name);
+      const owner = await readFile(path.join(dir, "owner.json"), "utf8").then(
+        (t) => JSON.parse(t) as { labels?: Record<string, string> },
+        () => null,
+      );
+      if (owner && !Object.entries(labels).every(([k, v]) => owner.labels?.[k] === v)) continue;
+      await this.cgroups.open(name).remove();
+      await rm(dir, { recursive: true, force: true });
+      count++;
+    }
+    return count;
+  }
+
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const results = await Promise.allSettled([...this.live.values()].map((s) => s.release()));
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed) throw failed.reason;
+    })();
+    return this.closing;
+  }
+}

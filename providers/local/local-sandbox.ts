@@ -1,0 +1,231 @@
+/**
+ * One local sandbox: a host workspace directory plus a cgroup; every exec is
+ * a fresh bwrap process tree placed in that cgroup before it can fork.
+ */
+import { spawn } from "node:child_process";
+import { rm } from "node:fs/promises";
+import type { Readable } from "node:stream";
+import { performance } from "node:perf_hooks";
+import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider.js";
+import type { ArchiveLimits, ExtractStats, PackOptions } from "../archive/index.js";
+import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
+import { buildBwrapArgs } from "./bwrap-args.js";
+import type { CgroupCounters, SandboxCgroup } from "./cgroups.js";
+import { CappedCapture } from "./output-capture.js";
+import { hostDirFor } from "./workspace-path.js";
+
+/** Order in which simultaneous limit hits are reported. */
+const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output", "memory", "pids"];
+
+/** Written to fd 3 by the wrapper when it cannot join the cgroup (bwrap then never runs). */
+const CGROUP_JOIN_FAILED = "cgroup-join-failed";
+
+/**
+ * `sh -c` wrapper: joins the cgroup(s) with its own pid, then execs bwrap, so
+ * bwrap and everything it forks start inside the limits. Cost: one small exec.
+ */
+function wrapperScript(procsFiles: number): string {
+  const joins = Array.from({ length: procsFiles }, (_, i) => `echo $$ > "$${i + 1}"`).join(" && ");
+  return `{ ${joins}; } 2>/dev/null || { echo ${CGROUP_JOIN_FAILED} >&3; exit 125; }; exec 3>&-; shift ${procsFiles}; exec "$@"`;
+}
+
+export interface LocalSandboxContext {
+  id: string;
+  /** Host directory owning everything of the sandbox (workspace, marker). */
+  sandboxDir: string;
+  workspaceHostDir: string;
+  rootOps: readonly string[];
+  cgroup: SandboxCgroup;
+  bwrapPath: string;
+  uid: number;
+  gid: number;
+  tmpSizeBytes: number | undefined;
+  archiveLimits: ArchiveLimits;
+  onReleased: () => void;
+}
+
+type ExtractTar = (hostDir: string, tar: Readable, limits: ArchiveLimits) => Promise<ExtractStats>;
+type PackDir = (hostDir: string, opts?: PackOptions) => Readable | Promise<Readable>;
+
+/**
+ * Loaded lazily by name: providers/archive/ is written in parallel, and a
+ * missing function must fail the archive call, not the whole provider.
+ */
+async function archiveFunction<T>(name: "extractTar" | "packDir"): Promise<T> {
+  const mod = (await import("../archive/index.js")) as unknown as Record<string, unknown>;
+  const fn = mod[name];
+  if (typeof fn !== "function") {
+    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `providers/archive does not implement ${name}() yet`, { retryable: false });
+  }
+  return fn as T;
+}
+
+function delta(after: CgroupCounters, before: CgroupCounters, key: keyof CgroupCounters): boolean {
+  return after[key] > before[key];
+}
+
+export class LocalSandbox implements Sandbox {
+  readonly id: string;
+  private running: { kill: (why: ExecLimitHit) => void } | null = null;
+  private releasing: Promise<void> | null = null;
+
+  constructor(private readonly ctx: LocalSandboxContext) {
+    this.id = ctx.id;
+  }
+
+  get released(): boolean {
+    return this.releasing !== null;
+  }
+
+  private assertLive(): void {
+    if (this.releasing) {
+      throw new ProviderError(ErrorCodes.SANDBOX_RELEASED, `sandbox ${this.id} was released`, { retryable: false });
+    }
+  }
+
+  async exec(req: ExecRequest): Promise<ExecResult> {
+    this.assertLive();
+    if (this.running) {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id} is already running an exec`, { retryable: false });
+    }
+    const { ctx } = this;
+    const args = buildBwrapArgs({
+      rootOps: ctx.rootOps,
+      workspaceHostDir: ctx.workspaceHostDir,
+      argv: req.argv,
+      env: req.env,
+      cwd: req.cwd,
+      uid: ctx.uid,
+      gid: ctx.gid,
+      tmpSizeBytes: ctx.tmpSizeBytes,
+    });
+    const started = performance.now();
+    if (req.signal?.aborted) {
+      return {
+        exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0),
+        stdoutTruncated: false, stderrTruncated: false, limitHit: "aborted", durationMs: 0,
+      };
+    }
+    const before = await ctx.cgroup.counters();
+    const hits = new Set<ExecLimitHit>();
+    const procs = ctx.cgroup.procsFiles;
+    const child = spawn("/bin/sh", ["-c", wrapperScript(procs.length), "sandqueue-wrap", ...procs, ctx.bwrapPath, ...args], {
+      // The wrapper and bwrap get an empty environment too; bwrap --clearenv
+      // then sets only the request's variables.
+      env: {},
+      stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe", "pipe"],
+    });
+
+    let killed = false;
+    const kill = (why: ExecLimitHit): void => {
+      hits.add(why);
+      if (killed) return;
+      killed = true;
+      child.kill("SIGKILL");
+      // bwrap's --die-with-parent ends the pid namespace; the sweep catches anything in between.
+      void ctx.cgroup.killAll().catch(() => undefined);
+    };
+    this.running = { kill };
+
+    const stdout = new CappedCapture(child.stdout!, req.maxOutputBytes, () => kill("output"));
+    const stderr = new CappedCapture(child.stderr!, req.maxOutputBytes, () => kill("output"));
+    let joinReport = "";
+    child.stdio[3]!.on("data", (d: Buffer) => (joinReport += d.toString()));
+    child.stdio[3]!.on("error", () => undefined);
+
+    if (req.stdin !== undefined && child.stdin) {
+      // EPIPE when the program exits without reading its input is not an error.
+      child.stdin.on("error", () => undefined);
+      child.stdin.end(req.stdin);
+    }
+
+    const timer = setTimeout(() => kill("timeout"), req.timeoutMs);
+    const onAbort = (): void => kill("aborted");
+    req.signal?.addEventListener("abort", onAbort, { once: true });
+
+    try {
+      const [exitCode, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
+        child.once("error", reject);
+        // Daemons still holding stdout would keep 'close' waiting: empty the cgroup once bwrap is gone.
+        child.once("exit", () => void ctx.cgroup.killAll().catch(() => undefined));
+        child.once("close", (code, sig) => resolve([code, sig]));
+      });
+      await Promise.all([stdout.done, stderr.done]);
+      if (joinReport.includes(CGROUP_JOIN_FAILED)) {
+        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not place the process in its cgroup`, {
+          retryable: true,
+        });
+      }
+      await ctx.cgroup.killAll();
+      const after = await ctx.cgroup.counters();
+      if (delta(after, before, "oomKills")) hits.add("memory");
+      if (delta(after, before, "pidsMaxHits")) hits.add("pids");
+      if (this.releasing && killed) hits.add("aborted");
+      return {
+        exitCode,
+        signal,
+        stdout: stdout.bytes,
+        stderr: stderr.bytes,
+        stdoutTruncated: stdout.truncated,
+        stderrTruncated: stderr.truncated,
+        limitHit: LIMIT_PRIORITY.find((l) => hits.has(l)) ?? null,
+        durationMs: Math.round(performance.now() - started),
+      };
+    } catch (err) {
+      kill("aborted");
+      if (isSandqueueError(err)) throw err;
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not run bwrap: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    } finally {
+      clearTimeout(timer);
+      req.signal?.removeEventListener("abort", onAbort);
+      this.running = null;
+    }
+  }
+
+  async putArchive(dir: string, tar: Readable): Promise<void> {
+    this.assertLive();
+    const extractTar = await archiveFunction<ExtractTar>("extractTar");
+    const hostDir = await hostDirFor(this.ctx.workspaceHostDir, dir, true);
+    await extractTar(hostDir, tar, this.ctx.archiveLimits);
+  }
+
+  async getArchive(dir: string, opts?: PackOptions): Promise<Readable> {
+    this.assertLive();
+    const packDir = await archiveFunction<PackDir>("packDir");
+    const hostDir = await hostDirFor(this.ctx.workspaceHostDir, dir, false);
+    return packDir(hostDir, opts);
+  }
+
+  release(): Promise<void> {
+    this.releasing ??= this.doRelease();
+    return this.releasing;
+  }
+
+  /** Every step runs even when an earlier one fails; the first failure is reported. */
+  private async doRelease(): Promise<void> {
+    this.running?.kill("aborted");
+    const steps = [
+      () => this.ctx.cgroup.remove(),
+      // fs.rm does not follow symlinks planted in the workspace: it unlinks them.
+      () => rm(this.ctx.sandboxDir, { recursive: true, force: true, maxRetries: 3 }),
+    ];
+    let firstError: unknown;
+    for (const step of steps) {
+      try {
+        await step();
+      } catch (err) {
+        firstError ??= err;
+      }
+    }
+    this.ctx.onReleased();
+    if (firstError !== undefined) {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: release incomplete: ${(firstError as Error).message}`, {
+        retryable: true,
+        cause: firstError,
+      });
+    }
+  }
+}
