@@ -55,7 +55,9 @@ export function buildBwrapArgs(input: BwrapArgsInput): string[] {
     args.push("--setenv", name, value);
   }
   args.push("--tmpfs", "/", ...input.rootOps);
-  args.push("--proc", "/proc", "--dev", "/dev");
+  // A minimal /dev (null, zero, urandom, tty, pts...) made read-only, with a
+  // private /dev/shm for POSIX shared memory (python multiprocessing locks).
+  args.push("--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/dev/shm");
   args.push(...(input.tmpSizeBytes ? ["--size", String(input.tmpSizeBytes)] : []), "--tmpfs", "/tmp");
   args.push("--bind", input.workspaceHostDir, WORKSPACE_DIR);
   // The root tmpfs holds only mount points now; nothing may be created next to them.

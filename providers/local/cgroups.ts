@@ -38,6 +38,8 @@ export interface CgroupManager {
   open(name: string): SandboxCgroup;
   /** Names of the sandbox cgroups currently under our parent. */
   list(): Promise<string[]>;
+  /** The parent cgroup directories (one per v1 hierarchy). */
+  readonly parentDirs: readonly string[];
   /** Absolute paths of the sandbox cgroup directories of `name`. */
   dirsOf(name: string): string[];
   /** Throws when the parent cgroup(s) are not writable any more. */
@@ -193,10 +195,13 @@ async function writeOptional(file: string, value: string): Promise<void> {
 
 class V1Manager implements CgroupManager {
   readonly version = 1 as const;
+  readonly parentDirs: readonly string[];
   constructor(
     private readonly memParent: string,
     private readonly pidsParent: string,
-  ) {}
+  ) {
+    this.parentDirs = [memParent, pidsParent];
+  }
 
   dirsOf(name: string): string[] {
     return [path.join(this.memParent, name), path.join(this.pidsParent, name)];
@@ -237,7 +242,10 @@ class V1Manager implements CgroupManager {
 
 class V2Manager implements CgroupManager {
   readonly version = 2 as const;
-  constructor(private readonly parent: string) {}
+  readonly parentDirs: readonly string[];
+  constructor(private readonly parent: string) {
+    this.parentDirs = [parent];
+  }
 
   dirsOf(name: string): string[] {
     return [path.join(this.parent, name)];

@@ -121,6 +121,11 @@ export class LocalProvider implements SandboxProvider {
     return this.cgroups.version;
   }
 
+  /** Parent cgroup directories holding the sandbox cgroups (one per v1 hierarchy). */
+  get cgroupParentDirs(): readonly string[] {
+    return this.cgroups.parentDirs;
+  }
+
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "local provider is closed", { retryable: true });
     const { memoryMb, pids } = spec.limits;

@@ -1,0 +1,200 @@
+/**
+ * The local (bubblewrap + cgroups) provider: the shared contract suite, then
+ * what only the local provider promises (cgroup files, daemons, reap).
+ * Needs the `bubblewrap` package and root (cgroup writes); fails, not skips,
+ * when they are missing.
+ */
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdtemp, mkdir, readFile, rm, rmdir, writeFile, readdir, symlink, cp } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describeProviderContract } from "../../providers/contract.js";
+import { LocalProvider, type LocalProviderOptions } from "../../providers/local/index.js";
+import type { ExecRequest, SandboxSpec } from "../../providers/provider.js";
+
+const roots: string[] = [];
+const providers: LocalProvider[] = [];
+const cgroupParent = `sandqueue-test-${process.pid}`;
+
+async function makeLocal(extra: LocalProviderOptions = {}): Promise<LocalProvider> {
+  const workRoot = await mkdtemp(path.join(os.tmpdir(), "sandqueue-local-test-"));
+  roots.push(workRoot);
+  const p = new LocalProvider({ workRoot, cgroupParent, ...extra });
+  providers.push(p);
+  return p;
+}
+
+afterAll(async () => {
+  await Promise.allSettled(providers.map((p) => p.close()));
+  for (const dir of providers[0]?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
+  for (const r of roots) await rm(r, { recursive: true, force: true });
+});
+
+let contractProvider: LocalProvider | undefined;
+describeProviderContract(
+  "local",
+  async () => {
+    contractProvider = await makeLocal();
+    return contractProvider;
+  },
+  { image: "host", listResources: () => contractProvider!.resources(), memoryMb: 256, pids: 64 },
+);
+
+const spec = (limits: Partial<SandboxSpec["limits"]> = {}, image = "host"): SandboxSpec => ({
+  image,
+  limits: { memoryMb: 128, pids: 32, ...limits },
+  network: "none",
+  labels: { "sandqueue.test": "local" },
+});
+const req = (script: string, over: Partial<ExecRequest> = {}): ExecRequest => ({
+  argv: ["/bin/sh", "-c", script],
+  env: { PATH: "/usr/bin:/bin" },
+  timeoutMs: 15_000,
+  maxOutputBytes: 1 << 20,
+  ...over,
+});
+
+function hostPidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("local provider specifics", () => {
+  let provider: LocalProvider;
+  beforeAll(async () => {
+    provider = await makeLocal();
+  });
+
+  it("creates one cgroup per sandbox with the limits written, and removes it on release", async () => {
+    const s = await provider.acquire(spec({ memoryMb: 96, pids: 10 }), {});
+    const res = await provider.resources();
+    const cgDirs = res.filter((r) => !r.startsWith(provider.workRoot));
+    expect(cgDirs.length).toBe(provider.cgroupVersion === 1 ? 2 : 1);
+    const limits = await Promise.all(
+      cgDirs.flatMap((d) =>
+        ["memory.limit_in_bytes", "memory.max", "pids.max"]
+          .map((f) => path.join(d, f))
+          .filter(existsSync)
+          .map(async (f) => [path.basename(f), (await readFile(f, "utf8")).trim()] as const),
+      ),
+    );
+    const byName = Object.fromEntries(limits);
+    expect(byName["memory.limit_in_bytes"] ?? byName["memory.max"]).toBe(String(96 * 1024 * 1024));
+    // bwrap's own two processes (monitor + namespace init) come on top of the job's.
+    expect(byName["pids.max"]).toBe("12");
+    // The job really runs inside it.
+    const r = await s.exec(req("cat /proc/self/cgroup; sleep 0.2"));
+    expect(r.exitCode).toBe(0);
+    await s.release();
+    for (const d of cgDirs) expect(existsSync(d)).toBe(false);
+  });
+
+  it("kills setsid / double-forked daemons when the job ends, and on timeout", async () => {
+    const s = await provider.acquire(spec(), {});
+    // A daemon that detaches from the session and outlives its parent.
+    const r = await s.exec(req("setsid sh -c 'sleep 60 & echo $! > /workspace/daemon.pid' </dev/null >/dev/null 2>&1 & sleep 0.3; echo parent-done"));
+    expect(r.stdout.toString()).toBe("parent-done\n");
+    const after = await s.exec(req("ls /proc | grep -c '^[0-9]'"));
+    // Only this exec's own processes are left (sh, grep, ls / namespace init).
+    expect(Number(after.stdout.toString())).toBeLessThanOrEqual(4);
+    const t = await s.exec(req("(setsid sleep 60 &) ; sleep 60", { timeoutMs: 500 }));
+    expect(t.limitHit).toBe("timeout");
+    const res = await provider.resources();
+    const procsFiles = res.filter((d) => !d.startsWith(provider.workRoot)).map((d) => path.join(d, "cgroup.procs"));
+    for (const f of procsFiles) expect((await readFile(f, "utf8")).trim()).toBe("");
+    await s.release();
+  });
+
+  it("does not follow a symlink planted in the workspace when releasing", async () => {
+    const victimDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-victim-"));
+    roots.push(victimDir);
+    await writeFile(path.join(victimDir, "precious"), "keep me");
+    const s = await provider.acquire(spec(), {});
+    const ws = (await provider.resources()).find((r) => r.startsWith(provider.workRoot))!;
+    await symlink(victimDir, path.join(ws, "workspace", "link-to-host"));
+    await symlink(path.join(victimDir, "precious"), path.join(ws, "workspace", "file-link"));
+    await s.release();
+    expect(existsSync(ws)).toBe(false);
+    expect(await readFile(path.join(victimDir, "precious"), "utf8")).toBe("keep me");
+  });
+
+  it("reap() removes sandboxes of dead owners only, matching labels", async () => {
+    const live = await provider.acquire(spec(), {});
+    // Forge the leftovers of a dead worker: a workspace dir and cgroups named with its pid.
+    const dead = spawn("true");
+    await new Promise((r) => dead.on("exit", r));
+    const deadPid = dead.pid!;
+    expect(hostPidAlive(deadPid)).toBe(false);
+    const names = [`sq-${deadPid}-aaaaaaaaaaaa`, `sq-${deadPid}-bbbbbbbbbbbb`];
+    await mkdir(path.join(provider.workRoot, names[0]!, "workspace"), { recursive: true });
+    await writeFile(path.join(provider.workRoot, names[0]!, "owner.json"), JSON.stringify({ pid: deadPid, labels: { pool: "a" } }));
+    await mkdir(path.join(provider.workRoot, names[1]!, "workspace"), { recursive: true });
+    await writeFile(path.join(provider.workRoot, names[1]!, "owner.json"), JSON.stringify({ pid: deadPid, labels: { pool: "b" } }));
+    for (const parent of provider.cgroupParentDirs) await mkdir(path.join(parent, names[0]!));
+
+    expect(await provider.reap({ pool: "a" })).toBe(1);
+    expect(existsSync(path.join(provider.workRoot, names[0]!))).toBe(false);
+    for (const parent of provider.cgroupParentDirs) expect(existsSync(path.join(parent, names[0]!))).toBe(false);
+    expect(existsSync(path.join(provider.workRoot, names[1]!))).toBe(true);
+    expect(await provider.reap({})).toBe(1);
+    // The live sandbox of this process is untouched.
+    const r = await live.exec(req("echo alive"));
+    expect(r.stdout.toString()).toBe("alive\n");
+    await live.release();
+  });
+
+  it("close() releases every live sandbox and is idempotent", async () => {
+    const p = await makeLocal();
+    await p.acquire(spec(), {});
+    await p.acquire(spec(), {});
+    expect((await p.resources()).length).toBeGreaterThan(0);
+    await p.close();
+    await p.close();
+    expect(await p.resources()).toEqual([]);
+    await expect(p.acquire(spec(), {})).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_UNAVAILABLE" });
+  });
+
+  it("rejects image names that try to leave imagesDir", async () => {
+    const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));
+    roots.push(imagesDir);
+    const p = await makeLocal({ imagesDir });
+    for (const image of ["../etc", "/etc", "a/../../b", ""]) {
+      await expect(p.acquire(spec({}, image), {})).rejects.toMatchObject({ code: "SANDQ_ERR_IMAGE_NOT_FOUND", retryable: false });
+    }
+    const err = await p.acquire(spec({}, "nope"), {}).catch((e: Error) => e);
+    expect((err as Error).message).toContain(path.join(imagesDir, "nope"));
+    expect(await p.resources()).toEqual([]);
+  });
+
+  it("runs a directory image as the root filesystem", async () => {
+    // A minimal image: dash and the C library copied from the host.
+    const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));
+    roots.push(imagesDir);
+    const rootfs = path.join(imagesDir, "tiny");
+    const ldd = await new Promise<string>((resolve) => {
+      const c = spawn("ldd", ["/bin/sh"]);
+      let out = "";
+      c.stdout.on("data", (d: Buffer) => (out += d.toString()));
+      c.on("close", () => resolve(out));
+    });
+    const libs = [...ldd.matchAll(/(\/\S+)/g)].map((m) => m[1]!);
+    expect(libs.length).toBeGreaterThan(0);
+    await mkdir(path.join(rootfs, "bin"), { recursive: true });
+    await cp("/bin/sh", path.join(rootfs, "bin", "sh"), { dereference: true });
+    for (const lib of libs) await cp(lib, path.join(rootfs, lib), { dereference: true });
+    await mkdir(path.join(rootfs, "etc"));
+    await writeFile(path.join(rootfs, "etc", "image-marker"), "tiny image\n");
+    const p = await makeLocal({ imagesDir });
+    const s = await p.acquire(spec({}, "tiny"), {});
+    const r = await s.exec(req("read l < /etc/image-marker; echo \"$l\"; echo x > /etc/y || echo ro; test -e /usr/bin/python3 || echo no-python"));
+    expect(r.stdout.toString()).toBe("tiny image\nro\nno-python\n");
+    await s.release();
+    expect(await readdir(p.workRoot).then((e) => e.filter((n) => n.startsWith("sq-")))).toEqual([]);
+  });
+});
