@@ -65,7 +65,7 @@ export class SandqueueClient {
   private readonly url: string;
   private readonly opts: typeof DEFAULTS & { sizeLimits: SpecSizeLimits; prefix: string };
   private readonly redis: Redis;
-  private readonly queue: Queue;
+  private queueInstance: Queue | undefined;
   private events: QueueEvents | undefined;
   private eventsRedis: Redis | undefined;
   private eventsReady: Promise<void> | undefined;
@@ -85,12 +85,19 @@ export class SandqueueClient {
       prefix: options.prefix ?? DEFAULT_PREFIX,
     };
     this.redis = createRedis(this.url, "producer");
-    this.queue = new Queue(this.queueName, {
-      connection: this.redis,
-      prefix: this.opts.prefix,
-      skipWaitingForReady: true,
-    });
-    this.queue.on("error", () => {});
+  }
+
+  /**
+   * The BullMQ queue, created once the connection is up: BullMQ probes the
+   * server as soon as a Queue exists, and a fail-fast connection would turn
+   * that probe into a permanent error.
+   */
+  private get queue(): Queue {
+    if (!this.queueInstance) {
+      this.queueInstance = new Queue(this.queueName, { connection: this.redis, prefix: this.opts.prefix });
+      this.queueInstance.on("error", () => {});
+    }
+    return this.queueInstance;
   }
 
   /** Validates and enqueues one job. Nothing is enqueued when the spec is invalid. */
@@ -224,14 +231,22 @@ export class SandqueueClient {
     if (this.closed) return;
     this.closed = true;
     for (const [id] of this.waiters) this.rejectWaiters(id, new ClientError(ErrorCodes.RESULT_TIMEOUT, "client closed"));
-    const steps = [() => this.events?.close(), () => this.queue.close(), () => this.eventsRedis?.quit(), () => this.redis.quit()];
+    // Each step is bounded: closing must not hang on a Redis that is down.
+    const steps = [
+      () => this.events?.close(),
+      () => this.queueInstance?.close(),
+      () => closeRedis(this.eventsRedis),
+      () => closeRedis(this.redis),
+    ];
     for (const step of steps) {
       try {
-        await step();
+        await withTimeout(Promise.resolve(step()), 1000, () => new Error("close timed out"));
       } catch {
         // keep closing the rest
       }
     }
+    this.eventsRedis?.disconnect();
+    this.redis.disconnect();
   }
 
   private dataFor(spec: JobSpec): QueuedJobData {
@@ -332,6 +347,13 @@ function resultOf(job: Job): JobResult | null {
     snapshot: null,
     error: { code: ErrorCodes.WORKER_LOST, message: `no worker finished the job: ${job.failedReason}` },
   };
+}
+
+/** QUIT when connected (flushes pending replies); otherwise just drop the socket. */
+async function closeRedis(client: Redis | undefined): Promise<void> {
+  if (!client) return;
+  if (client.status === "ready") await client.quit();
+  else client.disconnect();
 }
 
 function safeJson(s: string): unknown {

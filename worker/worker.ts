@@ -155,8 +155,8 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     const steps: (() => Promise<unknown> | undefined)[] = [
       () => this.bull?.close(),
       async () => clearInterval(this.reapTimer),
-      () => this.subscriber?.quit(),
-      () => this.connection?.quit(),
+      () => quitOrDrop(this.subscriber),
+      () => quitOrDrop(this.connection),
     ];
     for (const step of steps) {
       try {
@@ -237,6 +237,17 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     if (this.config.logJobs) this.log.log("info", "job.finished", auditFields(result, spec));
     return result;
   }
+}
+
+/** QUIT within a second when possible; a Redis that is down must not hold shutdown. */
+async function quitOrDrop(client: Redis | undefined): Promise<void> {
+  if (!client) return;
+  if (client.status === "ready") {
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([client.quit().catch(() => {}), new Promise((r) => (timer = setTimeout(r, 1000)))]);
+    clearTimeout(timer);
+  }
+  client.disconnect();
 }
 
 /** The audit line: who, what image, which secret names, limits, outcome. Never values. */
