@@ -1,0 +1,91 @@
+/**
+ * Issue 2 benchmark: the same trivial job (`sh -c true`, host image) run
+ * (a) as a raw bubblewrap spawn with the local provider's exact flags, and
+ * (b) end to end through the queue: enqueue -> worker -> sandbox -> result
+ * seen by the producer. Both sequentially and at concurrency = cores, in the
+ * same run, so the ratios hold on a noisy shared machine.
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { join } from "node:path";
+import { randomBytes } from "node:crypto";
+import { SandqueueClient } from "../producer/client.js";
+import { buildBwrapArgs } from "../providers/local/bwrap-args.js";
+import { hostImageOps } from "../providers/local/image-root.js";
+import { parseWorkerConfig } from "../worker/config.js";
+import { silentLogger } from "../worker/log.js";
+import { startWorkerRuntime } from "../worker/runtime.js";
+import { fmt, stats, timedPool, type RunStats } from "./stats.js";
+
+const ARGV = ["/bin/sh", "-c", "true"];
+const ENV = { PATH: "/usr/local/bin:/usr/bin:/bin", HOME: "/workspace", LANG: "C.UTF-8" };
+
+function rawSpawn(args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("bwrap", args, { stdio: ["ignore", "pipe", "pipe"] });
+    child.stdout.resume();
+    child.stderr.resume();
+    child.on("error", reject);
+    child.on("close", (code) => (code === 0 ? resolve() : reject(new Error(`bwrap exited ${code}`))));
+  });
+}
+
+export interface QueueBenchResult {
+  cores: number;
+  raw1: RunStats;
+  rawN: RunStats;
+  queued1: RunStats;
+  queuedN: RunStats;
+}
+
+export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300)): Promise<QueueBenchResult> {
+  const cores = availableParallelism();
+  const dir = mkdtempSync(join(tmpdir(), "sandq-bench-"));
+  const ws = join(dir, "ws");
+  rmSync(ws, { recursive: true, force: true });
+  await import("node:fs/promises").then((fs) => fs.mkdir(ws));
+  const args = buildBwrapArgs({ rootOps: hostImageOps(join(dir, "etc")), workspaceHostDir: ws, argv: ARGV, env: ENV, uid: 1000, gid: 1000 });
+
+  // Warm-up: page cache, bwrap binary, Redis connections.
+  for (let i = 0; i < 20; i++) await rawSpawn(args);
+  const r1 = await timedPool(n, 1, () => rawSpawn(args));
+  const rN = await timedPool(n, cores, () => rawSpawn(args));
+
+  const queued = async (concurrency: number): Promise<RunStats> => {
+    const queue = `bench-${randomBytes(4).toString("hex")}`;
+    const config = parseWorkerConfig(process.env, {}, { queue, concurrency, metricsPort: 0, logJobs: false, workRoot: join(dir, "work") });
+    const runtime = await startWorkerRuntime(config, silentLogger);
+    const client = new SandqueueClient({ redisUrl: config.redisUrl, queue, prefix: config.prefix, resultTtlMs: 600_000 });
+    const job = { kind: "shell", script: "true" } as const;
+    try {
+      for (let i = 0; i < 20; i++) await client.waitForResult((await client.enqueue(job)).id);
+      const run = await timedPool(n, concurrency, async () => {
+        const r = await client.waitForResult((await client.enqueue(job)).id, { timeoutMs: 60_000 });
+        if (r.status !== "succeeded") throw new Error(`bench job ended ${r.status}: ${JSON.stringify(r.error)}`);
+      });
+      return stats(run.latencies, run.wallMs);
+    } finally {
+      await client.close();
+      await runtime.close();
+    }
+  };
+  const q1 = await queued(1);
+  const qN = await queued(cores);
+  rmSync(dir, { recursive: true, force: true });
+  return { cores, raw1: stats(r1.latencies, r1.wallMs), rawN: stats(rN.latencies, rN.wallMs), queued1: q1, queuedN: qN };
+}
+
+export function reportQueueBench(r: QueueBenchResult): string {
+  const thr = r.queuedN.perSec / r.rawN.perSec;
+  const p50delta = r.queued1.p50Ms - r.raw1.p50Ms;
+  return [
+    `== queue vs raw bubblewrap (job: sh -c true, host image; cores=${r.cores})`,
+    `raw bwrap      c=1        ${fmt(r.raw1)}`,
+    `raw bwrap      c=${r.cores}        ${fmt(r.rawN)}`,
+    `through queue  c=1        ${fmt(r.queued1)}`,
+    `through queue  c=${r.cores}        ${fmt(r.queuedN)}`,
+    `throughput ratio at c=${r.cores}: ${thr.toFixed(2)}x raw (target >= 0.85x) ${thr >= 0.85 ? "OK" : "BELOW TARGET"}`,
+    `p50 latency at c=1: +${p50delta.toFixed(2)}ms over raw (target <= 3ms) ${p50delta <= 3 ? "OK" : "ABOVE TARGET"}`,
+  ].join("\n");
+}
