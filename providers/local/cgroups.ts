@@ -21,13 +21,27 @@ export interface CgroupCounters {
   pidsMaxHits: number;
 }
 
-export interface SandboxCgroup {
+/** The leaf cgroup of one exec: the limits live here, the process joins here. */
+export interface ExecCgroup {
   /** cgroup.procs files a process writes its pid into (one per v1 hierarchy). */
   readonly procsFiles: readonly string[];
   counters(): Promise<CgroupCounters>;
   /** SIGKILLs every process in the cgroup until it is empty (or gives up). */
   killAll(): Promise<void>;
-  /** Kills what is left and removes the cgroup directories. Idempotent. */
+  /** Kills what is left and removes the leaf. */
+  remove(): Promise<void>;
+}
+
+/**
+ * The cgroup of one sandbox. Each exec runs in a fresh leaf below it: the
+ * kernel uncharges exited tasks from pids.current only some time after they
+ * are gone, so a limit reused by quick successive execs would count ghosts.
+ */
+export interface SandboxCgroup {
+  newExec(): Promise<ExecCgroup>;
+  /** Kills every process of every exec. */
+  killAll(): Promise<void>;
+  /** Kills what is left and removes the sandbox cgroup and its leaves. Idempotent. */
   remove(): Promise<void>;
 }
 
@@ -122,66 +136,120 @@ async function rmdirRetry(dir: string): Promise<void> {
   }
 }
 
-class V1Cgroup implements SandboxCgroup {
+/** Depth-first: kill and remove the children, then the cgroup itself. */
+async function removeTree(dir: string, v2: boolean): Promise<void> {
+  for (const child of await subdirs(dir)) await removeTree(path.join(dir, child), v2);
+  await killTree(dir, v2);
+  await rmdirRetry(dir);
+}
+
+async function killTree(dir: string, v2: boolean): Promise<void> {
+  if (v2) {
+    // cgroup.kill (Linux 5.14+) kills the whole subtree atomically, forks included.
+    const killFile = path.join(dir, "cgroup.kill");
+    const kill = () => writeFile(killFile, "1").then(() => true, () => false);
+    await killUntilEmpty(path.join(dir, "cgroup.procs"), kill);
+  } else {
+    await killUntilEmpty(path.join(dir, "cgroup.procs"));
+  }
+  for (const child of await subdirs(dir)) await killTree(path.join(dir, child), v2);
+}
+
+interface Hierarchies {
+  /** Directory of this cgroup in the memory hierarchy and in the pids one (the same dir on v2). */
+  mem: string;
+  pids: string;
+  v2: boolean;
+}
+
+function uniqueDirs(h: Hierarchies): string[] {
+  return h.mem === h.pids ? [h.mem] : [h.mem, h.pids];
+}
+
+async function writeMemoryLimit(h: Hierarchies, bytes: number): Promise<void> {
+  if (h.v2) {
+    await writeFile(path.join(h.mem, "memory.max"), String(bytes));
+    await writeOptional(path.join(h.mem, "memory.swap.max"), "0");
+    // Kill the whole exec on OOM rather than one task, like a container runtime does.
+    await writeOptional(path.join(h.mem, "memory.oom.group"), "1");
+  } else {
+    await writeFile(path.join(h.mem, "memory.limit_in_bytes"), String(bytes));
+    // memsw = memory + swap; equal to the memory limit means no swap. Absent without swap accounting.
+    await writeOptional(path.join(h.mem, "memory.memsw.limit_in_bytes"), String(bytes));
+    await writeOptional(path.join(h.mem, "memory.swappiness"), "0");
+  }
+}
+
+async function mkdirAll(h: Hierarchies): Promise<void> {
+  for (const d of uniqueDirs(h)) await mkdir(d);
+}
+
+class LeafCgroup implements ExecCgroup {
   readonly procsFiles: readonly string[];
-  constructor(
-    private readonly memDir: string,
-    private readonly pidsDir: string,
-  ) {
-    this.procsFiles = [path.join(memDir, "cgroup.procs"), path.join(pidsDir, "cgroup.procs")];
+  constructor(private readonly h: Hierarchies) {
+    this.procsFiles = uniqueDirs(h).map((d) => path.join(d, "cgroup.procs"));
   }
 
   async counters(): Promise<CgroupCounters> {
-    const oomFile = path.join(this.memDir, "memory.oom_control");
+    const { h } = this;
+    const pidsMaxHits = await readInt(path.join(h.pids, "pids.events"), "max");
+    if (h.v2) return { oomKills: await readInt(path.join(h.mem, "memory.events"), "oom_kill"), pidsMaxHits };
+    const oomFile = path.join(h.mem, "memory.oom_control");
     const text = await readFile(oomFile, "utf8").catch(() => "");
     // oom_kill exists since Linux 4.13; failcnt (limit reached at least once) is the fallback.
-    const oomKills = /\boom_kill\b/.test(text)
-      ? await readInt(oomFile, "oom_kill")
-      : await readInt(path.join(this.memDir, "memory.failcnt"));
-    return { oomKills, pidsMaxHits: await readInt(path.join(this.pidsDir, "pids.events"), "max") };
+    const oomKills = /\boom_kill\b/.test(text) ? await readInt(oomFile, "oom_kill") : await readInt(path.join(h.mem, "memory.failcnt"));
+    return { oomKills, pidsMaxHits };
   }
 
   async killAll(): Promise<void> {
-    // Both hierarchies hold the same processes; the pids one is always present.
-    await killUntilEmpty(path.join(this.pidsDir, "cgroup.procs"));
-    await killUntilEmpty(path.join(this.memDir, "cgroup.procs"));
+    for (const d of uniqueDirs(this.h)) await killTree(d, this.h.v2);
   }
 
   async remove(): Promise<void> {
-    await this.killAll();
-    const results = await Promise.allSettled([rmdirRetry(this.memDir), rmdirRetry(this.pidsDir)]);
+    const results = await Promise.allSettled(uniqueDirs(this.h).map((d) => removeTree(d, this.h.v2)));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
   }
 }
 
-class V2Cgroup implements SandboxCgroup {
-  readonly procsFiles: readonly string[];
-  constructor(private readonly dir: string) {
-    this.procsFiles = [path.join(dir, "cgroup.procs")];
+class SandboxCgroupImpl implements SandboxCgroup {
+  private seq = 0;
+  private readonly node: LeafCgroup;
+  constructor(
+    private readonly h: Hierarchies,
+    private readonly limits: CgroupLimits,
+  ) {
+    this.node = new LeafCgroup(h);
   }
 
-  async counters(): Promise<CgroupCounters> {
-    return {
-      oomKills: await readInt(path.join(this.dir, "memory.events"), "oom_kill"),
-      pidsMaxHits: await readInt(path.join(this.dir, "pids.events"), "max"),
-    };
+  /** Creates the sandbox cgroup: the memory limit also caps it as a whole; pids only per exec. */
+  async create(): Promise<void> {
+    await mkdirAll(this.h);
+    if (this.h.v2) await writeFile(path.join(this.h.mem, "cgroup.subtree_control"), "+memory +pids");
+    await writeMemoryLimit(this.h, this.limits.memoryBytes);
   }
 
-  async killAll(): Promise<void> {
-    // cgroup.kill (Linux 5.14+) kills atomically, forks included.
-    const killFile = path.join(this.dir, "cgroup.kill");
-    await killUntilEmpty(this.procsFiles[0]!, () =>
-      writeFile(killFile, "1").then(
-        () => true,
-        () => false,
-      ),
-    );
+  async newExec(): Promise<ExecCgroup> {
+    const name = `x${++this.seq}`;
+    const h: Hierarchies = { mem: path.join(this.h.mem, name), pids: path.join(this.h.pids, name), v2: this.h.v2 };
+    const leaf = new LeafCgroup(h);
+    try {
+      await mkdirAll(h);
+      await writeMemoryLimit(h, this.limits.memoryBytes);
+      await writeFile(path.join(h.pids, "pids.max"), String(this.limits.pids));
+      return leaf;
+    } catch (err) {
+      await leaf.remove().catch(() => undefined);
+      throw err;
+    }
   }
 
-  async remove(): Promise<void> {
-    await this.killAll();
-    await rmdirRetry(this.dir);
+  killAll(): Promise<void> {
+    return this.node.killAll();
+  }
+
+  remove(): Promise<void> {
+    return this.node.remove();
   }
 }
 
@@ -193,35 +261,33 @@ async function writeOptional(file: string, value: string): Promise<void> {
   }
 }
 
-class V1Manager implements CgroupManager {
-  readonly version = 1 as const;
+class Manager implements CgroupManager {
+  readonly version: 1 | 2;
   readonly parentDirs: readonly string[];
   constructor(
     private readonly memParent: string,
     private readonly pidsParent: string,
   ) {
-    this.parentDirs = [memParent, pidsParent];
+    this.version = memParent === pidsParent ? 2 : 1;
+    this.parentDirs = this.version === 2 ? [memParent] : [memParent, pidsParent];
+  }
+
+  private hierarchies(name: string): Hierarchies {
+    return { mem: path.join(this.memParent, name), pids: path.join(this.pidsParent, name), v2: this.version === 2 };
   }
 
   dirsOf(name: string): string[] {
-    return [path.join(this.memParent, name), path.join(this.pidsParent, name)];
+    return uniqueDirs(this.hierarchies(name));
   }
 
   open(name: string): SandboxCgroup {
-    const [memDir, pidsDir] = this.dirsOf(name) as [string, string];
-    return new V1Cgroup(memDir, pidsDir);
+    return new SandboxCgroupImpl(this.hierarchies(name), { memoryBytes: 0, pids: 0 });
   }
 
   async create(name: string, limits: CgroupLimits): Promise<SandboxCgroup> {
-    const [memDir, pidsDir] = this.dirsOf(name) as [string, string];
-    const cg = new V1Cgroup(memDir, pidsDir);
+    const cg = new SandboxCgroupImpl(this.hierarchies(name), limits);
     try {
-      await Promise.all([mkdir(memDir), mkdir(pidsDir)]);
-      await writeFile(path.join(memDir, "memory.limit_in_bytes"), String(limits.memoryBytes));
-      // memsw = memory + swap; equal to the memory limit means no swap. Absent without swap accounting.
-      await writeOptional(path.join(memDir, "memory.memsw.limit_in_bytes"), String(limits.memoryBytes));
-      await writeOptional(path.join(memDir, "memory.swappiness"), "0");
-      await writeFile(path.join(pidsDir, "pids.max"), String(limits.pids));
+      await cg.create();
       return cg;
     } catch (err) {
       await cg.remove().catch(() => undefined);
@@ -230,54 +296,12 @@ class V1Manager implements CgroupManager {
   }
 
   async list(): Promise<string[]> {
-    const [a, b] = await Promise.all([subdirs(this.memParent), subdirs(this.pidsParent)]);
-    return [...new Set([...a, ...b])];
+    const all = await Promise.all(this.parentDirs.map(subdirs));
+    return [...new Set(all.flat())];
   }
 
   async check(): Promise<void> {
-    await access(this.memParent, constants.W_OK);
-    await access(this.pidsParent, constants.W_OK);
-  }
-}
-
-class V2Manager implements CgroupManager {
-  readonly version = 2 as const;
-  readonly parentDirs: readonly string[];
-  constructor(private readonly parent: string) {
-    this.parentDirs = [parent];
-  }
-
-  dirsOf(name: string): string[] {
-    return [path.join(this.parent, name)];
-  }
-
-  open(name: string): SandboxCgroup {
-    return new V2Cgroup(path.join(this.parent, name));
-  }
-
-  async create(name: string, limits: CgroupLimits): Promise<SandboxCgroup> {
-    const dir = path.join(this.parent, name);
-    const cg = new V2Cgroup(dir);
-    try {
-      await mkdir(dir);
-      await writeFile(path.join(dir, "memory.max"), String(limits.memoryBytes));
-      await writeOptional(path.join(dir, "memory.swap.max"), "0");
-      // Kill the whole sandbox on OOM instead of one task, like a container runtime does.
-      await writeOptional(path.join(dir, "memory.oom.group"), "1");
-      await writeFile(path.join(dir, "pids.max"), String(limits.pids));
-      return cg;
-    } catch (err) {
-      await cg.remove().catch(() => undefined);
-      throw err;
-    }
-  }
-
-  async list(): Promise<string[]> {
-    return subdirs(this.parent);
-  }
-
-  async check(): Promise<void> {
-    await access(path.join(this.parent, "cgroup.subtree_control"), constants.W_OK);
+    for (const d of this.parentDirs) await access(path.join(d, "cgroup.procs"), constants.W_OK);
   }
 }
 
@@ -337,7 +361,8 @@ export function detectCgroups(opts: DetectCgroupsOptions): CgroupManager {
   const v2 = mounts.find((m) => m.type === "cgroup2");
   if (v2 && opts.version !== 1) {
     try {
-      return new V2Manager(prepareV2(v2.dir, parent));
+      const dir = prepareV2(v2.dir, parent);
+      return new Manager(dir, dir);
     } catch (err) {
       problems.push(`cgroup v2 at ${v2.dir}: ${(err as Error).message}`);
     }
@@ -355,7 +380,7 @@ export function detectCgroups(opts: DetectCgroupsOptions): CgroupManager {
         mkdirSync(pidsParent, { recursive: true });
         // Without use_hierarchy a child's limit would not count against the parent's.
         writeOptionalSync(path.join(memParent, "memory.use_hierarchy"), "1");
-        return new V1Manager(memParent, pidsParent);
+        return new Manager(memParent, pidsParent);
       } catch (err) {
         problems.push(`cgroup v1: ${(err as Error).message}`);
       }

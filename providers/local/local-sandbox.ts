@@ -10,7 +10,7 @@ import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider
 import type { ArchiveLimits, ExtractStats, PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
-import type { CgroupCounters, SandboxCgroup } from "./cgroups.js";
+import type { SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
 import { hostDirFor } from "./workspace-path.js";
 
@@ -60,10 +60,6 @@ async function archiveFunction<T>(name: "extractTar" | "packDir"): Promise<T> {
   return fn as T;
 }
 
-function delta(after: CgroupCounters, before: CgroupCounters, key: keyof CgroupCounters): boolean {
-  return after[key] > before[key];
-}
-
 export class LocalSandbox implements Sandbox {
   readonly id: string;
   private running: { kill: (why: ExecLimitHit) => void } | null = null;
@@ -106,9 +102,11 @@ export class LocalSandbox implements Sandbox {
         stdoutTruncated: false, stderrTruncated: false, limitHit: "aborted", durationMs: 0,
       };
     }
-    const before = await ctx.cgroup.counters();
+    // A fresh leaf cgroup per exec: its counters start at zero and no exited
+    // task of an earlier exec still counts against its pids limit.
+    const cg = await ctx.cgroup.newExec();
     const hits = new Set<ExecLimitHit>();
-    const procs = ctx.cgroup.procsFiles;
+    const procs = cg.procsFiles;
     const child = spawn("/bin/sh", ["-c", wrapperScript(procs.length), "sandqueue-wrap", ...procs, ctx.bwrapPath, ...args], {
       // The wrapper and bwrap get an empty environment too; bwrap --clearenv
       // then sets only the request's variables.
@@ -117,13 +115,17 @@ export class LocalSandbox implements Sandbox {
     });
 
     let killed = false;
+    // Cgroup sweeps started from event handlers; awaited before exec returns so
+    // a late sweep can never hit the next exec's processes.
+    const sweeps: Promise<void>[] = [];
+    const sweep = (): void => void sweeps.push(cg.killAll().catch(() => undefined));
     const kill = (why: ExecLimitHit): void => {
       hits.add(why);
       if (killed) return;
       killed = true;
       child.kill("SIGKILL");
       // bwrap's --die-with-parent ends the pid namespace; the sweep catches anything in between.
-      void ctx.cgroup.killAll().catch(() => undefined);
+      sweep();
     };
     this.running = { kill };
 
@@ -147,7 +149,7 @@ export class LocalSandbox implements Sandbox {
       const [exitCode, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
         child.once("error", reject);
         // Daemons still holding stdout would keep 'close' waiting: empty the cgroup once bwrap is gone.
-        child.once("exit", () => void ctx.cgroup.killAll().catch(() => undefined));
+        child.once("exit", sweep);
         child.once("close", (code, sig) => resolve([code, sig]));
       });
       await Promise.all([stdout.done, stderr.done]);
@@ -156,10 +158,11 @@ export class LocalSandbox implements Sandbox {
           retryable: true,
         });
       }
-      await ctx.cgroup.killAll();
-      const after = await ctx.cgroup.counters();
-      if (delta(after, before, "oomKills")) hits.add("memory");
-      if (delta(after, before, "pidsMaxHits")) hits.add("pids");
+      await Promise.all(sweeps);
+      await cg.killAll();
+      const after = await cg.counters();
+      if (after.oomKills > 0) hits.add("memory");
+      if (after.pidsMaxHits > 0) hits.add("pids");
       if (this.releasing && killed) hits.add("aborted");
       return {
         exitCode,
@@ -179,6 +182,8 @@ export class LocalSandbox implements Sandbox {
         cause: err,
       });
     } finally {
+      await Promise.all(sweeps);
+      await cg.remove().catch(() => undefined);
       clearTimeout(timer);
       req.signal?.removeEventListener("abort", onAbort);
       this.running = null;

@@ -71,28 +71,42 @@ describe("local provider specifics", () => {
     provider = await makeLocal();
   });
 
-  it("creates one cgroup per sandbox with the limits written, and removes it on release", async () => {
+  it("creates one cgroup per sandbox, a leaf with the limits per exec, and removes them", async () => {
     const s = await provider.acquire(spec({ memoryMb: 96, pids: 10 }), {});
-    const res = await provider.resources();
-    const cgDirs = res.filter((r) => !r.startsWith(provider.workRoot));
+    const cgDirs = (await provider.resources()).filter((r) => !r.startsWith(provider.workRoot));
     expect(cgDirs.length).toBe(provider.cgroupVersion === 1 ? 2 : 1);
-    const limits = await Promise.all(
-      cgDirs.flatMap((d) =>
-        ["memory.limit_in_bytes", "memory.max", "pids.max"]
-          .map((f) => path.join(d, f))
-          .filter(existsSync)
-          .map(async (f) => [path.basename(f), (await readFile(f, "utf8")).trim()] as const),
-      ),
-    );
-    const byName = Object.fromEntries(limits);
-    expect(byName["memory.limit_in_bytes"] ?? byName["memory.max"]).toBe(String(96 * 1024 * 1024));
+    const pending = s.exec(req("sleep 1"));
+    await new Promise((r) => setTimeout(r, 300));
+    // While the exec runs, its leaf holds the processes and the limits.
+    const limits: Record<string, string> = {};
+    let procs = 0;
+    for (const d of cgDirs) {
+      const leaves = (await readdir(d, { withFileTypes: true })).filter((e) => e.isDirectory());
+      expect(leaves.length).toBe(1);
+      const leaf = path.join(d, leaves[0]!.name);
+      for (const f of ["memory.limit_in_bytes", "memory.max", "pids.max"]) {
+        if (existsSync(path.join(leaf, f))) limits[f] = (await readFile(path.join(leaf, f), "utf8")).trim();
+      }
+      procs += (await readFile(path.join(leaf, "cgroup.procs"), "utf8")).trim().split("\n").filter(Boolean).length;
+    }
+    expect(limits["memory.limit_in_bytes"] ?? limits["memory.max"]).toBe(String(96 * 1024 * 1024));
     // bwrap's own two processes (monitor + namespace init) come on top of the job's.
-    expect(byName["pids.max"]).toBe("12");
-    // The job really runs inside it.
-    const r = await s.exec(req("cat /proc/self/cgroup; sleep 0.2"));
-    expect(r.exitCode).toBe(0);
+    expect(limits["pids.max"]).toBe("12");
+    expect(procs).toBeGreaterThanOrEqual(3);
+    expect((await pending).exitCode).toBe(0);
+    // The leaf is gone after the exec, the sandbox cgroup after release.
+    for (const d of cgDirs) expect((await readdir(d, { withFileTypes: true })).filter((e) => e.isDirectory())).toEqual([]);
     await s.release();
     for (const d of cgDirs) expect(existsSync(d)).toBe(false);
+  });
+
+  it("quick successive execs in one sandbox keep their full pids limit", async () => {
+    const s = await provider.acquire(spec({ pids: 4 }), {});
+    for (let i = 0; i < 25; i++) {
+      const r = await s.exec(req("true | true | true"));
+      expect(r).toMatchObject({ exitCode: 0, limitHit: null });
+    }
+    await s.release();
   });
 
   it("kills setsid / double-forked daemons when the job ends, and on timeout", async () => {
@@ -105,9 +119,12 @@ describe("local provider specifics", () => {
     expect(Number(after.stdout.toString())).toBeLessThanOrEqual(4);
     const t = await s.exec(req("(setsid sleep 60 &) ; sleep 60", { timeoutMs: 500 }));
     expect(t.limitHit).toBe("timeout");
-    const res = await provider.resources();
-    const procsFiles = res.filter((d) => !d.startsWith(provider.workRoot)).map((d) => path.join(d, "cgroup.procs"));
-    for (const f of procsFiles) expect((await readFile(f, "utf8")).trim()).toBe("");
+    // Nothing is left in the sandbox's cgroup: no process, no exec leaf.
+    const cgDirs = (await provider.resources()).filter((d) => !d.startsWith(provider.workRoot));
+    for (const d of cgDirs) {
+      expect((await readFile(path.join(d, "cgroup.procs"), "utf8")).trim()).toBe("");
+      expect((await readdir(d, { withFileTypes: true })).filter((e) => e.isDirectory())).toEqual([]);
+    }
     await s.release();
   });
 
