@@ -130,8 +130,8 @@ async function rmdirRetry(dir: string): Promise<void> {
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === "ENOENT") return;
-      if (i >= 50 || (code !== "EBUSY" && code !== "EAGAIN")) throw err;
-      await sleep(i < 10 ? 5 : 50);
+      if (i >= 60 || (code !== "EBUSY" && code !== "EAGAIN")) throw err;
+      await sleep(i < 10 ? 1 : 50);
     }
   }
 }
@@ -143,7 +143,7 @@ async function removeTree(dir: string, v2: boolean): Promise<void> {
   await rmdirRetry(dir);
 }
 
-async function killTree(dir: string, v2: boolean): Promise<void> {
+async function killTree(dir: string, v2: boolean, recurse = true): Promise<void> {
   if (v2) {
     // cgroup.kill (Linux 5.14+) kills the whole subtree atomically, forks included.
     const killFile = path.join(dir, "cgroup.kill");
@@ -152,6 +152,7 @@ async function killTree(dir: string, v2: boolean): Promise<void> {
   } else {
     await killUntilEmpty(path.join(dir, "cgroup.procs"));
   }
+  if (!recurse) return;
   for (const child of await subdirs(dir)) await killTree(path.join(dir, child), v2);
 }
 
@@ -181,28 +182,32 @@ async function writeMemoryLimit(h: Hierarchies, bytes: number): Promise<void> {
 }
 
 async function mkdirAll(h: Hierarchies): Promise<void> {
-  for (const d of uniqueDirs(h)) await mkdir(d);
+  await Promise.all(uniqueDirs(h).map((d) => mkdir(d)));
 }
 
 class LeafCgroup implements ExecCgroup {
   readonly procsFiles: readonly string[];
-  constructor(private readonly h: Hierarchies) {
+  /** `leaf`: nobody can create cgroups below it (sandbox code has no access), so no recursion. */
+  constructor(
+    private readonly h: Hierarchies,
+    private readonly leaf: boolean,
+  ) {
     this.procsFiles = uniqueDirs(h).map((d) => path.join(d, "cgroup.procs"));
   }
 
   async counters(): Promise<CgroupCounters> {
     const { h } = this;
-    const pidsMaxHits = await readInt(path.join(h.pids, "pids.events"), "max");
-    if (h.v2) return { oomKills: await readInt(path.join(h.mem, "memory.events"), "oom_kill"), pidsMaxHits };
+    const pidsMaxHits = readInt(path.join(h.pids, "pids.events"), "max");
+    if (h.v2) return { oomKills: await readInt(path.join(h.mem, "memory.events"), "oom_kill"), pidsMaxHits: await pidsMaxHits };
     const oomFile = path.join(h.mem, "memory.oom_control");
-    const text = await readFile(oomFile, "utf8").catch(() => "");
+    const [text, failcnt] = await Promise.all([readFile(oomFile, "utf8").catch(() => ""), readInt(path.join(h.mem, "memory.failcnt"))]);
     // oom_kill exists since Linux 4.13; failcnt (limit reached at least once) is the fallback.
-    const oomKills = /\boom_kill\b/.test(text) ? await readInt(oomFile, "oom_kill") : await readInt(path.join(h.mem, "memory.failcnt"));
-    return { oomKills, pidsMaxHits };
+    const m = /\boom_kill\s+(\d+)/.exec(text);
+    return { oomKills: m ? Number(m[1]) : failcnt, pidsMaxHits: await pidsMaxHits };
   }
 
   async killAll(): Promise<void> {
-    for (const d of uniqueDirs(this.h)) await killTree(d, this.h.v2);
+    await Promise.all(uniqueDirs(this.h).map((d) => killTree(d, this.h.v2, !this.leaf)));
   }
 
   async remove(): Promise<void> {
@@ -219,7 +224,7 @@ class SandboxCgroupImpl implements SandboxCgroup {
     private readonly h: Hierarchies,
     private readonly limits: CgroupLimits,
   ) {
-    this.node = new LeafCgroup(h);
+    this.node = new LeafCgroup(h, false);
   }
 
   /** Creates the sandbox cgroup: the memory limit also caps it as a whole; pids only per exec. */
@@ -232,11 +237,10 @@ class SandboxCgroupImpl implements SandboxCgroup {
   async newExec(): Promise<ExecCgroup> {
     const name = `x${++this.seq}`;
     const h: Hierarchies = { mem: path.join(this.h.mem, name), pids: path.join(this.h.pids, name), v2: this.h.v2 };
-    const leaf = new LeafCgroup(h);
+    const leaf = new LeafCgroup(h, true);
     try {
       await mkdirAll(h);
-      await writeMemoryLimit(h, this.limits.memoryBytes);
-      await writeFile(path.join(h.pids, "pids.max"), String(this.limits.pids));
+      await Promise.all([writeMemoryLimit(h, this.limits.memoryBytes), writeFile(path.join(h.pids, "pids.max"), String(this.limits.pids))]);
       return leaf;
     } catch (err) {
       await leaf.remove().catch(() => undefined);

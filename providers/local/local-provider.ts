@@ -45,6 +45,7 @@ export const BWRAP_OVERHEAD_PIDS = 2;
 
 const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 1024 ** 3, maxEntries: 100_000, maxDepth: 64 };
 const SANDBOX_NAME = /^sq-(\d+)-[0-9a-f]{12}$/;
+const HOST_ETC_NAME = /^\.host-etc-(\d+)-[0-9a-f]{12}$/;
 const MiB = 1024 * 1024;
 
 function findOnPath(name: string): string | undefined {
@@ -88,6 +89,7 @@ export class LocalProvider implements SandboxProvider {
   private readonly bwrapPath: string;
   private readonly cgroups: CgroupManager;
   private readonly hostOps: string[];
+  private readonly hostEtcDir: string;
   private readonly uid: number;
   private readonly gid: number;
   private readonly tmpSizeBytes: number | undefined;
@@ -110,7 +112,9 @@ export class LocalProvider implements SandboxProvider {
     this.workRoot = path.resolve(opts.workRoot ?? path.join(os.tmpdir(), "sandqueue-work"));
     mkdirSync(this.workRoot, { recursive: true, mode: 0o700 });
     this.imagesDir = opts.imagesDir === undefined ? undefined : path.resolve(opts.imagesDir);
-    this.hostOps = hostImageOps(path.join(this.workRoot, ".host-etc"));
+    // Per provider instance (several may share a work root); removed by close(), or by reap() once the owner is dead.
+    this.hostEtcDir = path.join(this.workRoot, `.host-etc-${process.pid}-${randomBytes(6).toString("hex")}`);
+    this.hostOps = hostImageOps(this.hostEtcDir);
     this.uid = opts.uid ?? 1000;
     this.gid = opts.gid ?? 1000;
     this.tmpSizeBytes = opts.tmpSizeMb === undefined ? undefined : opts.tmpSizeMb * MiB;
@@ -220,6 +224,11 @@ export class LocalProvider implements SandboxProvider {
     ]);
     let count = 0;
     for (const name of names) {
+      const etc = HOST_ETC_NAME.exec(name);
+      // Not a sandbox, not counted: just the /etc copy of a dead provider.
+      if (etc && Number(etc[1]) !== process.pid && !pidAlive(Number(etc[1]))) {
+        await rm(path.join(this.workRoot, name), { recursive: true, force: true });
+      }
       const m = SANDBOX_NAME.exec(name);
       if (!m || this.live.has(name)) continue;
       const ownerPid = Number(m[1]);
@@ -239,7 +248,10 @@ export class LocalProvider implements SandboxProvider {
 
   close(): Promise<void> {
     this.closing ??= (async () => {
-      const results = await Promise.allSettled([...this.live.values()].map((s) => s.release()));
+      const results = await Promise.allSettled([
+        ...[...this.live.values()].map((s) => s.release()),
+        rm(this.hostEtcDir, { recursive: true, force: true }),
+      ]);
       const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failed) throw failed.reason;
     })();

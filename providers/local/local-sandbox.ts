@@ -64,6 +64,7 @@ export class LocalSandbox implements Sandbox {
   readonly id: string;
   private running: { kill: (why: ExecLimitHit) => void } | null = null;
   private releasing: Promise<void> | null = null;
+  private readonly leafRemovals = new Set<Promise<void>>();
 
   constructor(private readonly ctx: LocalSandboxContext) {
     this.id = ctx.id;
@@ -183,7 +184,10 @@ export class LocalSandbox implements Sandbox {
       });
     } finally {
       await Promise.all(sweeps);
-      await cg.remove().catch(() => undefined);
+      // Off the result's path; release() waits for it.
+      const removal = cg.remove().catch(() => undefined);
+      this.leafRemovals.add(removal);
+      void removal.then(() => this.leafRemovals.delete(removal));
       clearTimeout(timer);
       req.signal?.removeEventListener("abort", onAbort);
       this.running = null;
@@ -213,6 +217,7 @@ export class LocalSandbox implements Sandbox {
   private async doRelease(): Promise<void> {
     this.running?.kill("aborted");
     const steps = [
+      () => Promise.all(this.leafRemovals),
       () => this.ctx.cgroup.remove(),
       // fs.rm does not follow symlinks planted in the workspace: it unlinks them.
       () => rm(this.ctx.sandboxDir, { recursive: true, force: true, maxRetries: 3 }),

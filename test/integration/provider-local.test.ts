@@ -56,6 +56,10 @@ const req = (script: string, over: Partial<ExecRequest> = {}): ExecRequest => ({
   ...over,
 });
 
+async function subdirsOf(dir: string): Promise<string[]> {
+  return (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name));
+}
+
 function hostPidAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
@@ -94,8 +98,8 @@ describe("local provider specifics", () => {
     expect(limits["pids.max"]).toBe("12");
     expect(procs).toBeGreaterThanOrEqual(3);
     expect((await pending).exitCode).toBe(0);
-    // The leaf is gone after the exec, the sandbox cgroup after release.
-    for (const d of cgDirs) expect((await readdir(d, { withFileTypes: true })).filter((e) => e.isDirectory())).toEqual([]);
+    // The leaf is removed once the exec is over (in the background), the sandbox cgroup by release.
+    await expect.poll(async () => (await Promise.all(cgDirs.map(subdirsOf))).flat(), { timeout: 2_000 }).toEqual([]);
     await s.release();
     for (const d of cgDirs) expect(existsSync(d)).toBe(false);
   });
@@ -121,10 +125,8 @@ describe("local provider specifics", () => {
     expect(t.limitHit).toBe("timeout");
     // Nothing is left in the sandbox's cgroup: no process, no exec leaf.
     const cgDirs = (await provider.resources()).filter((d) => !d.startsWith(provider.workRoot));
-    for (const d of cgDirs) {
-      expect((await readFile(path.join(d, "cgroup.procs"), "utf8")).trim()).toBe("");
-      expect((await readdir(d, { withFileTypes: true })).filter((e) => e.isDirectory())).toEqual([]);
-    }
+    for (const d of cgDirs) expect((await readFile(path.join(d, "cgroup.procs"), "utf8")).trim()).toBe("");
+    await expect.poll(async () => (await Promise.all(cgDirs.map(subdirsOf))).flat(), { timeout: 2_000 }).toEqual([]);
     await s.release();
   });
 
