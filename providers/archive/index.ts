@@ -23,3 +23,8 @@ export interface ExtractStats {
   files: number;
   bytes: number;
 }
+
+export { extractTar } from "./extract.js";
+export { packDir, normalizeTar, validateTar, filesToTar, DEFAULT_ARCHIVE_LIMITS, type PackExtras } from "./pack.js";
+export type { ArchiveStream } from "./tar-io.js";
+export { compileExcludes, globToRegExp } from "./glob.js";

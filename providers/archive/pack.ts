@@ -1,0 +1,195 @@
+/**
+ * Producing tars: packDir (a host directory), normalizeTar (an engine's
+ * archive), validateTar (strict re-encoding for an engine's PUT archive) and
+ * filesToTar (inline job files).
+ *
+ * Determinism: packDir walks depth-first with children sorted by name, and
+ * writes uid/gid 0, no user/group names and, unless `keepMtime`, mtime 0.
+ * Identical workspaces therefore give identical bytes and one snapshot id.
+ * The price: hydrated files all carry mtime 0 (1970), so tools that compare
+ * mtimes across a hydrate (make, .pyc caches) rebuild rather than trust them.
+ */
+import { constants as fsc, type Stats } from "node:fs";
+import { lstat, open, opendir, readlink } from "node:fs/promises";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import type { Pack } from "tar-stream";
+import { ErrorCodes, SnapshotError } from "../../errors/index.js";
+import { EntryRules, showPath, tarError, type RuleMode } from "./entry-rules.js";
+import { compileExcludes } from "./glob.js";
+import type { ArchiveLimits, PackOptions } from "./index.js";
+import { bodyChunks, drain, headerFor, packEntry, packStream, readEntries, type ArchiveStream, type Headers } from "./tar-io.js";
+
+/** Used when PackOptions leave a limit out. */
+export const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = {
+  maxBytes: 10 * 1024 * 1024 * 1024,
+  maxEntries: 1_000_000,
+  maxDepth: 64,
+};
+
+export interface PackExtras {
+  /** Keep file mtimes instead of writing 0 (breaks de-duplication of identical workspaces). */
+  keepMtime?: boolean;
+}
+
+const READ_CHUNK = 256 * 1024;
+
+function limitsOf(opts: Partial<ArchiveLimits>): ArchiveLimits {
+  return {
+    maxBytes: opts.maxBytes ?? DEFAULT_ARCHIVE_LIMITS.maxBytes,
+    maxEntries: opts.maxEntries ?? DEFAULT_ARCHIVE_LIMITS.maxEntries,
+    maxDepth: opts.maxDepth ?? DEFAULT_ARCHIVE_LIMITS.maxDepth,
+  };
+}
+
+function typeOf(st: Stats): Headers["type"] {
+  if (st.isFile()) return "file";
+  if (st.isDirectory()) return "directory";
+  if (st.isSymbolicLink()) return "symlink";
+  return "fifo"; // any other kind: the rules drop it in normalize mode
+}
+
+/** Streams a regular file's first `size` bytes; never follows a link, never blocks on a FIFO. */
+async function* fileChunks(path: string, st: Stats): AsyncGenerator<Buffer> {
+  const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  try {
+    const now = await fh.stat();
+    if (!now.isFile() || now.ino !== st.ino || now.dev !== st.dev) {
+      throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `${showPath(path)} changed while it was being archived`);
+    }
+    let left = st.size;
+    while (left > 0) {
+      const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, left));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `${showPath(path)} shrank while it was being archived`);
+      left -= bytesRead;
+      yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+/**
+ * A deterministic tar of `hostDir`: regular files, directories and symlinks
+ * (stored as links, never followed); other kinds are skipped, as are links
+ * that would leave the root. Limits fail the stream with WORKSPACE_LIMIT.
+ * `stats` on the returned stream is complete once it has ended.
+ */
+export function packDir(hostDir: string, opts: PackOptions & PackExtras = {}): ArchiveStream {
+  const rules = new EntryRules({
+    mode: "normalize",
+    limits: limitsOf(opts),
+    exclude: compileExcludes(opts.exclude),
+    keepMtime: opts.keepMtime ?? false,
+  });
+  const stats = { files: 0, bytes: 0, entries: 0, skipped: 0 };
+  return packStream(stats, async (pack) => {
+    const top = await lstat(hostDir);
+    if (!top.isDirectory()) throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `${showPath(hostDir)} is not a directory`);
+    await walk(pack, rules, hostDir, "");
+    Object.assign(stats, rules.stats);
+  });
+}
+
+async function walk(pack: Pack, rules: EntryRules, abs: string, rel: string): Promise<void> {
+  const names: string[] = [];
+  const dir = await opendir(abs, { bufferSize: 256 });
+  for await (const d of dir) names.push(d.name);
+  // Byte order of the UTF-8 names: stable whatever the locale.
+  names.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  for (const name of names) {
+    const childAbs = join(abs, name);
+    const childRel = rel ? `${rel}/${name}` : name;
+    let st: Stats;
+    try {
+      st = await lstat(childAbs);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") continue; // removed while walking
+      throw err;
+    }
+    const type = typeOf(st);
+    const header: Headers = {
+      name: childRel,
+      type,
+      mode: st.mode & 0o7777,
+      size: type === "file" ? st.size : 0,
+      mtime: st.mtime,
+    };
+    if (type === "symlink") header.linkname = await readlink(childAbs);
+    const entry = await rules.check(header);
+    if (entry === null) continue;
+    if (entry.kind === "file") await packEntry(pack, headerFor(entry), fileChunks(childAbs, st));
+    else await packEntry(pack, headerFor(entry));
+    if (entry.kind === "directory") await walk(pack, rules, childAbs, childRel);
+  }
+}
+
+/** Re-encodes a tar entry by entry under the given rules (normalize or strict). */
+function retar(tar: Readable, mode: RuleMode, limits: ArchiveLimits, extra: { exclude?: string[]; stripComponents?: number; keepMtime?: boolean }): ArchiveStream {
+  const rules = new EntryRules({
+    mode,
+    limits,
+    exclude: compileExcludes(extra.exclude),
+    stripComponents: extra.stripComponents ?? 0,
+    keepMtime: extra.keepMtime ?? false,
+  });
+  const stats = { files: 0, bytes: 0, entries: 0, skipped: 0 };
+  return packStream(stats, async (pack) => {
+    for await (const e of readEntries(tar)) {
+      const entry = await rules.check(e.header);
+      if (entry === null) {
+        await drain(e.body);
+        continue;
+      }
+      if (entry.kind === "file") await packEntry(pack, headerFor(entry), bodyChunks(e, entry.size, showPath(entry.path)));
+      else {
+        await drain(e.body);
+        await packEntry(pack, headerFor(entry));
+      }
+    }
+    Object.assign(stats, rules.stats);
+  });
+}
+
+/**
+ * Applies packDir's filtering and limits to a tar from a container engine
+ * (GET /containers/{id}/archive). `stripComponents: 1` drops the leading
+ * "workspace/" such engines add. Entry order is the engine's: resorting
+ * would mean spooling the archive, so ids are only stable per engine.
+ * Hardlinks are dropped (their content would need a second read).
+ */
+export function normalizeTar(tar: Readable, opts: PackOptions & PackExtras & { stripComponents?: number } = {}): ArchiveStream {
+  return retar(tar, "normalize", limitsOf(opts), opts);
+}
+
+/**
+ * Strict validation for a tar on its way to a container engine (PUT
+ * archive): every entry is checked before its header is written out, and
+ * the stream fails with the SANDQ_ERR_TAR_* code of the first violation.
+ * The output is re-encoded (same names, modes, mtimes, owners), so nothing
+ * unexpected in headers reaches the engine. An engine extracts as it
+ * reads, so a rejected archive may have been partly extracted in that
+ * sandbox: the job fails and the sandbox is released, never reused.
+ */
+export function validateTar(tar: Readable, limits: ArchiveLimits): ArchiveStream {
+  return retar(tar, "strict", limits, {});
+}
+
+/** Inline job files as a tar (sorted, mode 0644, mtime 0), validated like any other archive. */
+export function filesToTar(files: Record<string, string>): ArchiveStream {
+  const rules = new EntryRules({ mode: "strict", limits: { maxBytes: Number.MAX_SAFE_INTEGER, maxEntries: Number.MAX_SAFE_INTEGER, maxDepth: 1024 } });
+  const stats = { files: 0, bytes: 0, entries: 0, skipped: 0 };
+  const names = Object.keys(files).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
+  return packStream(stats, async (pack) => {
+    for (const name of names) {
+      const body = Buffer.from(files[name]!, "utf8");
+      const entry = await rules.check({ name, type: "file", size: body.length, mode: 0o644, mtime: new Date(0) });
+      if (entry === null) throw tarError(ErrorCodes.TAR_CORRUPT, `inline file ${showPath(name)} names the workspace itself`, name);
+      await packEntry(pack, headerFor(entry), (async function* () {
+        yield body;
+      })());
+    }
+    Object.assign(stats, rules.stats);
+  });
+}

@@ -1,0 +1,147 @@
+/**
+ * Thin streaming layer over tar-stream: reading entries from a node Readable
+ * with errors mapped to SnapshotError codes, and writing entries into a pack
+ * with backpressure. tar-stream uses streamx streams; everything that leaves
+ * this folder is a plain node Readable.
+ */
+import { once } from "node:events";
+import { Readable } from "node:stream";
+import tarStream from "tar-stream";
+import type { Extract, Pack } from "tar-stream";
+
+/** A header as tar-stream reads and writes it (fields may be missing in hostile archives). */
+export type Headers = Parameters<Pack["entry"]>[0];
+type Entry = Extract extends AsyncIterable<infer S> ? S : never;
+import { ErrorCodes, isSandqueueError } from "../../errors/index.js";
+import { tarError, type CheckedEntry } from "./entry-rules.js";
+
+export interface TarEntry {
+  header: Headers;
+  body: Entry;
+}
+
+/**
+ * Yields the entries of a tar stream one at a time; the caller consumes (or
+ * drains) each body before asking for the next. Input errors (a network
+ * stream that broke) are rethrown as they are, so a retryable fault stays
+ * retryable; parse errors become TAR_CORRUPT, a body cut short TAR_SIZE_MISMATCH.
+ */
+export async function* readEntries(input: Readable, signal?: AbortSignal): AsyncGenerator<TarEntry> {
+  const extract = tarStream.extract();
+  let inputError: unknown = null;
+  let inBody = false;
+  const onInputError = (err: unknown) => {
+    inputError = err;
+    extract.destroy(err as Error);
+  };
+  input.on("error", onInputError);
+  const onAbort = () => {
+    inputError = signal?.reason ?? new Error("aborted");
+    extract.destroy(inputError as Error);
+  };
+  signal?.addEventListener("abort", onAbort, { once: true });
+  if (signal?.aborted) onAbort();
+  input.pipe(extract as unknown as NodeJS.WritableStream);
+  try {
+    for await (const body of extract) {
+      inBody = true;
+      yield { header: body.header, body };
+      inBody = false;
+    }
+  } catch (err) {
+    if (inputError !== null) throw inputError;
+    if (isSandqueueError(err)) throw err;
+    const msg = err instanceof Error ? err.message : String(err);
+    if (inBody || /unexpected end/i.test(msg)) {
+      throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: it ends inside an entry (${msg})`);
+    }
+    throw tarError(ErrorCodes.TAR_CORRUPT, `archive rejected: not a valid tar stream (${msg})`);
+  } finally {
+    signal?.removeEventListener("abort", onAbort);
+    input.off("error", onInputError);
+    if (!extract.destroyed) extract.destroy();
+    input.unpipe(extract as unknown as NodeJS.WritableStream);
+    if (!input.readableEnded) input.destroy();
+  }
+}
+
+/** Drains an entry body, checking it has exactly the announced size. */
+export async function* bodyChunks(e: TarEntry, expected: number, path: string): AsyncGenerator<Buffer> {
+  let n = 0;
+  for await (const chunk of e.body as AsyncIterable<Buffer>) {
+    n += chunk.length;
+    if (n > expected) break;
+    yield chunk;
+  }
+  if (n !== expected) {
+    throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: ${path} has ${n} bytes, its header says ${expected}`, path);
+  }
+}
+
+export async function drain(body: Entry): Promise<void> {
+  for await (const _ of body as AsyncIterable<Buffer>) void _;
+}
+
+export function headerFor(e: CheckedEntry): Headers {
+  const h: Headers = {
+    name: e.kind === "directory" ? `${e.path}/` : e.path,
+    type: e.kind,
+    mode: e.mode,
+    mtime: e.mtime,
+    uid: e.uid,
+    gid: e.gid,
+    uname: "",
+    gname: "",
+    size: e.kind === "file" ? e.size : 0,
+  };
+  if (e.linkname !== undefined) h.linkname = e.linkname;
+  return h;
+}
+
+/** Writes one entry into `pack`, respecting backpressure; resolves once it is fully written. */
+export async function packEntry(pack: Pack, header: Headers, body?: AsyncIterable<Buffer>): Promise<void> {
+  let done!: Promise<void>;
+  const sink = (() => {
+    let resolve!: () => void;
+    let reject!: (e: Error) => void;
+    done = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    return pack.entry(header, (err?: Error | null) => (err ? reject(err) : resolve()));
+  })();
+  if (header.type === "file" && body) {
+    for await (const chunk of body) {
+      if (!sink.write(chunk)) await Promise.race([once(sink, "drain"), done]);
+    }
+  }
+  (sink as unknown as { end(): void }).end();
+  await done;
+}
+
+/** A tar stream that also reports what went into it once it has ended. */
+export interface ArchiveStream extends Readable {
+  readonly stats: { files: number; bytes: number; entries: number; skipped: number };
+}
+
+/**
+ * Runs `produce` against a fresh pack and returns the pack as a node
+ * Readable. A failure of `produce` fails the stream; a consumer that goes
+ * away stops `produce` at its next write.
+ */
+export function packStream(stats: ArchiveStream["stats"], produce: (pack: Pack) => Promise<void>): ArchiveStream {
+  const pack = tarStream.pack();
+  const out = Readable.from(pack as AsyncIterable<Buffer>, { objectMode: false }) as Readable & { stats: ArchiveStream["stats"] };
+  out.stats = stats;
+  out.once("close", () => {
+    if (!pack.destroyed) pack.destroy(new Error("archive consumer went away"));
+  });
+  produce(pack).then(
+    () => pack.finalize(),
+    (err: unknown) => {
+      // Readable.from rethrows what the pack iterator throws, so the consumer sees the real error.
+      pack.destroy(err instanceof Error ? err : new Error(String(err)));
+    },
+  );
+  return out;
+}
