@@ -66,7 +66,7 @@ export async function runBatch(
       done++;
       progress?.update(done);
       // Flush the completed head so the output file stays in input order.
-      while (written < results.length && results[written]) opts.out?.write(`${JSON.stringify(results[written++])}\n`);
+      for (; written < results.length && results[written]; written++) opts.out?.write(`${JSON.stringify(results[written])}\n`);
     }),
   );
   progress?.finish();
