@@ -7,7 +7,7 @@ import { rm } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
 import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider.js";
-import type { ArchiveLimits, ExtractStats, PackOptions } from "../archive/index.js";
+import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
 import type { SandboxCgroup } from "./cgroups.js";
@@ -42,22 +42,6 @@ export interface LocalSandboxContext {
   tmpSizeBytes: number | undefined;
   archiveLimits: ArchiveLimits;
   onReleased: () => void;
-}
-
-type ExtractTar = (hostDir: string, tar: Readable, limits: ArchiveLimits) => Promise<ExtractStats>;
-type PackDir = (hostDir: string, opts?: PackOptions) => Readable | Promise<Readable>;
-
-/**
- * Loaded lazily by name: providers/archive/ is written in parallel, and a
- * missing function must fail the archive call, not the whole provider.
- */
-async function archiveFunction<T>(name: "extractTar" | "packDir"): Promise<T> {
-  const mod = (await import("../archive/index.js")) as unknown as Record<string, unknown>;
-  const fn = mod[name];
-  if (typeof fn !== "function") {
-    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `providers/archive does not implement ${name}() yet`, { retryable: false });
-  }
-  return fn as T;
 }
 
 export class LocalSandbox implements Sandbox {
@@ -105,7 +89,26 @@ export class LocalSandbox implements Sandbox {
     }
     // A fresh leaf cgroup per exec: its counters start at zero and no exited
     // task of an earlier exec still counts against its pids limit.
-    const cg = await ctx.cgroup.newExec();
+    // Busy from here on (archive calls and a second exec are refused); a kill
+    // requested before the process exists is replayed once it does.
+    let earlyKill: ExecLimitHit | null = null;
+    this.running = { kill: (why) => (earlyKill ??= why) };
+    let cg;
+    try {
+      cg = await ctx.cgroup.newExec();
+    } catch (err) {
+      this.running = null;
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not create the exec cgroup: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
+    if (this.releasing) {
+      // Released while the leaf was being made: run nothing, leave nothing.
+      this.running = null;
+      await cg.remove().catch(() => undefined);
+      this.assertLive();
+    }
     const hits = new Set<ExecLimitHit>();
     const procs = cg.procsFiles;
     const child = spawn("/bin/sh", ["-c", wrapperScript(procs.length), "sandqueue-wrap", ...procs, ctx.bwrapPath, ...args], {
@@ -129,6 +132,7 @@ export class LocalSandbox implements Sandbox {
       sweep();
     };
     this.running = { kill };
+    if (earlyKill) kill(earlyKill);
 
     const stdout = new CappedCapture(child.stdout!, req.maxOutputBytes, () => kill("output"));
     const stderr = new CappedCapture(child.stderr!, req.maxOutputBytes, () => kill("output"));
@@ -194,16 +198,26 @@ export class LocalSandbox implements Sandbox {
     }
   }
 
-  async putArchive(dir: string, tar: Readable): Promise<void> {
+  /**
+   * Archive transfer touches the host directory directly. Refused while an
+   * exec runs: with no sandbox process alive (each exec ends with its cgroup
+   * emptied) nothing can swap a checked directory for a symlink meanwhile.
+   */
+  private assertIdle(op: string): void {
     this.assertLive();
-    const extractTar = await archiveFunction<ExtractTar>("extractTar");
+    if (this.running) {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: ${op} while an exec is running`, { retryable: false });
+    }
+  }
+
+  async putArchive(dir: string, tar: Readable): Promise<void> {
+    this.assertIdle("putArchive");
     const hostDir = await hostDirFor(this.ctx.workspaceHostDir, dir, true);
     await extractTar(hostDir, tar, this.ctx.archiveLimits);
   }
 
   async getArchive(dir: string, opts?: PackOptions): Promise<Readable> {
-    this.assertLive();
-    const packDir = await archiveFunction<PackDir>("packDir");
+    this.assertIdle("getArchive");
     const hostDir = await hostDirFor(this.ctx.workspaceHostDir, dir, false);
     return packDir(hostDir, opts);
   }
