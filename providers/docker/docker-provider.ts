@@ -1,0 +1,378 @@
+/**
+ * DockerProvider: one container per sandbox through the Docker Engine API
+ * (Docker, or Podman's compatible service). See docs/PROVIDERS.md.
+ */
+import { randomUUID } from "node:crypto";
+import os from "node:os";
+import type { Readable } from "node:stream";
+import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import { normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
+import {
+  WORKSPACE_DIR,
+  type ExecRequest,
+  type ExecResult,
+  type ProviderCapabilities,
+  type Sandbox,
+  type SandboxProvider,
+  type SandboxSpec,
+} from "../provider.js";
+import { EngineClient, EngineHttpError, readAll } from "./engine-client.js";
+import { imageNotFound, translateEngineError, type EngineErrorContext } from "./engine-errors.js";
+import { runExec, type ExecTarget } from "./exec.js";
+import { WarmPool, type WarmPoolOptions } from "./warm-pool.js";
+
+export const LABEL_OWNER = "sandqueue.owner";
+export const LABEL_PID = "sandqueue.pid";
+export const LABEL_HOST = "sandqueue.host";
+export const LABEL_POOLED = "sandqueue.pooled";
+
+export interface DockerProviderOptions {
+  /** `unix:///path` or `tcp://host:port`; defaults to $DOCKER_HOST, then /var/run/docker.sock. */
+  dockerHost?: string;
+  apiVersion?: string;
+  /** Worker id, put on every container as `sandqueue.owner`. */
+  owner: string;
+  /** Extra labels on every container (pooled ones included). */
+  labels?: Record<string, string>;
+  /** Warm pool per (image, limits); `{minIdle: 0}` disables it. */
+  pool?: WarmPoolOptions;
+  /** Optional CPU cap, in units of 1e-9 CPUs (Docker's NanoCpus). */
+  nanoCpus?: number;
+  /** Size caps of the tmpfs mounts; both count against the memory limit too. */
+  workspaceSizeMb?: number;
+  tmpSizeMb?: number;
+  /** Run as this user instead of the image's (or 65534 when the image sets none / root). */
+  user?: string;
+  /** Limits applied to archives coming in through putArchive. */
+  archiveLimits?: ArchiveLimits;
+}
+
+/** Default caps for incoming archives when the caller gives none. */
+const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 256 * 1024 * 1024, maxEntries: 100_000, maxDepth: 64 };
+const NOBODY = "65534:65534";
+
+/**
+ * PID 1 of every sandbox: idles, and on SIGUSR1 kills every process it can
+ * signal — all of the sandbox user's processes but itself — so a timed-out or
+ * cancelled exec's whole tree dies while the container (and its tmpfs
+ * workspace, which a snapshot still needs) stays up. The kill builtin needs
+ * no fork, so it works under a fork bomb at the pids limit; it runs three
+ * times to catch children forked during the first sweep.
+ */
+const INIT_SCRIPT =
+  "trap 'kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null' USR1; " +
+  "trap 'exit 0' TERM; while :; do sleep infinity & wait; done";
+
+const CONTAINER_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"];
+
+interface ContainerTemplate {
+  image: string;
+  memoryMb: number;
+  pids: number;
+  labels: Record<string, string>;
+}
+
+interface Container {
+  id: string;
+  user: string;
+}
+
+export class DockerProvider implements SandboxProvider {
+  readonly name = "docker";
+  readonly capabilities: ProviderCapabilities = {
+    memoryLimit: true,
+    pidsLimit: true,
+    networkIsolation: true,
+    hostWorkspace: false,
+  };
+  readonly engine: EngineClient;
+  private readonly opts: DockerProviderOptions;
+  private readonly baseLabels: Record<string, string>;
+  private readonly users = new Map<string, Promise<string>>();
+  private readonly live = new Set<DockerSandbox>();
+  readonly pool: WarmPool<Container>;
+  private closing: Promise<void> | undefined;
+
+  constructor(opts: DockerProviderOptions) {
+    this.opts = opts;
+    this.engine = new EngineClient({ dockerHost: opts.dockerHost ?? process.env.DOCKER_HOST, apiVersion: opts.apiVersion });
+    this.baseLabels = {
+      ...opts.labels,
+      [LABEL_OWNER]: opts.owner,
+      [LABEL_PID]: String(process.pid),
+      [LABEL_HOST]: os.hostname(),
+    };
+    this.pool = new WarmPool<Container>(
+      opts.pool ?? { minIdle: 0, maxSize: 0 },
+      (t) => this.createContainer({ ...(t as ContainerTemplate), labels: { [LABEL_POOLED]: "true" } }),
+      (c) => this.removeContainer(c.id),
+    );
+  }
+
+  /** Runs `fn`, translating whatever the engine throws (the one translation point). */
+  async call<T>(ctx: EngineErrorContext, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      throw translateEngineError(err, { endpoint: this.engine.describe(), ...ctx });
+    }
+  }
+
+  async check(): Promise<void> {
+    await this.call({ op: "ping" }, async () => {
+      const res = await this.engine.stream({ method: "GET", path: "/_ping" });
+      await readAll(res);
+    });
+  }
+
+  /** Prewarms the pool for an (image, limits) pair before any job asks. */
+  prewarm(spec: Pick<SandboxSpec, "image" | "limits">): void {
+    this.pool.take(poolKey(spec), templateOf(spec));
+    // take() above may have handed a member out only if one existed; none can
+    // exist before the first demand, so this only registers the key.
+  }
+
+  async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+    if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "docker provider is closed", { retryable: true });
+    opts.signal?.throwIfAborted();
+    if (spec.network !== "none") {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode "${String(spec.network)}" is not supported`);
+    }
+    // Pooled containers were created before this job existed, so they carry
+    // the provider labels (owner, pid, host) but not spec.labels: Docker
+    // labels cannot be changed after create. Reaping works on owner labels.
+    const pooled = this.pool.take(poolKey(spec), templateOf(spec));
+    const container = pooled ?? (await this.createContainer({ ...templateOf(spec), labels: spec.labels }, opts.signal));
+    const box = new DockerSandbox(this, container, spec, this.opts.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS);
+    this.live.add(box);
+    return box;
+  }
+
+  /** Creates and starts one container; removes it again if a later step fails. */
+  private async createContainer(t: ContainerTemplate, signal?: AbortSignal): Promise<Container> {
+    const user = await this.resolveUser(t.image, signal);
+    const body = {
+      Image: t.image,
+      Cmd: ["/bin/sh", "-c", INIT_SCRIPT],
+      Entrypoint: [],
+      User: user,
+      WorkingDir: WORKSPACE_DIR,
+      Env: CONTAINER_ENV,
+      Labels: { ...t.labels, ...this.baseLabels },
+      NetworkDisabled: true,
+      HostConfig: {
+        Memory: t.memoryMb * 1024 * 1024,
+        // Equal to Memory: no swap on top of the limit.
+        MemorySwap: t.memoryMb * 1024 * 1024,
+        PidsLimit: t.pids,
+        ...(this.opts.nanoCpus ? { NanoCpus: this.opts.nanoCpus } : {}),
+        NetworkMode: "none",
+        ReadonlyRootfs: true,
+        Tmpfs: {
+          [WORKSPACE_DIR]: `rw,nosuid,nodev,size=${this.opts.workspaceSizeMb ?? 256}m,mode=1777`,
+          "/tmp": `rw,nosuid,nodev,size=${this.opts.tmpSizeMb ?? 64}m,mode=1777`,
+        },
+        CapDrop: ["ALL"],
+        SecurityOpt: ["no-new-privileges"],
+        // Nothing the sandbox should outlive: no restarts, no logs kept.
+        RestartPolicy: { Name: "no" },
+        LogConfig: { Type: "none" },
+      },
+    };
+    const name = `sandqueue-${randomUUID().slice(0, 13)}`;
+    const created = await this.call({ op: "create container", image: t.image }, () =>
+      this.engine.json<{ Id: string }>({ method: "POST", path: "/containers/create", query: { name }, body, signal }),
+    );
+    try {
+      await this.call({ op: "start container", image: t.image }, () =>
+        this.engine.json({ method: "POST", path: `/containers/${created.Id}/start`, signal }),
+      );
+    } catch (err) {
+      await this.removeContainer(created.Id).catch(() => {});
+      throw err;
+    }
+    return { id: created.Id, user };
+  }
+
+  /**
+   * The image's own user when it names a non-root one; otherwise 65534
+   * (nobody), which needs no /etc/passwd entry. Cached per image; a failed
+   * lookup (image missing) is not cached.
+   */
+  private resolveUser(image: string, signal?: AbortSignal): Promise<string> {
+    if (this.opts.user) return Promise.resolve(this.opts.user);
+    let p = this.users.get(image);
+    if (!p) {
+      p = this.call({ op: "inspect image", image }, async () => {
+        try {
+          const info = await this.engine.json<{ Config?: { User?: string } }>({
+            method: "GET",
+            path: `/images/${encodeURIComponent(image)}/json`,
+            signal,
+          });
+          const u = info.Config?.User?.trim() ?? "";
+          return u === "" || u === "root" || u === "0" || u.startsWith("0:") || u.startsWith("root:") ? NOBODY : u;
+        } catch (err) {
+          if (err instanceof EngineHttpError && err.status === 404) throw imageNotFound(image, err);
+          throw err;
+        }
+      });
+      this.users.set(image, p);
+      p.catch(() => this.users.delete(image));
+    }
+    return p;
+  }
+
+  /** Force-removes a container (and its anonymous volumes); a missing one is fine. */
+  async removeContainer(id: string): Promise<void> {
+    await this.call({ op: "remove container" }, async () => {
+      try {
+        await this.engine.json({ method: "DELETE", path: `/containers/${id}`, query: { force: true, v: true } });
+      } catch (err) {
+        if (err instanceof EngineHttpError && err.status === 404) return;
+        throw err;
+      }
+    });
+  }
+
+  /** @internal */
+  forget(box: DockerSandbox): void {
+    this.live.delete(box);
+  }
+
+  /**
+   * Removes sandqueue containers whose owner is gone: same host and the
+   * labelled pid no longer alive. Containers matching a given
+   * `sandqueue.owner` label of another worker are removed whatever their pid
+   * (the caller knows that worker is dead). Never touches this provider's own.
+   */
+  async reap(labels: Record<string, string> = {}): Promise<number> {
+    const filters = { label: [LABEL_OWNER, ...Object.entries(labels).map(([k, v]) => `${k}=${v}`)] };
+    const list = await this.call({ op: "list containers" }, () =>
+      this.engine.json<Array<{ Id: string; Labels: Record<string, string> | null }>>({
+        method: "GET",
+        path: "/containers/json",
+        query: { all: true, filters: JSON.stringify(filters) },
+      }),
+    );
+    const host = os.hostname();
+    const ownerGiven = labels[LABEL_OWNER] !== undefined;
+    let removed = 0;
+    for (const c of list) {
+      const l = c.Labels ?? {};
+      const mine = l[LABEL_OWNER] === this.opts.owner && l[LABEL_PID] === String(process.pid) && l[LABEL_HOST] === host;
+      if (mine) continue;
+      const dead = ownerGiven || (l[LABEL_HOST] === host && !pidAlive(Number(l[LABEL_PID])));
+      if (!dead) continue;
+      await this.removeContainer(c.Id);
+      removed++;
+    }
+    return removed;
+  }
+
+  /** Idempotent: drains the pool and removes every sandbox still handed out. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const results = await Promise.allSettled([this.pool.drain(), ...[...this.live].map((b) => b.release())]);
+      this.engine.close();
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failed) throw failed.reason;
+    })();
+    return this.closing;
+  }
+}
+
+class DockerSandbox implements Sandbox, ExecTarget {
+  readonly id: string;
+  private released: Promise<void> | undefined;
+  /** Cgroup counters already attributed, so each limit event is reported once. */
+  counters = { oomKills: 0, pidsMax: 0 };
+
+  constructor(
+    readonly provider: DockerProvider,
+    readonly container: Container,
+    readonly spec: SandboxSpec,
+    private readonly archiveLimits: ArchiveLimits,
+  ) {
+    this.id = container.id;
+  }
+
+  get engine(): EngineClient {
+    return this.provider.engine;
+  }
+
+  private ensureLive(op: string): void {
+    if (this.released) {
+      throw new ProviderError(ErrorCodes.SANDBOX_RELEASED, `sandbox ${this.id.slice(0, 12)} was released (${op})`);
+    }
+  }
+
+  exec(req: ExecRequest): Promise<ExecResult> {
+    this.ensureLive("exec");
+    return this.provider.call({ op: "exec" }, () => runExec(this, req));
+  }
+
+  async putArchive(dir: string, tar: Readable): Promise<void> {
+    this.ensureLive("putArchive");
+    // The validated stream fails with the SANDQ_ERR_TAR_* error on the first
+    // bad entry; that aborts the upload and is rethrown as-is by call().
+    const body = validateTar(tar, this.archiveLimits);
+    await this.provider.call({ op: "put archive" }, () =>
+      this.engine.json({
+        method: "PUT",
+        path: `/containers/${this.id}/archive`,
+        // copyUIDGID: the engine chowns what it extracts to the container's
+        // user (Docker and Podman alike), so the job can modify its files.
+        query: { path: dir, copyUIDGID: true },
+        body,
+        headers: { "Content-Type": "application/x-tar" },
+      }),
+    );
+  }
+
+  async getArchive(dir: string, opts: PackOptions = {}): Promise<Readable> {
+    this.ensureLive("getArchive");
+    const res = await this.provider.call({ op: "get archive" }, () =>
+      this.engine.stream({ method: "GET", path: `/containers/${this.id}/archive`, query: { path: dir } }),
+    );
+    // The engine names entries "<basename of dir>/..."; strip that level.
+    return normalizeTar(res, { ...opts, stripComponents: 1 });
+  }
+
+  /** Sends SIGUSR1 to the init, which kills every other process in the sandbox. */
+  async killProcesses(): Promise<void> {
+    await this.engine.json({ method: "POST", path: `/containers/${this.id}/kill`, query: { signal: "SIGUSR1" } });
+  }
+
+  /** Last resort when the init cannot do it: kills the whole container. */
+  async killContainer(): Promise<void> {
+    await this.engine.json({ method: "POST", path: `/containers/${this.id}/kill`, query: { signal: "SIGKILL" } }).catch(() => {});
+  }
+
+  release(): Promise<void> {
+    this.released ??= (async () => {
+      this.provider.forget(this);
+      await this.provider.removeContainer(this.id);
+    })();
+    return this.released;
+  }
+}
+
+function poolKey(spec: Pick<SandboxSpec, "image" | "limits">): string {
+  return `${spec.image}\u0000${spec.limits.memoryMb}\u0000${spec.limits.pids}`;
+}
+
+function templateOf(spec: Pick<SandboxSpec, "image" | "limits">): ContainerTemplate {
+  return { image: spec.image, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, labels: {} };
+}
+
+function pidAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}

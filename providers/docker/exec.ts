@@ -1,0 +1,236 @@
+/**
+ * One exec in a sandbox container under the request's limits: wall time,
+ * output bytes per stream, abort; memory and pids limit events are read from
+ * the container's cgroup counters afterwards.
+ */
+import os from "node:os";
+import type { Duplex, Readable } from "node:stream";
+import { WORKSPACE_DIR, type ExecLimitHit, type ExecRequest, type ExecResult } from "../provider.js";
+import { EngineHttpError, type EngineClient } from "./engine-client.js";
+import { FrameDecoder } from "./stream-frames.js";
+
+export interface ExecTarget {
+  readonly id: string;
+  readonly engine: EngineClient;
+  readonly container: { user: string };
+  /** Cgroup event counters already reported by earlier execs. */
+  counters: { oomKills: number; pidsMax: number };
+  killProcesses(): Promise<void>;
+  killContainer(): Promise<void>;
+}
+
+/** After asking the init to kill, how long before the whole container is killed. */
+const KILL_GRACE_MS = 2_000;
+const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n, name]));
+
+// cgroup v1 and v2 paths as mounted inside the container; `oom_kill` and
+// `max` lines are what we need. Errors are silenced: a missing file just
+// means no evidence.
+const COUNTERS_SCRIPT =
+  "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control " +
+  "/sys/fs/cgroup/pids.events /sys/fs/cgroup/pids/pids.events 2>/dev/null; true";
+
+export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResult> {
+  const startedAt = performance.now();
+  const out = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
+  const size = { stdout: 0, stderr: 0 };
+  const truncated = { stdout: false, stderr: false };
+  let limitHit: ExecLimitHit | null = null;
+  const result = (exitCode: number | null, signal: string | null): ExecResult => ({
+    exitCode,
+    signal,
+    stdout: Buffer.concat(out.stdout),
+    stderr: Buffer.concat(out.stderr),
+    stdoutTruncated: truncated.stdout,
+    stderrTruncated: truncated.stderr,
+    limitHit,
+    durationMs: Math.round(performance.now() - startedAt),
+  });
+  if (req.signal?.aborted) {
+    limitHit = "aborted";
+    return result(null, null);
+  }
+
+  const stdin = req.stdin === undefined ? undefined : Buffer.from(req.stdin);
+  const hasStdin = stdin !== undefined && stdin.length > 0;
+  const { Id: execId } = await t.engine.json<{ Id: string }>({
+    method: "POST",
+    path: `/containers/${t.id}/exec`,
+    body: {
+      AttachStdin: hasStdin,
+      AttachStdout: true,
+      AttachStderr: true,
+      Tty: false,
+      Cmd: req.argv,
+      Env: Object.entries(req.env).map(([k, v]) => `${k}=${v}`),
+      WorkingDir: req.cwd ?? WORKSPACE_DIR,
+      User: t.container.user,
+    },
+  });
+
+  let output: Readable;
+  let socket: Duplex | null = null;
+  try {
+    if (hasStdin) {
+      const h = await t.engine.hijack({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } });
+      if (!h.socket) throw new Error("engine did not upgrade the exec connection; stdin cannot be sent");
+      socket = h.socket;
+      output = h.output;
+      if (h.head.length) output.unshift(h.head);
+      // Half-close: the engine closes the process's stdin at EOF.
+      socket.end(stdin);
+    } else {
+      const res = await t.engine.raw({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } }, false);
+      if ((res.statusCode ?? 500) >= 300) {
+        const text = Buffer.concat(await res.toArray()).toString("utf8");
+        throw new EngineHttpError(res.statusCode ?? 500, "POST", `/exec/${execId}/start`, text);
+      }
+      output = res;
+    }
+  } catch (err) {
+    // A command that cannot be started is the job's problem (like a shell's
+    // 126/127), not the engine's.
+    const msg = err instanceof EngineHttpError ? err.engineMessage : "";
+    if (/executable file not found|no such file or directory/i.test(msg)) {
+      out.stderr.push(Buffer.from(`${msg}\n`));
+      return result(127, null);
+    }
+    if (/permission denied/i.test(msg)) {
+      out.stderr.push(Buffer.from(`${msg}\n`));
+      return result(126, null);
+    }
+    throw err;
+  }
+
+  let ended = false;
+  let escalate: NodeJS.Timeout | undefined;
+  const hit = (reason: ExecLimitHit): void => {
+    if (limitHit === null) limitHit = reason;
+    if (escalate) return;
+    t.killProcesses().catch(() => t.killContainer());
+    // The init may be unable to act (stopped, replaced); then the container goes.
+    escalate = setTimeout(() => {
+      if (!ended) {
+        void t.killContainer();
+        output.destroy();
+      }
+    }, KILL_GRACE_MS);
+  };
+
+  const decoder = new FrameDecoder((stream, payload) => {
+    if (truncated[stream]) return;
+    const room = req.maxOutputBytes - size[stream];
+    if (payload.length > room) {
+      if (room > 0) out[stream].push(payload.subarray(0, room));
+      size[stream] = req.maxOutputBytes;
+      truncated[stream] = true;
+      hit("output");
+      // Stop reading: nothing more is wanted from this process.
+      output.destroy();
+      return;
+    }
+    out[stream].push(payload);
+    size[stream] += payload.length;
+  });
+
+  const timer = setTimeout(() => hit("timeout"), req.timeoutMs);
+  const onAbort = (): void => hit("aborted");
+  req.signal?.addEventListener("abort", onAbort, { once: true });
+  try {
+    await new Promise<void>((resolve) => {
+      output.on("data", (c: Buffer) => decoder.push(c));
+      output.once("end", resolve);
+      output.once("close", resolve);
+      // A reset connection after we destroyed it is expected; other errors
+      // show up below as a missing exit code.
+      output.once("error", () => resolve());
+    });
+  } finally {
+    ended = true;
+    clearTimeout(timer);
+    req.signal?.removeEventListener("abort", onAbort);
+    socket?.destroy();
+  }
+
+  if (escalate) clearTimeout(escalate);
+
+  // The stream can end before the process does (it closed its output); wait
+  // for it until the wall-time limit, then kill as for a timeout.
+  const overdue = limitHit === null ? startedAt + req.timeoutMs : performance.now() + KILL_GRACE_MS;
+  let inspect = await pollExec(t, execId, Math.max(overdue - performance.now(), 250));
+  if (inspect.Running) {
+    if (limitHit === null) limitHit = "timeout";
+    await t.killProcesses().catch(() => {});
+    inspect = await pollExec(t, execId, KILL_GRACE_MS);
+    if (inspect.Running) {
+      await t.killContainer();
+      inspect = await pollExec(t, execId, KILL_GRACE_MS);
+    }
+  }
+  let exitCode: number | null = inspect.ExitCode ?? null;
+  let signal: string | null = null;
+
+  // Ask the cgroup what happened when the process failed and we did not kill it.
+  if (limitHit === null && exitCode !== 0) {
+    // Leftover background processes (a fork bomb's children) would hold the
+    // pids the counter read needs, and the next exec's; the tree goes now.
+    await t.killProcesses().catch(() => {});
+    const ev = await readCounters(t);
+    if (ev) {
+      if (ev.oomKills > t.counters.oomKills) limitHit = "memory";
+      else if (ev.pidsMax > t.counters.pidsMax) limitHit = "pids";
+      t.counters = ev;
+    }
+  }
+  // The engine reports a signal death as 128+n; only trust that reading when
+  // we know a kill happened, since a program may also exit(137) itself.
+  if (exitCode !== null && exitCode > 128 && exitCode < 128 + 65 && limitHit !== null && limitHit !== "pids") {
+    signal = SIGNAL_NAMES.get(exitCode - 128) ?? null;
+    if (signal) exitCode = null;
+  }
+  if (exitCode === null && signal === null && limitHit !== null) signal = "SIGKILL";
+  return result(exitCode, signal);
+}
+
+interface ExecInspect {
+  Running: boolean;
+  ExitCode: number | null;
+}
+
+/** Polls exec inspect until the process has exited or `waitMs` passed. */
+async function pollExec(t: ExecTarget, execId: string, waitMs: number): Promise<ExecInspect> {
+  const deadline = performance.now() + waitMs;
+  for (let delay = 2; ; delay = Math.min(delay * 2, 100)) {
+    const info = await t.engine.json<ExecInspect>({ method: "GET", path: `/exec/${execId}/json` });
+    if (!info.Running) return info;
+    if (performance.now() > deadline) return info;
+    await new Promise((r) => setTimeout(r, delay));
+  }
+}
+
+/** Reads the cgroup event counters; null when no exec could be started to read them. */
+async function readCounters(t: ExecTarget): Promise<{ oomKills: number; pidsMax: number } | null> {
+  // The kill sweep is asynchronous: the first tries may still find no free pid.
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      const { Id } = await t.engine.json<{ Id: string }>({
+        method: "POST",
+        path: `/containers/${t.id}/exec`,
+        body: { AttachStdout: true, AttachStderr: false, Tty: false, Cmd: ["/bin/sh", "-c", COUNTERS_SCRIPT], User: t.container.user },
+      });
+      const res = await t.engine.raw({ method: "POST", path: `/exec/${Id}/start`, body: { Detach: false, Tty: false } }, false);
+      const chunks: Buffer[] = [];
+      new FrameDecoder((_s, p) => chunks.push(p)).push(Buffer.concat(await res.toArray()));
+      const info = await pollExec(t, Id, 1_000);
+      if (info.ExitCode === 0) {
+        const text = Buffer.concat(chunks).toString("utf8");
+        const num = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
+        return { oomKills: num(/^oom_kill (\d+)/m), pidsMax: num(/^max (\d+)/m) };
+      }
+    } catch {
+      // engine hiccup: try again
+    }
+    await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
+  }
+  return null;
+}

@@ -1,0 +1,152 @@
+/**
+ * Warm pool: containers created and started ahead of demand so `acquire`
+ * only pays for handing one out. Containers are never reused across jobs;
+ * the pool only moves create+start off the critical path.
+ *
+ * Keyed by (image, memoryMb, pids): the limits are fixed at create time
+ * because Podman 4.3's compat API has no `POST /containers/{id}/update` (404)
+ * and its libpod update fails under cgroup v1 (`runc update` exits 1), so a
+ * pooled container can only serve jobs asking for exactly its limits. A key
+ * is learnt from the first acquire that asks for it (or from `prewarm`);
+ * keys unused for `keyIdleMs` are dropped with their containers.
+ */
+export interface WarmPoolOptions {
+  /** Ready containers kept per key. 0 disables the pool. */
+  minIdle: number;
+  /** Cap on containers the pool holds (ready + being created), all keys together. */
+  maxSize: number;
+  /** A key nobody asked for during this long is dropped. Default 10 min. */
+  keyIdleMs?: number;
+}
+
+export interface PoolMember {
+  id: string;
+}
+
+interface KeyState<T> {
+  idle: T[];
+  creating: number;
+  lastDemand: number;
+  template: unknown;
+}
+
+export class WarmPool<T extends PoolMember> {
+  private readonly keys = new Map<string, KeyState<T>>();
+  private closed = false;
+  private readonly inflight = new Set<Promise<void>>();
+  private failures = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  hits = 0;
+  misses = 0;
+
+  constructor(
+    private readonly opts: WarmPoolOptions,
+    private readonly create: (template: unknown) => Promise<T>,
+    private readonly destroy: (member: T) => Promise<void>,
+  ) {}
+
+  get enabled(): boolean {
+    return this.opts.minIdle > 0 && this.opts.maxSize > 0;
+  }
+
+  /** Takes a ready container for `key`, or undefined; registers the demand either way. */
+  take(key: string, template: unknown): T | undefined {
+    if (!this.enabled || this.closed) return undefined;
+    let state = this.keys.get(key);
+    if (!state) {
+      state = { idle: [], creating: 0, lastDemand: Date.now(), template };
+      this.keys.set(key, state);
+    }
+    state.lastDemand = Date.now();
+    const member = state.idle.shift();
+    if (member) this.hits++;
+    else this.misses++;
+    this.refill();
+    return member;
+  }
+
+  /** Counts of ready containers per key (tests, metrics). */
+  idleCount(key?: string): number {
+    if (key !== undefined) return this.keys.get(key)?.idle.length ?? 0;
+    let n = 0;
+    for (const s of this.keys.values()) n += s.idle.length;
+    return n;
+  }
+
+  /** Resolves once every key has minIdle ready containers (or the pool is full). */
+  async waitReady(timeoutMs = 30_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      this.refill();
+      if (this.inflight.size === 0) return;
+      await Promise.race([...this.inflight]);
+    }
+  }
+
+  private total(): number {
+    let n = 0;
+    for (const s of this.keys.values()) n += s.idle.length + s.creating;
+    return n;
+  }
+
+  private refill(): void {
+    if (this.closed || !this.enabled || this.retryTimer) return;
+    const now = Date.now();
+    for (const [key, state] of this.keys) {
+      if (now - state.lastDemand > (this.opts.keyIdleMs ?? 600_000)) {
+        this.keys.delete(key);
+        for (const m of state.idle.splice(0)) this.track(this.destroy(m).catch(() => {}));
+        continue;
+      }
+      // One creation at a time per key: on a small host, parallel creates
+      // slow down the jobs that are running without making the pool faster.
+      if (state.creating === 0 && state.idle.length < this.opts.minIdle && this.total() < this.opts.maxSize) {
+        state.creating++;
+        this.track(this.fillOne(state));
+      }
+    }
+  }
+
+  private async fillOne(state: KeyState<T>): Promise<void> {
+    try {
+      const member = await this.create(state.template);
+      this.failures = 0;
+      if (this.closed || !this.keys.has(this.keyOf(state))) await this.destroy(member).catch(() => {});
+      else state.idle.push(member);
+    } catch {
+      // Engine down or image gone: back off instead of spinning; acquire
+      // reports the real error on its cold path.
+      this.failures++;
+      this.retryTimer = setTimeout(() => {
+        this.retryTimer = undefined;
+        this.refill();
+      }, Math.min(30_000, 250 * 2 ** this.failures));
+      this.retryTimer.unref();
+    } finally {
+      state.creating--;
+    }
+    this.refill();
+  }
+
+  private keyOf(state: KeyState<T>): string {
+    for (const [k, s] of this.keys) if (s === state) return k;
+    return "";
+  }
+
+  private track(p: Promise<void>): void {
+    this.inflight.add(p);
+    void p.finally(() => this.inflight.delete(p));
+  }
+
+  /** Stops refilling and destroys every ready container, waiting for creations in flight. */
+  async drain(): Promise<void> {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    while (this.inflight.size) await Promise.allSettled([...this.inflight]);
+    const members: T[] = [];
+    for (const s of this.keys.values()) members.push(...s.idle.splice(0));
+    this.keys.clear();
+    await Promise.allSettled(members.map((m) => this.destroy(m)));
+  }
+}
