@@ -1,0 +1,98 @@
+/**
+ * Snapshot stores: content-addressed tar objects.
+ *
+ * The id is "sha256:" + the hex SHA-256 of the tar bytes, computed while
+ * streaming, so identical workspaces are stored once. Writes are atomic: a
+ * reader sees a whole object or none, and a crash mid-write leaves nothing
+ * under a snapshot id (only temp data that prune removes).
+ */
+import { createHash, type Hash } from "node:crypto";
+import { Transform, type Readable, type TransformCallback } from "node:stream";
+import { ErrorCodes, SnapshotError } from "../../errors/index.js";
+
+export const SNAPSHOT_ID_RE = /^sha256:([0-9a-f]{64})$/;
+
+export interface SnapshotInfo {
+  id: string;
+  bytes: number;
+  createdAt: Date;
+}
+
+export interface PutResult {
+  id: string;
+  bytes: number;
+}
+
+export interface SnapshotStore {
+  /** Stores a tar, hashing while it streams. Storing existing content again is cheap and returns the same id. */
+  put(tar: Readable, opts?: { signal?: AbortSignal }): Promise<PutResult>;
+  /** Streams a snapshot; SNAPSHOT_NOT_FOUND when there is none. The stream fails if the bytes do not hash to the id. */
+  get(id: string): Promise<Readable>;
+  has(id: string): Promise<boolean>;
+  list(): Promise<SnapshotInfo[]>;
+  /** True when something was removed. */
+  remove(id: string): Promise<boolean>;
+  /** Removes snapshots (and abandoned temp data) older than `olderThanMs`; returns how many snapshots. */
+  prune(olderThanMs: number): Promise<number>;
+  /** Idempotent. */
+  close(): Promise<void>;
+}
+
+export function hexOf(id: string): string {
+  const m = SNAPSHOT_ID_RE.exec(id);
+  if (!m) {
+    throw new SnapshotError(ErrorCodes.SNAPSHOT_NOT_FOUND, `${JSON.stringify(id.slice(0, 80))} is not a snapshot id (sha256:<64 hex>)`, {
+      retryable: false,
+    });
+  }
+  return m[1]!;
+}
+
+export function notFound(id: string): SnapshotError {
+  return new SnapshotError(ErrorCodes.SNAPSHOT_NOT_FOUND, `snapshot ${id} not found`, { retryable: false, details: { id } });
+}
+
+export function storeError(message: string, cause: unknown, retryable = true): SnapshotError {
+  const detail = cause instanceof Error ? `: ${cause.message}` : "";
+  return new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `${message}${detail}`, { retryable, cause });
+}
+
+/** Counts and hashes what flows through it. */
+export class HashingPassThrough extends Transform {
+  private readonly hash: Hash = createHash("sha256");
+  bytes = 0;
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.hash.update(chunk);
+    this.bytes += chunk.length;
+    cb(null, chunk);
+  }
+  digestId(): string {
+    return `sha256:${this.hash.digest("hex")}`;
+  }
+}
+
+/** Passes bytes through and fails at the end if they do not hash to `id` (corrupt storage). */
+export class VerifyingPassThrough extends Transform {
+  private readonly hash: Hash = createHash("sha256");
+  constructor(private readonly id: string) {
+    super();
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    this.hash.update(chunk);
+    cb(null, chunk);
+  }
+  override _flush(cb: TransformCallback): void {
+    const got = `sha256:${this.hash.digest("hex")}`;
+    if (got === this.id) cb();
+    else cb(new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${this.id} is corrupt in the store (content hashes to ${got})`, { retryable: false }));
+  }
+}
+
+/** Parses "7d", "12h", "30m", "45s", "500ms" or a bare number of milliseconds. */
+export function parseDurationMs(s: string): number | null {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?$/.exec(s.trim());
+  if (!m) return null;
+  const n = Number(m[1]);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[(m[2] ?? "ms") as "ms"];
+  return Math.round(n * unit);
+}
