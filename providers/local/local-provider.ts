@@ -47,6 +47,8 @@ const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 1024 ** 3, maxEntries:
 const SANDBOX_NAME = /^sq-(\d+)-[0-9a-f]{12}$/;
 const HOST_ETC_NAME = /^\.host-etc-(\d+)-[0-9a-f]{12}$/;
 const MiB = 1024 * 1024;
+const MAX_MEMORY_MB = 1024 * 1024 * 1024;
+const MAX_PIDS = 4_194_304;
 
 function findOnPath(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(":")) {
@@ -133,7 +135,8 @@ export class LocalProvider implements SandboxProvider {
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "local provider is closed", { retryable: true });
     const { memoryMb, pids } = spec.limits;
-    if (!positiveInt(memoryMb) || !positiveInt(pids)) {
+    // Upper bounds keep the byte count exact and inside what cgroup files parse (an overflow would wrap).
+    if (!positiveInt(memoryMb) || !positiveInt(pids) || memoryMb > MAX_MEMORY_MB || pids > MAX_PIDS) {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `invalid sandbox limits: memoryMb=${memoryMb}, pids=${pids}`, { retryable: false });
     }
     if (spec.network !== "none") {

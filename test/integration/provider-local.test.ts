@@ -130,6 +130,18 @@ describe("local provider specifics", () => {
     await s.release();
   });
 
+  it("an acquire that fails after the workspace and cgroup exist removes them again", async () => {
+    const before = await provider.resources();
+    // Aborts at the second look, i.e. after the directories and the cgroup were made.
+    let looks = 0;
+    const lateAbort = { get aborted() { return ++looks > 1; }, reason: new Error("late abort") } as unknown as AbortSignal;
+    await expect(provider.acquire(spec(), { signal: lateAbort })).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
+    expect(looks).toBeGreaterThan(1);
+    expect(await provider.resources()).toEqual(before);
+    await expect(provider.acquire(spec({ memoryMb: 2 ** 44 }), {})).rejects.toMatchObject({ retryable: false });
+    expect(await provider.resources()).toEqual(before);
+  });
+
   it("does not follow a symlink planted in the workspace when releasing", async () => {
     const victimDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-victim-"));
     roots.push(victimDir);
