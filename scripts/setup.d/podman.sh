@@ -79,7 +79,9 @@ if curl -fsS --unix-socket "$SOCK" "http://d/v1.41/images/$IMAGE/json" >/dev/nul
   log "image $IMAGE present"
 else
   log "building image $IMAGE (debootstrap, cached under .sandqueue/images)"
-  [[ -f dist/cli/image-command.js ]] || npx tsc -p tsconfig.json
+  # scripts/setup builds dist/ first; when run alone, compile (tsc emits even
+  # when someone else's file has a type error, hence the `|| true`).
+  [[ -f dist/cli/image-command.js ]] || npx tsc -p tsconfig.json >/dev/null 2>&1 || true
   node --input-type=module -e '
     const { imageCommand } = await import(process.argv[1]);
     process.exitCode = await imageCommand(["build", process.argv[2]], process.env);
