@@ -48,7 +48,7 @@ export async function extractTar(
     for await (const e of readEntries(tar, signal)) {
       const entry = await rules.check(e.header);
       if (entry === null) {
-        await drain(e.body);
+        await drain(e);
         continue;
       }
       const dest = join(staging, entry.path);
@@ -56,11 +56,11 @@ export async function extractTar(
       const parent = dirname(dest);
       if (parent !== staging) await mkdir(parent, { recursive: true, mode: 0o755 });
       if (entry.kind === "directory") {
-        await drain(e.body);
+        await drain(e);
         await mkdir(dest, { recursive: true, mode: 0o700 });
         dirs.push({ path: dest, mode: dirMode(entry.mode), mtime: entry.mtime });
       } else if (entry.kind === "symlink") {
-        await drain(e.body);
+        await drain(e);
         await symlink(entry.linkname!, dest);
       } else {
         await writeFile(dest, fileMode(entry.mode), entry.mtime, bodyChunks(e, entry.size, showPath(entry.path)));

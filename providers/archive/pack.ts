@@ -139,12 +139,12 @@ function retar(tar: Readable, mode: RuleMode, limits: ArchiveLimits, extra: { ex
     for await (const e of readEntries(tar)) {
       const entry = await rules.check(e.header);
       if (entry === null) {
-        await drain(e.body);
+        await drain(e);
         continue;
       }
       if (entry.kind === "file") await packEntry(pack, headerFor(entry), bodyChunks(e, entry.size, showPath(entry.path)));
       else {
-        await drain(e.body);
+        await drain(e);
         await packEntry(pack, headerFor(entry));
       }
     }

@@ -18,6 +18,8 @@ import { tarError, type CheckedEntry } from "./entry-rules.js";
 export interface TarEntry {
   header: Headers;
   body: Entry;
+  /** Maps an error met while reading this entry's body (see readEntries). */
+  mapError: (err: unknown) => unknown;
 }
 
 /**
@@ -42,20 +44,28 @@ export async function* readEntries(input: Readable, signal?: AbortSignal): Async
   signal?.addEventListener("abort", onAbort, { once: true });
   if (signal?.aborted) onAbort();
   input.pipe(extract as unknown as NodeJS.WritableStream);
+  let parseError: unknown = null;
+  extract.on("error", (err: unknown) => {
+    parseError ??= err;
+  });
+  const mapError = (err: unknown): unknown => {
+    if (inputError !== null) return inputError;
+    if (isSandqueueError(err)) return err;
+    const cause = parseError ?? err;
+    const msg = cause instanceof Error ? cause.message : String(cause);
+    if (inBody || /unexpected end/i.test(msg)) {
+      return tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: it ends inside an entry (${msg})`);
+    }
+    return tarError(ErrorCodes.TAR_CORRUPT, `archive rejected: not a valid tar stream (${msg})`);
+  };
   try {
     for await (const body of extract) {
       inBody = true;
-      yield { header: body.header, body };
+      yield { header: body.header, body, mapError };
       inBody = false;
     }
   } catch (err) {
-    if (inputError !== null) throw inputError;
-    if (isSandqueueError(err)) throw err;
-    const msg = err instanceof Error ? err.message : String(err);
-    if (inBody || /unexpected end/i.test(msg)) {
-      throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: it ends inside an entry (${msg})`);
-    }
-    throw tarError(ErrorCodes.TAR_CORRUPT, `archive rejected: not a valid tar stream (${msg})`);
+    throw mapError(err);
   } finally {
     signal?.removeEventListener("abort", onAbort);
     input.off("error", onInputError);
@@ -68,18 +78,26 @@ export async function* readEntries(input: Readable, signal?: AbortSignal): Async
 /** Drains an entry body, checking it has exactly the announced size. */
 export async function* bodyChunks(e: TarEntry, expected: number, path: string): AsyncGenerator<Buffer> {
   let n = 0;
-  for await (const chunk of e.body as AsyncIterable<Buffer>) {
-    n += chunk.length;
-    if (n > expected) break;
-    yield chunk;
+  try {
+    for await (const chunk of e.body as AsyncIterable<Buffer>) {
+      n += chunk.length;
+      if (n > expected) break;
+      yield chunk;
+    }
+  } catch (err) {
+    throw e.mapError(err);
   }
   if (n !== expected) {
     throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: ${path} has ${n} bytes, its header says ${expected}`, path);
   }
 }
 
-export async function drain(body: Entry): Promise<void> {
-  for await (const _ of body as AsyncIterable<Buffer>) void _;
+export async function drain(e: TarEntry): Promise<void> {
+  try {
+    for await (const _ of e.body as AsyncIterable<Buffer>) void _;
+  } catch (err) {
+    throw e.mapError(err);
+  }
 }
 
 export function headerFor(e: CheckedEntry): Headers {
@@ -110,6 +128,8 @@ export async function packEntry(pack: Pack, header: Headers, body?: AsyncIterabl
     });
     return pack.entry(header, (err?: Error | null) => (err ? reject(err) : resolve()));
   })();
+  (sink as unknown as NodeJS.EventEmitter).on("error", () => {}); // surfaces through `done` and the pack
+  done.catch(() => {}); // observed below; the body may fail first and leave it pending
   if (header.type === "file" && body) {
     for await (const chunk of body) {
       if (!sink.write(chunk)) await Promise.race([once(sink, "drain"), done]);
@@ -133,6 +153,8 @@ export function packStream(stats: ArchiveStream["stats"], produce: (pack: Pack) 
   const pack = tarStream.pack();
   const out = Readable.from(pack as AsyncIterable<Buffer>, { objectMode: false }) as Readable & { stats: ArchiveStream["stats"] };
   out.stats = stats;
+  // The error reaches the consumer through the iterator; without a listener streamx would also throw it globally.
+  (pack as unknown as NodeJS.EventEmitter).on("error", () => {});
   out.once("close", () => {
     if (!pack.destroyed) pack.destroy(new Error("archive consumer went away"));
   });
