@@ -49,6 +49,7 @@ export const ErrorCodes = {
   WORKSPACE_LIMIT: "SANDQ_ERR_WORKSPACE_LIMIT",
   // secrets
   SECRET_NOT_FOUND: "SANDQ_ERR_SECRET_NOT_FOUND",
+  SECRET_IN_WORKSPACE: "SANDQ_ERR_SECRET_IN_WORKSPACE",
   // catch-all for bugs: a non-SandqueueError that reached the pipeline
   INTERNAL: "SANDQ_ERR_INTERNAL",
 } as const;

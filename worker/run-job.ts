@@ -15,6 +15,7 @@ import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-s
 import type { JobResult, KillReason, SnapshotRef, Timings } from "../producer/job-result.js";
 import { WORKSPACE_DIR, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
 import type { ArchiveLimits } from "../providers/archive/index.js";
+import { SecretScanner } from "./secrets/scan.js";
 
 /** Resolves secret names to values; values never leave the worker process. */
 export interface SecretResolver {
@@ -134,12 +135,18 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
       if (!ctx.workspace) throw new SandqueueError(ErrorCodes.SNAPSHOT_STORE, "this worker has no snapshot store configured");
       const store = ctx.workspace;
       try {
-        snapshot = await timed("snapshotMs", async () =>
-          store.save(await box.getArchive(WORKSPACE_DIR, { ...ctx.workspaceLimits, exclude: spec.workspace?.exclude ?? [] })),
-        );
+        snapshot = await timed("snapshotMs", async () => {
+          const tar = await box.getArchive(WORKSPACE_DIR, { ...ctx.workspaceLimits, exclude: spec.workspace?.exclude ?? [] });
+          return store.save(spec.secrets.length ? scanned(tar, secretValues) : tar);
+        });
       } catch (err) {
         if (err instanceof SandqueueError && err.code === ErrorCodes.WORKSPACE_LIMIT) {
           return finish(resultFromExec(exec, Object.values(secretValues), "workspace_limit"));
+        }
+        if (err instanceof SandqueueError && err.code === ErrorCodes.SECRET_IN_WORKSPACE) {
+          // The job ran; its output stays in the result, but nothing was persisted.
+          const ran = resultFromExec(exec, Object.values(secretValues), null);
+          return finish({ ...ran, status: "error", reason: null, error: { code: err.code, message: err.message } });
         }
         throw err;
       }
@@ -235,6 +242,16 @@ export function errorResult(
     snapshot: null,
     error: { code: err.code, message: err.message },
   };
+}
+
+/** The workspace tar, failing if a secret value is in it; keeps the pack's file count. */
+function scanned(tar: Readable, secrets: Record<string, string>): Readable {
+  const scanner = new SecretScanner(secrets);
+  tar.on("error", (err) => scanner.destroy(err));
+  scanner.on("close", () => tar.destroy());
+  const out = tar.pipe(scanner);
+  if ("stats" in tar) Object.defineProperty(out, "stats", { get: () => (tar as Readable & { stats: unknown }).stats });
+  return out;
 }
 
 async function resolveSecrets(spec: JobSpec, ctx: RunContext): Promise<Record<string, string>> {

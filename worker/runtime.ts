@@ -6,7 +6,10 @@
 import type { SandboxProvider } from "../providers/provider.js";
 import type { WorkerConfig } from "./config.js";
 import type { Logger } from "./log.js";
+import { filesToTar } from "../providers/archive/index.js";
 import { createProvider } from "./provider-factory.js";
+import { maskSecrets, openSecretStore } from "./secrets/index.js";
+import { openSnapshotStore, workspaceStoreFor } from "./snapshot/index.js";
 import { SandqueueWorker, type WorkerDeps } from "./worker.js";
 
 export interface WorkerRuntime {
@@ -53,7 +56,14 @@ export async function startWorkerRuntime(
   }
 }
 
-/** Secrets, snapshots and inline files: wired in as their modules land. */
-async function workspaceDeps(_config: WorkerConfig, _releasers: (() => Promise<unknown>)[]): Promise<Partial<WorkerDeps>> {
-  return {};
+/** Secrets, the snapshot store and inline files, as the pipeline uses them. */
+async function workspaceDeps(config: WorkerConfig, releasers: (() => Promise<unknown>)[]): Promise<Partial<WorkerDeps>> {
+  const store = openSnapshotStore(config.snapshotsUrl);
+  releasers.push(() => store.close());
+  return {
+    secrets: openSecretStore({ env: process.env, dir: config.secretsDir }),
+    workspace: workspaceStoreFor(store),
+    filesToTar,
+    mask: maskSecrets,
+  };
 }
