@@ -12,6 +12,7 @@
 import { Transform, type TransformCallback } from "node:stream";
 
 export const MASK = Buffer.from("***");
+const MAX_HOLD = 64 * 1024;
 
 function needles(values: readonly string[]): Buffer[] {
   const uniq = [...new Set(values.filter((v) => v.length > 0))];
@@ -37,7 +38,7 @@ function findRanges(buf: Buffer, ns: Buffer[], truncatedTail: boolean): [number,
   const merged: [number, number][] = [];
   for (const r of ranges) {
     const last = merged[merged.length - 1];
-    if (last && r[0] <= last[1]) last[1] = Math.max(last[1], r[1]);
+    if (last && r[0] < last[1]) last[1] = Math.max(last[1], r[1]);
     else merged.push([r[0], r[1]]);
   }
   return merged;
@@ -93,12 +94,21 @@ export class SecretMasker extends Transform {
     const data = this.carry.length ? Buffer.concat([this.carry, chunk]) : chunk;
     const ranges = findRanges(data, this.ns, false);
     let cut = Math.max(0, data.length - this.keep);
-    // A match that crosses the cut is emitted whole; a match starting after it is found next time.
+    // A match crossing the cut is held back whole: a longer or overlapping value
+    // may continue it in the next chunk. Runs of overlapping matches longer than
+    // MAX_HOLD are emitted (masked) anyway, so memory stays bounded.
     const emitted: [number, number][] = [];
     for (const r of ranges) {
       if (r[0] >= cut) break;
+      if (r[1] > cut) {
+        if (cut - r[0] <= MAX_HOLD) cut = r[0];
+        else {
+          emitted.push(r);
+          cut = r[1];
+        }
+        break;
+      }
       emitted.push(r);
-      if (r[1] > cut) cut = r[1];
     }
     this.carry = Buffer.from(data.subarray(cut));
     cb(null, replaceRanges(data.subarray(0, cut), emitted));
