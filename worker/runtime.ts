@@ -3,11 +3,14 @@
  * metrics/health server and the queue worker. Start-up that fails half-way
  * releases what it already took (a last-in-first-out stack of releasers).
  */
+import { Registry } from "prom-client";
 import type { SandboxProvider } from "../providers/provider.js";
 import type { WorkerConfig } from "./config.js";
 import type { Logger } from "./log.js";
 import { filesToTar } from "../providers/archive/index.js";
 import { createProvider } from "./provider-factory.js";
+import { startHealthServer } from "./health-server.js";
+import { WorkerMetrics } from "./metrics.js";
 import { maskSecrets, openSecretStore } from "./secrets/index.js";
 import { openSnapshotStore, workspaceStoreFor } from "./snapshot/index.js";
 import { SandqueueWorker, type WorkerDeps } from "./worker.js";
@@ -42,6 +45,24 @@ export async function startWorkerRuntime(
     const deps: WorkerDeps = { provider, log, ...(await workspaceDeps(config, releasers)) };
     const worker = new SandqueueWorker(config, deps);
     await worker.start();
+    // Popped after the metrics server below if its start-up fails (a no-op after close()).
+    releasers.push(() => worker.close());
+    if (config.metricsPort > 0) {
+      // Readiness follows worker.state (false from the start of draining); the
+      // server itself closes last, after the worker has drained.
+      const metrics = new WorkerMetrics({ registry: new Registry(), worker, provider: provider.name });
+      releasers.push(() => metrics.close());
+      const server = await startHealthServer({
+        host: config.metricsHost,
+        port: config.metricsPort,
+        registry: metrics.registry,
+        worker,
+        provider,
+        onProviderCheckFailed: () => metrics.recordProviderError("check"),
+      });
+      releasers.push(() => server.close());
+      log.log("info", "worker.metrics_listening", { url: server.url });
+    }
     // Closing the worker comes before closing the provider (pushed earlier).
     let closing: Promise<void> | undefined;
     const close = (graceMs?: number): Promise<void> =>
