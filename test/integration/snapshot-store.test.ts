@@ -1,0 +1,215 @@
+/**
+ * Snapshot store contract, run against the file store and the S3 store (a
+ * real S3-compatible server, s3rver, on a random port in a temp directory).
+ */
+import { createHash, randomBytes } from "node:crypto";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Readable } from "node:stream";
+import { pathToFileURL } from "node:url";
+import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "vitest";
+import { ErrorCodes } from "../../errors/index.js";
+import { packDir } from "../../providers/archive/index.js";
+import { hydrateWorkspace, openSnapshotStore, persistWorkspace, type SnapshotStore } from "../../worker/snapshot/index.js";
+
+interface S3rverInstance {
+  run(): Promise<{ port: number }>;
+  close(): Promise<void>;
+}
+const S3rver = createRequire(import.meta.url)("s3rver") as new (opts: Record<string, unknown>) => S3rverInstance;
+
+const CREDS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" };
+let s3dir: string;
+let s3server: S3rverInstance;
+let endpoint: string;
+
+beforeAll(async () => {
+  s3dir = await mkdtemp(join(tmpdir(), "sq-s3rver-"));
+  s3server = new S3rver({ address: "127.0.0.1", port: 0, silent: true, directory: s3dir, configureBuckets: [{ name: "snaps" }] });
+  const { port } = await s3server.run();
+  endpoint = `http://127.0.0.1:${port}`;
+});
+afterAll(async () => {
+  await s3server?.close();
+  await rm(s3dir, { recursive: true, force: true });
+});
+
+const sha = (b: Buffer) => `sha256:${createHash("sha256").update(b).digest("hex")}`;
+
+async function collect(r: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const c of r) chunks.push(c as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** A stream that yields `parts` then fails: a worker dying mid-upload. */
+function failingStream(parts: Buffer[]): Readable {
+  return Readable.from(
+    (async function* () {
+      for (const p of parts) yield p;
+      await new Promise((r) => setTimeout(r, 20));
+      throw new Error("source broke");
+    })(),
+  );
+}
+
+interface Kind {
+  name: string;
+  open(): Promise<{ store: SnapshotStore; tempNames(): Promise<string[]> }>;
+}
+
+let counter = 0;
+const kinds: Kind[] = [
+  {
+    name: "file",
+    async open() {
+      const root = await mkdtemp(join(tmpdir(), "sq-snaps-"));
+      const store = openSnapshotStore(pathToFileURL(root).href);
+      return { store, tempNames: async () => readdir(join(root, "tmp")).catch(() => []) };
+    },
+  },
+  {
+    name: "s3",
+    async open() {
+      const prefix = `run-${process.pid}-${++counter}/snapshots`;
+      const s3 = { endpoint, credentials: CREDS, region: "us-east-1", env: {} };
+      const store = openSnapshotStore(`s3://snaps/${prefix}`, { s3 });
+      const client = new S3Client({ endpoint, credentials: CREDS, region: "us-east-1", forcePathStyle: true });
+      return {
+        store,
+        async tempNames() {
+          const r = await client.send(new ListObjectsV2Command({ Bucket: "snaps", Prefix: `${prefix}/tmp/` }));
+          return (r.Contents ?? []).map((o) => o.Key!);
+        },
+      };
+    },
+  },
+];
+
+describe.each(kinds)("$name snapshot store", (kind) => {
+  let store: SnapshotStore;
+  let tempNames: () => Promise<string[]>;
+  let work: string;
+
+  beforeEach(async () => {
+    ({ store, tempNames } = await kind.open());
+    work = await mkdtemp(join(tmpdir(), "sq-snapwork-"));
+  });
+  afterEach(async () => {
+    await store.close();
+    await store.close(); // idempotent
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test("put/get round trip; the id is the sha256 of the bytes; identical content stored once", async () => {
+    const data = randomBytes(300_000);
+    const a = await store.put(Readable.from([data.subarray(0, 1000), data.subarray(1000)]));
+    expect(a).toEqual({ id: sha(data), bytes: data.length });
+    const b = await store.put(Readable.from([data]));
+    expect(b.id).toBe(a.id);
+    expect(await store.has(a.id)).toBe(true);
+    expect(await collect(await store.get(a.id))).toEqual(data);
+    const all = await store.list();
+    expect(all).toHaveLength(1);
+    expect(all[0]).toMatchObject({ id: a.id, bytes: data.length });
+    expect(all[0]!.createdAt).toBeInstanceOf(Date);
+    expect(await tempNames()).toEqual([]);
+  });
+
+  test("a multi-part sized snapshot", async () => {
+    const data = randomBytes(20 * 1024 * 1024 + 123);
+    const put = await store.put(Readable.from([data]));
+    expect(put.id).toBe(sha(data));
+    expect(sha(await collect(await store.get(put.id)))).toBe(put.id);
+  }, 60_000);
+
+  test("missing and malformed ids are SNAPSHOT_NOT_FOUND", async () => {
+    const missing = `sha256:${"0".repeat(64)}`;
+    await expect(store.get(missing)).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_NOT_FOUND, retryable: false });
+    await expect(store.get("sha256:../../etc/passwd")).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_NOT_FOUND });
+    expect(await store.has(missing)).toBe(false);
+    expect(await store.remove(missing)).toBe(false);
+  });
+
+  test("a put whose source fails leaves nothing visible and no temp data", async () => {
+    await expect(store.put(failingStream([randomBytes(9 * 1024 * 1024), randomBytes(1000)]))).rejects.toThrow("source broke");
+    await expect(store.put(failingStream([Buffer.from("small")]))).rejects.toThrow("source broke");
+    expect(await store.list()).toEqual([]);
+    expect(await tempNames()).toEqual([]);
+  }, 60_000);
+
+  test("readers never see a snapshot before its put completes", async () => {
+    const data = randomBytes(64 * 1024);
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const slow = Readable.from(
+      (async function* () {
+        yield data.subarray(0, 1000);
+        await gate;
+        yield data.subarray(1000);
+      })(),
+    );
+    const putting = store.put(slow);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(await store.list()).toEqual([]);
+    expect(await store.has(sha(data))).toBe(false);
+    release();
+    expect((await putting).id).toBe(sha(data));
+    expect(await store.has(sha(data))).toBe(true);
+  });
+
+  test("remove and prune", async () => {
+    const a = await store.put(Readable.from([Buffer.from("a")]));
+    const b = await store.put(Readable.from([Buffer.from("b")]));
+    expect(await store.remove(a.id)).toBe(true);
+    expect(await store.remove(a.id)).toBe(false);
+    expect(await store.prune(3_600_000)).toBe(0);
+    await new Promise((r) => setTimeout(r, 1100)); // S3 LastModified has one-second resolution
+    expect(await store.prune(500)).toBe(1);
+    expect(await store.has(b.id)).toBe(false);
+    expect(await store.list()).toEqual([]);
+  });
+
+  test("persistWorkspace / hydrateWorkspace round trip a real workspace", async () => {
+    const ws = join(work, "ws");
+    await mkdir(join(ws, "src"), { recursive: true });
+    await writeFile(join(ws, "src/main.py"), "print('hi')\n");
+    await writeFile(join(ws, "data.bin"), randomBytes(100_000));
+    const ref = await persistWorkspace(packDir(ws), store);
+    expect(ref).toMatchObject({ files: 2 });
+    expect(ref.id).toMatch(/^sha256:[0-9a-f]{64}$/);
+    // Same content packed again: same id (deterministic tar).
+    expect((await persistWorkspace(packDir(ws), store)).id).toBe(ref.id);
+    const out = join(work, "out");
+    const limits = { maxBytes: 1 << 30, maxEntries: 1000, maxDepth: 32 };
+    expect(await hydrateWorkspace(store, ref.id, out, { limits })).toEqual({ files: 2, bytes: 100_000 + 12 });
+    // Through a callback (a sandbox's putArchive): validated stream.
+    const viaCallback = await hydrateWorkspace(store, ref.id, async (tar) => void (await collect(tar)), { limits });
+    expect(viaCallback.files).toBe(2);
+    // A plain tar (no stats attached) is validated and counted on the way in.
+    const plain = Readable.from([await collect(await store.get(ref.id))]);
+    expect(await persistWorkspace(plain, store)).toEqual(ref);
+  });
+});
+
+describe("file store integrity", () => {
+  test("a corrupted object fails the read instead of returning wrong bytes", async () => {
+    const root = await mkdtemp(join(tmpdir(), "sq-snaps-"));
+    try {
+      const store = openSnapshotStore(pathToFileURL(root).href);
+      const put = await store.put(Readable.from([Buffer.from("original content")]));
+      await writeFile(join(root, "sha256", `${put.id.slice(7)}.tar`), "tampered content");
+      await expect(collect(await store.get(put.id))).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_STORE });
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  test("bad store URLs are CONFIG_INVALID", () => {
+    expect(() => openSnapshotStore("ftp://x/y")).toThrow(expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID }));
+    expect(() => openSnapshotStore("not a url")).toThrow(expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID }));
+  });
+});
