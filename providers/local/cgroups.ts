@@ -167,7 +167,7 @@ function uniqueDirs(h: Hierarchies): string[] {
   return h.mem === h.pids ? [h.mem] : [h.mem, h.pids];
 }
 
-async function writeMemoryLimit(h: Hierarchies, bytes: number): Promise<void> {
+async function writeMemoryLimit(h: Hierarchies, bytes: number, leaf: boolean): Promise<void> {
   if (h.v2) {
     await writeFile(path.join(h.mem, "memory.max"), String(bytes));
     await writeOptional(path.join(h.mem, "memory.swap.max"), "0");
@@ -177,7 +177,8 @@ async function writeMemoryLimit(h: Hierarchies, bytes: number): Promise<void> {
     await writeFile(path.join(h.mem, "memory.limit_in_bytes"), String(bytes));
     // memsw = memory + swap; equal to the memory limit means no swap. Absent without swap accounting.
     await writeOptional(path.join(h.mem, "memory.memsw.limit_in_bytes"), String(bytes));
-    await writeOptional(path.join(h.mem, "memory.swappiness"), "0");
+    // A new v1 cgroup copies its parent's swappiness: the sandbox level is enough.
+    if (!leaf) await writeOptional(path.join(h.mem, "memory.swappiness"), "0");
   }
 }
 
@@ -200,18 +201,24 @@ class LeafCgroup implements ExecCgroup {
     const pidsMaxHits = readInt(path.join(h.pids, "pids.events"), "max");
     if (h.v2) return { oomKills: await readInt(path.join(h.mem, "memory.events"), "oom_kill"), pidsMaxHits: await pidsMaxHits };
     const oomFile = path.join(h.mem, "memory.oom_control");
-    const [text, failcnt] = await Promise.all([readFile(oomFile, "utf8").catch(() => ""), readInt(path.join(h.mem, "memory.failcnt"))]);
+    const text = await readFile(oomFile, "utf8").catch(() => "");
     // oom_kill exists since Linux 4.13; failcnt (limit reached at least once) is the fallback.
     const m = /\boom_kill\s+(\d+)/.exec(text);
-    return { oomKills: m ? Number(m[1]) : failcnt, pidsMaxHits: await pidsMaxHits };
+    const oomKills = m ? Number(m[1]) : await readInt(path.join(h.mem, "memory.failcnt"));
+    return { oomKills, pidsMaxHits: await pidsMaxHits };
   }
 
   async killAll(): Promise<void> {
-    await Promise.all(uniqueDirs(this.h).map((d) => killTree(d, this.h.v2, !this.leaf)));
+    // An exec's processes joined every hierarchy and their children inherit
+    // them, so on a leaf the pids hierarchy alone lists them all.
+    if (this.leaf) return killTree(this.h.pids, this.h.v2, false);
+    await Promise.all(uniqueDirs(this.h).map((d) => killTree(d, this.h.v2)));
   }
 
   async remove(): Promise<void> {
-    const results = await Promise.allSettled(uniqueDirs(this.h).map((d) => removeTree(d, this.h.v2)));
+    if (this.leaf) await this.killAll();
+    const remove = (d: string) => (this.leaf ? rmdirRetry(d) : removeTree(d, this.h.v2));
+    const results = await Promise.allSettled(uniqueDirs(this.h).map(remove));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
     if (failed) throw failed.reason;
   }
@@ -231,7 +238,7 @@ class SandboxCgroupImpl implements SandboxCgroup {
   async create(): Promise<void> {
     await mkdirAll(this.h);
     if (this.h.v2) await writeFile(path.join(this.h.mem, "cgroup.subtree_control"), "+memory +pids");
-    await writeMemoryLimit(this.h, this.limits.memoryBytes);
+    await writeMemoryLimit(this.h, this.limits.memoryBytes, false);
   }
 
   async newExec(): Promise<ExecCgroup> {
@@ -240,7 +247,7 @@ class SandboxCgroupImpl implements SandboxCgroup {
     const leaf = new LeafCgroup(h, true);
     try {
       await mkdirAll(h);
-      await Promise.all([writeMemoryLimit(h, this.limits.memoryBytes), writeFile(path.join(h.pids, "pids.max"), String(this.limits.pids))]);
+      await Promise.all([writeMemoryLimit(h, this.limits.memoryBytes, true), writeFile(path.join(h.pids, "pids.max"), String(this.limits.pids))]);
       return leaf;
     } catch (err) {
       await leaf.remove().catch(() => undefined);
