@@ -12,13 +12,15 @@
  * is down. Every worker of a queue reports the same queue gauges: aggregate
  * them with max(), not sum().
  */
+import type { EventEmitter } from "node:events";
 import { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
 import { ErrorCodes } from "../errors/index.js";
 import type { JobSpec } from "../producer/job-spec.js";
 import { JOB_STATUSES, KILL_REASONS, type JobResult } from "../producer/job-result.js";
-import type { SandqueueWorker } from "./worker.js";
+import type { WorkerConfig } from "./config.js";
+import type { WorkerEvents } from "./worker.js";
 
 /** Phases the pipeline reports, plus `total` (enqueue to result). */
 export const PHASES = ["queued", "acquire", "hydrate", "exec", "snapshot", "total"] as const;
@@ -49,7 +51,11 @@ export interface QueueStatsReader {
 }
 
 /** What the metrics need of a worker (a SandqueueWorker, or a stand-in in tests). */
-export type MetricsWorker = Pick<SandqueueWorker, "on" | "off" | "activeJobs" | "config" | "redis">;
+export interface MetricsWorker extends Pick<EventEmitter<WorkerEvents>, "on" | "off"> {
+  readonly activeJobs: number;
+  readonly config: WorkerConfig;
+  readonly redis: Redis | undefined;
+}
 
 export interface WorkerMetricsOptions {
   registry: Registry;
