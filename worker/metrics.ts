@@ -179,26 +179,28 @@ export class WorkerMetrics {
     new Gauge({
       name: "sandqueue_worker_concurrency",
       help: "Jobs this worker runs at once at most.",
+      labelNames: ["queue"],
       registers,
       collect() {
-        this.set(self.worker.config.concurrency);
+        this.set({ queue: self.queue }, self.worker.config.concurrency);
       },
     });
     new Gauge({
       name: "sandqueue_worker_jobs_active",
       help: "Jobs in this worker's pipeline now (saturation: divide by sandqueue_worker_concurrency).",
+      labelNames: ["queue"],
       registers,
       collect() {
-        this.set(self.worker.activeJobs);
+        this.set({ queue: self.queue }, self.worker.activeJobs);
       },
     });
     new Gauge({
       name: "sandqueue_sandboxes_in_use",
       help: "Sandboxes this worker holds now (acquired and not yet released).",
-      labelNames: ["provider"],
+      labelNames: ["queue", "provider"],
       registers,
       collect() {
-        this.set({ provider: self.provider }, self.sandboxesInUse());
+        this.set({ queue: self.queue, provider: self.provider }, self.sandboxesInUse());
       },
     });
     new Gauge({
@@ -227,10 +229,11 @@ export class WorkerMetrics {
     new Gauge({
       name: "sandqueue_redis_up",
       help: "1 when the last queue-stats read from Redis succeeded within its timeout, else 0.",
+      labelNames: ["queue"],
       registers,
       async collect() {
         await self.refreshQueueStats();
-        this.set(self.statsUp);
+        this.set({ queue: self.queue }, self.statsUp);
       },
     });
 

@@ -190,7 +190,7 @@ describe("WorkerMetrics", () => {
       const text = await registry.metrics();
       expect(performance.now() - t0).toBeLessThan(500);
       expect(text).toContain('sandqueue_queue_jobs{queue="unit-q",state="waiting"} 5');
-      expect(text).toContain("sandqueue_redis_up 0");
+      expect(text).toContain('sandqueue_redis_up{queue="unit-q"} 0');
     }
     // One hanging read is shared, not one more per scrape.
     expect(reader.reads).toBe(2);
