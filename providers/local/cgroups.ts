@@ -21,10 +21,23 @@ export interface CgroupCounters {
   pidsMaxHits: number;
 }
 
+/** One write into a cgroup file; `$$` stands for the writing process's pid. */
+export interface CgroupWrite {
+  file: string;
+  value: string;
+  /** Absent files (no swap accounting, older kernels) are skipped. */
+  optional: boolean;
+}
+
 /** The leaf cgroup of one exec: the limits live here, the process joins here. */
 export interface ExecCgroup {
-  /** cgroup.procs files a process writes its pid into (one per v1 hierarchy). */
-  readonly procsFiles: readonly string[];
+  /**
+   * Writes that set the leaf's limits and then move the writer into it, in
+   * order. The spawned wrapper performs them itself just before exec'ing
+   * bwrap: a few shell builtins instead of a round trip each through
+   * libuv's thread pool.
+   */
+  readonly joinWrites: readonly CgroupWrite[];
   counters(): Promise<CgroupCounters>;
   /** SIGKILLs every process in the cgroup until it is empty (or gives up). */
   killAll(): Promise<void>;
@@ -139,7 +152,7 @@ async function rmdirRetry(dir: string): Promise<void> {
 /** Depth-first: kill and remove the children, then the cgroup itself. */
 async function removeTree(dir: string, v2: boolean): Promise<void> {
   for (const child of await subdirs(dir)) await removeTree(path.join(dir, child), v2);
-  await killTree(dir, v2);
+  await killTree(dir, v2, false);
   await rmdirRetry(dir);
 }
 
@@ -187,13 +200,12 @@ async function mkdirAll(h: Hierarchies): Promise<void> {
 }
 
 class LeafCgroup implements ExecCgroup {
-  readonly procsFiles: readonly string[];
+  joinWrites: readonly CgroupWrite[] = [];
   /** `leaf`: nobody can create cgroups below it (sandbox code has no access), so no recursion. */
   constructor(
     private readonly h: Hierarchies,
     private readonly leaf: boolean,
   ) {
-    this.procsFiles = uniqueDirs(h).map((d) => path.join(d, "cgroup.procs"));
   }
 
   async counters(): Promise<CgroupCounters> {
@@ -245,9 +257,17 @@ class SandboxCgroupImpl implements SandboxCgroup {
     const name = `x${++this.seq}`;
     const h: Hierarchies = { mem: path.join(this.h.mem, name), pids: path.join(this.h.pids, name), v2: this.h.v2 };
     const leaf = new LeafCgroup(h, true);
+    const bytes = String(this.limits.memoryBytes);
+    const w = (dir: string, file: string, value: string, optional = false): CgroupWrite => ({ file: path.join(dir, file), value, optional });
+    leaf.joinWrites = [
+      ...(h.v2
+        ? [w(h.mem, "memory.max", bytes), w(h.mem, "memory.swap.max", "0", true), w(h.mem, "memory.oom.group", "1", true)]
+        : [w(h.mem, "memory.limit_in_bytes", bytes), w(h.mem, "memory.memsw.limit_in_bytes", bytes, true)]),
+      w(h.pids, "pids.max", String(this.limits.pids)),
+      ...uniqueDirs(h).map((d) => w(d, "cgroup.procs", "$$")),
+    ];
     try {
       await mkdirAll(h);
-      await Promise.all([writeMemoryLimit(h, this.limits.memoryBytes, true), writeFile(path.join(h.pids, "pids.max"), String(this.limits.pids))]);
       return leaf;
     } catch (err) {
       await leaf.remove().catch(() => undefined);

@@ -2,7 +2,7 @@
  * One local sandbox: a host workspace directory plus a cgroup; every exec is
  * a fresh bwrap process tree placed in that cgroup before it can fork.
  */
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { rm } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
@@ -10,7 +10,7 @@ import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider
 import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
-import type { SandboxCgroup } from "./cgroups.js";
+import type { CgroupWrite, SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
 import { hostDirFor } from "./workspace-path.js";
 
@@ -21,12 +21,18 @@ const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output",
 const CGROUP_JOIN_FAILED = "cgroup-join-failed";
 
 /**
- * `sh -c` wrapper: joins the cgroup(s) with its own pid, then execs bwrap, so
- * bwrap and everything it forks start inside the limits. Cost: one small exec.
+ * `sh -c` wrapper: sets the leaf's limits, joins it with its own pid, then
+ * execs bwrap, so bwrap and everything it forks start inside the limits.
+ * File names travel as positional parameters (never parsed as shell);
+ * values are digits or `$$`. Cost: one small exec.
  */
-function wrapperScript(procsFiles: number): string {
-  const joins = Array.from({ length: procsFiles }, (_, i) => `echo $$ > "$${i + 1}"`).join(" && ");
-  return `{ ${joins}; } 2>/dev/null || { echo ${CGROUP_JOIN_FAILED} >&3; exit 125; }; exec 3>&-; shift ${procsFiles}; exec "$@"`;
+function wrapperScript(writes: readonly CgroupWrite[]): string {
+  const steps = writes.map((w, i) => {
+    if (!/^(\d+|\$\$)$/.test(w.value)) throw new Error(`unexpected cgroup value ${w.value}`);
+    const echo = `echo ${w.value} > "\${${i + 1}}"`;
+    return w.optional ? `{ ${echo} || :; }` : echo;
+  });
+  return `{ ${steps.join(" && ")}; } 2>/dev/null || { echo ${CGROUP_JOIN_FAILED} >&3; exit 125; }; exec 3>&-; shift ${writes.length}; exec "$@"`;
 }
 
 export interface LocalSandboxContext {
@@ -110,13 +116,23 @@ export class LocalSandbox implements Sandbox {
       this.assertLive();
     }
     const hits = new Set<ExecLimitHit>();
-    const procs = cg.procsFiles;
-    const child = spawn("/bin/sh", ["-c", wrapperScript(procs.length), "sandqueue-wrap", ...procs, ctx.bwrapPath, ...args], {
-      // The wrapper and bwrap get an empty environment too; bwrap --clearenv
-      // then sets only the request's variables.
-      env: {},
-      stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe", "pipe"],
-    });
+    const writes = cg.joinWrites;
+    let child: ChildProcess;
+    try {
+      child = spawn("/bin/sh", ["-c", wrapperScript(writes), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, ...args], {
+        // The wrapper and bwrap get an empty environment too; bwrap --clearenv
+        // then sets only the request's variables.
+        env: {},
+        stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe", "pipe"],
+      });
+    } catch (err) {
+      this.running = null;
+      await cg.remove().catch(() => undefined);
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not spawn bwrap: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
 
     let killed = false;
     // Cgroup sweeps started from event handlers; awaited before exec returns so
