@@ -3,6 +3,7 @@
  * (Docker, or Podman's compatible service). See docs/PROVIDERS.md.
  */
 import { randomUUID } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import os from "node:os";
 import type { Readable } from "node:stream";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
@@ -18,8 +19,9 @@ import {
 } from "../provider.js";
 import { EngineClient, EngineHttpError, readAll } from "./engine-client.js";
 import { imageNotFound, translateEngineError, type EngineErrorContext } from "./engine-errors.js";
-import { runExec, type ExecTarget } from "./exec.js";
+import { parseCounters, runExec, type Counters, type ExecTarget } from "./exec.js";
 import { WarmPool, type WarmPoolOptions } from "./warm-pool.js";
+import { checkedWorkspaceDir } from "./workspace-path.js";
 
 export const LABEL_OWNER = "sandqueue.owner";
 export const LABEL_PID = "sandqueue.pid";
@@ -72,9 +74,16 @@ interface ContainerTemplate {
   labels: Record<string, string>;
 }
 
+interface EngineFlavour {
+  workspaceExtra: string;
+  tmpExtra: string;
+}
+
 interface Container {
   id: string;
   user: string;
+  /** Host paths of the container's cgroup event files, when readable here. */
+  counterFiles: string[] | null;
 }
 
 export class DockerProvider implements SandboxProvider {
@@ -92,6 +101,7 @@ export class DockerProvider implements SandboxProvider {
   private readonly live = new Set<DockerSandbox>();
   readonly pool: WarmPool<Container>;
   private closing: Promise<void> | undefined;
+  private flavour: Promise<EngineFlavour> | undefined;
 
   constructor(opts: DockerProviderOptions) {
     this.opts = opts;
@@ -107,6 +117,11 @@ export class DockerProvider implements SandboxProvider {
       (t) => this.createContainer({ ...(t as ContainerTemplate), labels: { [LABEL_POOLED]: "true" } }),
       (c) => this.removeContainer(c.id),
     );
+  }
+
+  /** The worker id in every container's `sandqueue.owner` label. */
+  get owner(): string {
+    return this.opts.owner;
   }
 
   /** Runs `fn`, translating whatever the engine throws (the one translation point). */
@@ -134,7 +149,7 @@ export class DockerProvider implements SandboxProvider {
 
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "docker provider is closed", { retryable: true });
-    opts.signal?.throwIfAborted();
+    throwIfAborted(opts.signal);
     if (spec.network !== "none") {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode "${String(spec.network)}" is not supported`);
     }
@@ -150,7 +165,7 @@ export class DockerProvider implements SandboxProvider {
 
   /** Creates and starts one container; removes it again if a later step fails. */
   private async createContainer(t: ContainerTemplate, signal?: AbortSignal): Promise<Container> {
-    const user = await this.resolveUser(t.image, signal);
+    const [user, flavour] = await Promise.all([this.resolveUser(t.image, signal), this.engineFlavour()]);
     const body = {
       Image: t.image,
       Cmd: ["/bin/sh", "-c", INIT_SCRIPT],
@@ -169,8 +184,8 @@ export class DockerProvider implements SandboxProvider {
         NetworkMode: "none",
         ReadonlyRootfs: true,
         Tmpfs: {
-          [WORKSPACE_DIR]: `rw,nosuid,nodev,size=${this.opts.workspaceSizeMb ?? 256}m,mode=1777`,
-          "/tmp": `rw,nosuid,nodev,size=${this.opts.tmpSizeMb ?? 64}m,mode=1777`,
+          [WORKSPACE_DIR]: `rw,nosuid,nodev,size=${this.opts.workspaceSizeMb ?? 256}m,mode=1777${flavour.workspaceExtra}`,
+          "/tmp": `rw,nosuid,nodev,size=${this.opts.tmpSizeMb ?? 64}m,mode=1777${flavour.tmpExtra}`,
         },
         CapDrop: ["ALL"],
         SecurityOpt: ["no-new-privileges"],
@@ -179,19 +194,74 @@ export class DockerProvider implements SandboxProvider {
         LogConfig: { Type: "none" },
       },
     };
-    const name = `sandqueue-${randomUUID().slice(0, 13)}`;
-    const created = await this.call({ op: "create container", image: t.image }, () =>
-      this.engine.json<{ Id: string }>({ method: "POST", path: "/containers/create", query: { name }, body, signal }),
-    );
+    // A name of our own: when create fails or is aborted mid-flight the
+    // engine may still have made the container, and the name finds it.
+    const name = `sandqueue-${randomUUID()}`;
     try {
-      await this.call({ op: "start container", image: t.image }, () =>
-        this.engine.json({ method: "POST", path: `/containers/${created.Id}/start`, signal }),
+      const created = await this.call({ op: "create container", image: t.image }, () =>
+        this.engine.json<{ Id: string }>({ method: "POST", path: "/containers/create", query: { name }, body, signal }),
       );
+      throwIfAborted(signal);
+      await this.call({ op: "start container", image: t.image }, () =>
+        this.engine.json({ method: "POST", path: `/containers/${created.Id}/start` }),
+      );
+      const counterFiles = await this.findCounterFiles(created.Id);
+      throwIfAborted(signal);
+      return { id: created.Id, user, counterFiles };
     } catch (err) {
-      await this.removeContainer(created.Id).catch(() => {});
+      await this.removeContainer(name).catch(() => {});
       throw err;
     }
-    return { id: created.Id, user };
+  }
+
+  /**
+   * When the engine runs on this host, the container's cgroup event files
+   * can be read directly (microseconds, versus an exec). Found through the
+   * init's /proc/<pid>/cgroup; the path must name the container id, which
+   * also rules out a pid from another pid namespace.
+   */
+  private async findCounterFiles(id: string): Promise<string[] | null> {
+    if (this.engine.endpoint.kind !== "unix") return null;
+    try {
+      const info = await this.engine.json<{ State?: { Pid?: number } }>({ method: "GET", path: `/containers/${id}/json` });
+      const pid = info.State?.Pid;
+      if (!pid) return null;
+      const lines = (await readFile(`/proc/${pid}/cgroup`, "utf8")).trim().split("\n");
+      const v1 = (ctrl: string): string | undefined =>
+        lines.map((l) => l.split(":")).find((f) => f[1]?.split(",").includes(ctrl))?.[2];
+      const memory = v1("memory");
+      const pids = v1("pids");
+      let files: string[];
+      if (memory && pids) {
+        files = [`/sys/fs/cgroup/memory${memory}/memory.oom_control`, `/sys/fs/cgroup/pids${pids}/pids.events`];
+      } else {
+        const unified = lines.find((l) => l.startsWith("0::"))?.slice(3);
+        if (!unified) return null;
+        files = [`/sys/fs/cgroup${unified}/memory.events`, `/sys/fs/cgroup${unified}/pids.events`];
+      }
+      if (!files.every((f) => f.includes(id))) return null;
+      await Promise.all(files.map((f) => readFile(f, "utf8")));
+      return files;
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Podman gives a tmpfs the owner and mode of the image's directory it
+   * covers (ignoring mode=1777) and copies that directory's content in
+   * ("tmpcopyup"). `notmpcopyup` keeps the workspace empty and `U` hands it
+   * to the container's user. Docker honours mode= and rejects both options.
+   * Asked once per provider.
+   */
+  private engineFlavour(): Promise<EngineFlavour> {
+    this.flavour ??= this.call({ op: "version" }, async () => {
+      const v = await this.engine.json<{ Components?: Array<{ Name: string }> }>({ method: "GET", path: "/version" });
+      const podman = (v.Components ?? []).some((c) => /podman/i.test(c.Name));
+      return podman ? { workspaceExtra: ",notmpcopyup,U", tmpExtra: ",notmpcopyup" } : { workspaceExtra: "", tmpExtra: "" };
+    });
+    this.flavour.catch(() => (this.flavour = undefined));
+    return this.flavour;
   }
 
   /**
@@ -285,6 +355,9 @@ export class DockerProvider implements SandboxProvider {
 class DockerSandbox implements Sandbox, ExecTarget {
   readonly id: string;
   private released: Promise<void> | undefined;
+  private readonly releaseController = new AbortController();
+  readonly releasing: AbortSignal;
+  readonly hostCounters: (() => Promise<Counters | null>) | null;
   /** Cgroup counters already attributed, so each limit event is reported once. */
   counters = { oomKills: 0, pidsMax: 0 };
 
@@ -295,6 +368,11 @@ class DockerSandbox implements Sandbox, ExecTarget {
     private readonly archiveLimits: ArchiveLimits,
   ) {
     this.id = container.id;
+    this.releasing = this.releaseController.signal;
+    const files = container.counterFiles;
+    this.hostCounters = files
+      ? async () => parseCounters((await Promise.all(files.map((f) => readFile(f, "utf8")))).join("\n"))
+      : null;
   }
 
   get engine(): EngineClient {
@@ -307,7 +385,7 @@ class DockerSandbox implements Sandbox, ExecTarget {
     }
   }
 
-  exec(req: ExecRequest): Promise<ExecResult> {
+  async exec(req: ExecRequest): Promise<ExecResult> {
     this.ensureLive("exec");
     return this.provider.call({ op: "exec" }, () => runExec(this, req));
   }
@@ -316,6 +394,12 @@ class DockerSandbox implements Sandbox, ExecTarget {
     this.ensureLive("putArchive");
     // The validated stream fails with the SANDQ_ERR_TAR_* error on the first
     // bad entry; that aborts the upload and is rethrown as-is by call().
+    const abs = await this.provider
+      .call({ op: "put archive" }, () => checkedWorkspaceDir(this.engine, this.id, dir, (p) => this.mkdirp(p)))
+      .catch((err: unknown) => {
+        tar.destroy();
+        throw err;
+      });
     const body = validateTar(tar, this.archiveLimits);
     await this.provider.call({ op: "put archive" }, () =>
       this.engine.json({
@@ -323,7 +407,7 @@ class DockerSandbox implements Sandbox, ExecTarget {
         path: `/containers/${this.id}/archive`,
         // copyUIDGID: the engine chowns what it extracts to the container's
         // user (Docker and Podman alike), so the job can modify its files.
-        query: { path: dir, copyUIDGID: true },
+        query: { path: abs, copyUIDGID: true },
         body,
         headers: { "Content-Type": "application/x-tar" },
       }),
@@ -332,11 +416,20 @@ class DockerSandbox implements Sandbox, ExecTarget {
 
   async getArchive(dir: string, opts: PackOptions = {}): Promise<Readable> {
     this.ensureLive("getArchive");
-    const res = await this.provider.call({ op: "get archive" }, () =>
-      this.engine.stream({ method: "GET", path: `/containers/${this.id}/archive`, query: { path: dir } }),
-    );
+    const res = await this.provider.call({ op: "get archive" }, async () => {
+      const abs = await checkedWorkspaceDir(this.engine, this.id, dir, null);
+      return this.engine.stream({ method: "GET", path: `/containers/${this.id}/archive`, query: { path: abs } });
+    });
     // The engine names entries "<basename of dir>/..."; strip that level.
     return normalizeTar(res, { ...opts, stripComponents: 1 });
+  }
+
+  /** Creates a directory as the sandbox user, so the job owns it. */
+  private async mkdirp(abs: string): Promise<void> {
+    const r = await runExec(this, { argv: ["mkdir", "-p", "--", abs], env: {}, timeoutMs: 10_000, maxOutputBytes: 4096 });
+    if (r.exitCode !== 0) {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `cannot create ${abs} in the sandbox: ${r.stderr.toString().trim()}`);
+    }
   }
 
   /** Sends SIGUSR1 to the init, which kills every other process in the sandbox. */
@@ -352,6 +445,8 @@ class DockerSandbox implements Sandbox, ExecTarget {
   release(): Promise<void> {
     this.released ??= (async () => {
       this.provider.forget(this);
+      // A running exec sees the abort and reports "aborted".
+      this.releaseController.abort();
       await this.provider.removeContainer(this.id);
     })();
     return this.released;
@@ -364,6 +459,12 @@ function poolKey(spec: Pick<SandboxSpec, "image" | "limits">): string {
 
 function templateOf(spec: Pick<SandboxSpec, "image" | "limits">): ContainerTemplate {
   return { image: spec.image, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, labels: {} };
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) {
+    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
+  }
 }
 
 function pidAlive(pid: number): boolean {

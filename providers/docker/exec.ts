@@ -15,8 +15,28 @@ export interface ExecTarget {
   readonly container: { user: string };
   /** Cgroup event counters already reported by earlier execs. */
   counters: { oomKills: number; pidsMax: number };
+  /** Aborted when the sandbox is released: a running exec ends as "aborted". */
+  readonly releasing: AbortSignal;
+  /** Host-side cgroup counter files when the engine runs on this host (cheap to read), else null. */
+  readonly hostCounters: (() => Promise<Counters | null>) | null;
   killProcesses(): Promise<void>;
   killContainer(): Promise<void>;
+}
+
+export interface Counters {
+  oomKills: number;
+  pidsMax: number;
+}
+
+/**
+ * Runs argv with exactly the request's environment: engines add their own
+ * variables to every exec (Podman: TERM, container=podman), so the command
+ * goes through `env -i`, and `sh -c 'exec "$@"'` keeps any argv[0] (even one
+ * containing "=") a command.
+ */
+export function commandFor(req: Pick<ExecRequest, "argv" | "env">): string[] {
+  const pairs = Object.entries(req.env).map(([k, v]) => `${k}=${v}`);
+  return ["/usr/bin/env", "-i", "--", ...pairs, "/bin/sh", "-c", 'exec "$@"', "sh", ...req.argv];
 }
 
 /** After asking the init to kill, how long before the whole container is killed. */
@@ -61,8 +81,7 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
       AttachStdout: true,
       AttachStderr: true,
       Tty: false,
-      Cmd: req.argv,
-      Env: Object.entries(req.env).map(([k, v]) => `${k}=${v}`),
+      Cmd: commandFor(req),
       WorkingDir: req.cwd ?? WORKSPACE_DIR,
       User: t.container.user,
     },
@@ -136,6 +155,7 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   const timer = setTimeout(() => hit("timeout"), req.timeoutMs);
   const onAbort = (): void => hit("aborted");
   req.signal?.addEventListener("abort", onAbort, { once: true });
+  t.releasing.addEventListener("abort", onAbort, { once: true });
   try {
     await new Promise<void>((resolve) => {
       output.on("data", (c: Buffer) => decoder.push(c));
@@ -149,6 +169,7 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
     ended = true;
     clearTimeout(timer);
     req.signal?.removeEventListener("abort", onAbort);
+    t.releasing.removeEventListener("abort", onAbort);
     socket?.destroy();
   }
 
@@ -157,7 +178,14 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   // The stream can end before the process does (it closed its output); wait
   // for it until the wall-time limit, then kill as for a timeout.
   const overdue = limitHit === null ? startedAt + req.timeoutMs : performance.now() + KILL_GRACE_MS;
-  let inspect = await pollExec(t, execId, Math.max(overdue - performance.now(), 250));
+  let inspect: ExecInspect;
+  try {
+    inspect = await pollExec(t, execId, Math.max(overdue - performance.now(), 250));
+  } catch (err) {
+    // Released under us: the container (and the exec's record) is gone.
+    if (!t.releasing.aborted) throw err;
+    return result(null, "SIGKILL");
+  }
   if (inspect.Running) {
     if (limitHit === null) limitHit = "timeout";
     await t.killProcesses().catch(() => {});
@@ -171,11 +199,17 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   let signal: string | null = null;
 
   // Ask the cgroup what happened when the process failed and we did not kill it.
-  if (limitHit === null && exitCode !== 0) {
-    // Leftover background processes (a fork bomb's children) would hold the
-    // pids the counter read needs, and the next exec's; the tree goes now.
-    await t.killProcesses().catch(() => {});
-    const ev = await readCounters(t);
+  // The host's cgroup files are cheap, so they are read after every exec (a
+  // fork that failed at the pids limit may still end in exit 0). Without
+  // them an exec inside the container reads the counters, only when the
+  // process failed.
+  if (limitHit === null && (t.hostCounters !== null || exitCode !== 0)) {
+    if (exitCode !== 0) {
+      // Leftover background processes (a fork bomb's children) would hold
+      // the pids the next exec needs; the tree goes now.
+      await t.killProcesses().catch(() => {});
+    }
+    const ev = t.hostCounters ? await t.hostCounters().catch(() => null) : await readCounters(t);
     if (ev) {
       if (ev.oomKills > t.counters.oomKills) limitHit = "memory";
       else if (ev.pidsMax > t.counters.pidsMax) limitHit = "pids";
@@ -209,7 +243,7 @@ async function pollExec(t: ExecTarget, execId: string, waitMs: number): Promise<
 }
 
 /** Reads the cgroup event counters; null when no exec could be started to read them. */
-async function readCounters(t: ExecTarget): Promise<{ oomKills: number; pidsMax: number } | null> {
+async function readCounters(t: ExecTarget): Promise<Counters | null> {
   // The kill sweep is asynchronous: the first tries may still find no free pid.
   for (let attempt = 0; attempt < 5; attempt++) {
     try {
@@ -223,9 +257,7 @@ async function readCounters(t: ExecTarget): Promise<{ oomKills: number; pidsMax:
       new FrameDecoder((_s, p) => chunks.push(p)).push(Buffer.concat(await res.toArray()));
       const info = await pollExec(t, Id, 1_000);
       if (info.ExitCode === 0) {
-        const text = Buffer.concat(chunks).toString("utf8");
-        const num = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
-        return { oomKills: num(/^oom_kill (\d+)/m), pidsMax: num(/^max (\d+)/m) };
+        return parseCounters(Buffer.concat(chunks).toString("utf8"));
       }
     } catch {
       // engine hiccup: try again
@@ -233,4 +265,10 @@ async function readCounters(t: ExecTarget): Promise<{ oomKills: number; pidsMax:
     await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
   }
   return null;
+}
+
+/** `oom_kill N` (memory.events / memory.oom_control) and `max N` (pids.events). */
+export function parseCounters(text: string): Counters {
+  const num = (re: RegExp): number => Number(re.exec(text)?.[1] ?? 0);
+  return { oomKills: num(/^oom_kill (\d+)/m), pidsMax: num(/^max (\d+)/m) };
 }

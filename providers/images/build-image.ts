@@ -96,8 +96,8 @@ export async function buildImage(name: string, opts: BuildImageOptions): Promise
         ["--variant=minbase", `--include=${packages.join(",")}`, suite, tmp, mirror],
         opts.signal,
       );
-      // Mount points for the sandbox's tmpfs and the apt caches nobody needs.
-      await mkdir(path.join(tmp, "workspace"), { recursive: true });
+      // No /workspace in the image: container engines mount a tmpfs there
+      // and the local provider binds its own. The apt cache is dead weight.
       await rm(path.join(tmp, "var/cache/apt/archives"), { recursive: true, force: true });
       await mkdir(path.join(tmp, "var/cache/apt/archives/partial"), { recursive: true });
       await rm(rootfs, { recursive: true, force: true });
