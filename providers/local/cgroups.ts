@@ -180,21 +180,6 @@ function uniqueDirs(h: Hierarchies): string[] {
   return h.mem === h.pids ? [h.mem] : [h.mem, h.pids];
 }
 
-async function writeMemoryLimit(h: Hierarchies, bytes: number, leaf: boolean): Promise<void> {
-  if (h.v2) {
-    await writeFile(path.join(h.mem, "memory.max"), String(bytes));
-    await writeOptional(path.join(h.mem, "memory.swap.max"), "0");
-    // Kill the whole exec on OOM rather than one task, like a container runtime does.
-    await writeOptional(path.join(h.mem, "memory.oom.group"), "1");
-  } else {
-    await writeFile(path.join(h.mem, "memory.limit_in_bytes"), String(bytes));
-    // memsw = memory + swap; equal to the memory limit means no swap. Absent without swap accounting.
-    await writeOptional(path.join(h.mem, "memory.memsw.limit_in_bytes"), String(bytes));
-    // A new v1 cgroup copies its parent's swappiness: the sandbox level is enough.
-    if (!leaf) await writeOptional(path.join(h.mem, "memory.swappiness"), "0");
-  }
-}
-
 async function mkdirAll(h: Hierarchies): Promise<void> {
   await Promise.all(uniqueDirs(h).map((d) => mkdir(d)));
 }
@@ -246,11 +231,10 @@ class SandboxCgroupImpl implements SandboxCgroup {
     this.node = new LeafCgroup(h, false);
   }
 
-  /** Creates the sandbox cgroup: the memory limit also caps it as a whole; pids only per exec. */
+  /** Creates the sandbox cgroup; the limits are set on each exec's leaf (one exec runs at a time). */
   async create(): Promise<void> {
     await mkdirAll(this.h);
     if (this.h.v2) await writeFile(path.join(this.h.mem, "cgroup.subtree_control"), "+memory +pids");
-    await writeMemoryLimit(this.h, this.limits.memoryBytes, false);
   }
 
   async newExec(): Promise<ExecCgroup> {
@@ -262,7 +246,12 @@ class SandboxCgroupImpl implements SandboxCgroup {
     leaf.joinWrites = [
       ...(h.v2
         ? [w(h.mem, "memory.max", bytes), w(h.mem, "memory.swap.max", "0", true), w(h.mem, "memory.oom.group", "1", true)]
-        : [w(h.mem, "memory.limit_in_bytes", bytes), w(h.mem, "memory.memsw.limit_in_bytes", bytes, true)]),
+        : [
+            w(h.mem, "memory.limit_in_bytes", bytes),
+            // memsw = memory + swap: equal to the memory limit means no swap (absent without swap accounting).
+            w(h.mem, "memory.memsw.limit_in_bytes", bytes, true),
+            w(h.mem, "memory.swappiness", "0", true),
+          ]),
       w(h.pids, "pids.max", String(this.limits.pids)),
       ...uniqueDirs(h).map((d) => w(d, "cgroup.procs", "$$")),
     ];
@@ -279,18 +268,14 @@ class SandboxCgroupImpl implements SandboxCgroup {
     return this.node.killAll();
   }
 
-  remove(): Promise<void> {
-    return this.node.remove();
+  async remove(): Promise<void> {
+    // Usually every leaf is gone already: a plain rmdir suffices, the tree walk is the fallback.
+    const plain = await Promise.allSettled(uniqueDirs(this.h).map((d) => rmdir(d)));
+    if (plain.every((r) => r.status === "fulfilled" || (r.reason as NodeJS.ErrnoException).code === "ENOENT")) return;
+    await this.node.remove();
   }
 }
 
-async function writeOptional(file: string, value: string): Promise<void> {
-  try {
-    await writeFile(file, value);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-  }
-}
 
 class Manager implements CgroupManager {
   readonly version: 1 | 2;

@@ -169,8 +169,6 @@ export class LocalSandbox implements Sandbox {
     try {
       const [exitCode, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
         child.once("error", reject);
-        // Daemons still holding stdout would keep 'close' waiting: empty the cgroup once bwrap is gone.
-        child.once("exit", sweep);
         child.once("close", (code, sig) => resolve([code, sig]));
       });
       await Promise.all([stdout.done, stderr.done]);
@@ -179,8 +177,10 @@ export class LocalSandbox implements Sandbox {
           retryable: true,
         });
       }
+      // bwrap exits only after the namespace's init, and the kernel kills every
+      // process of a pid namespace whose init dies: nothing of the job is left
+      // (the leaf removal below sweeps the cgroup once more anyway).
       await Promise.all(sweeps);
-      await cg.killAll();
       const after = await cg.counters();
       if (after.oomKills > 0) hits.add("memory");
       if (after.pidsMaxHits > 0) hits.add("pids");
