@@ -266,8 +266,15 @@ export class WorkerMetrics {
     };
     for (const [event, fn] of Object.entries(this.listeners)) this.worker.on(event as "job:start", fn as never);
 
-    // Series that should exist (at 0) before the first event, so rate() and
-    // the dashboard have data from the first scrape on.
+    // Series exist at 0 from the first scrape: Prometheus cannot see the
+    // first increment of a series that appears already at 1, so rate() and
+    // increase() would miss it (and ratios would be 0/0).
+    for (const kind of KINDS) {
+      const base = { queue: this.queue, kind, provider: this.provider };
+      for (const status of JOB_STATUSES) this.finished.inc({ ...base, status }, 0);
+      for (const reason of KILL_REASONS) this.killed.inc({ ...base, reason }, 0);
+      for (const phase of PHASES) this.phaseSeconds.zero({ ...base, phase });
+    }
     this.requeued.inc({ queue: this.queue }, 0);
     this.snapshotBytes.inc({ queue: this.queue }, 0);
     this.snapshots.inc({ queue: this.queue }, 0);

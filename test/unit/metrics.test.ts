@@ -196,6 +196,17 @@ describe("WorkerMetrics", () => {
     expect(reader.reads).toBe(2);
   });
 
+  it("starts every known series at 0, so the first job shows in rate()", async () => {
+    const { registry } = setup();
+    const text = await registry.metrics();
+    for (const status of ["succeeded", "failed", "timed_out", "killed", "error"]) {
+      expect(text).toContain(`sandqueue_jobs_finished_total{queue="unit-q",kind="python",provider="local",status="${status}"} 0`);
+    }
+    expect(text).toContain('sandqueue_jobs_killed_total{queue="unit-q",kind="shell",provider="local",reason="memory"} 0');
+    expect(text).toContain('sandqueue_job_phase_duration_seconds_count{queue="unit-q",kind="shell",provider="local",phase="total"} 0');
+    expect(text).toContain('sandqueue_provider_errors_total{provider="local",operation="acquire"} 0');
+  });
+
   it("uses Prometheus naming, fixed label sets, and never a job id", async () => {
     const { worker, registry } = setup();
     runJob(worker, JOB_ID, shell, { status: "killed", reason: "output" }, [["queued", 0], ["acquire", 0], ["exec", 0.1]]);
@@ -244,7 +255,7 @@ describe("WorkerMetrics", () => {
     await metrics.close();
     await metrics.close();
     runJob(worker, "c1", shell, {}, []);
-    expect(await value(registry, "sandqueue_jobs_finished_total", { status: "succeeded" })).toBeUndefined();
+    expect(await value(registry, "sandqueue_jobs_finished_total", { status: "succeeded" })).toBe(0);
     expect(worker.listenerCount("job:finished")).toBe(0);
   });
 });
