@@ -213,7 +213,12 @@ class LeafCgroup implements ExecCgroup {
   }
 
   async remove(): Promise<void> {
-    if (this.leaf) await this.killAll();
+    if (this.leaf) {
+      // Normally empty by now: try the rmdir first, kill and retry only if it is busy.
+      const plain = await Promise.allSettled(uniqueDirs(this.h).map((d) => rmdir(d)));
+      if (plain.every((r) => r.status === "fulfilled" || (r.reason as NodeJS.ErrnoException).code === "ENOENT")) return;
+      await this.killAll();
+    }
     const remove = (d: string) => (this.leaf ? rmdirRetry(d) : removeTree(d, this.h.v2));
     const results = await Promise.allSettled(uniqueDirs(this.h).map(remove));
     const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");

@@ -48,7 +48,8 @@ const SANDBOX_NAME = /^sq-(\d+)-[0-9a-f]{12}$/;
 const HOST_ETC_NAME = /^\.host-etc-(\d+)-[0-9a-f]{12}$/;
 const MiB = 1024 * 1024;
 const MAX_MEMORY_MB = 1024 * 1024 * 1024;
-const MAX_PIDS = 4_194_304;
+/** pids.max accepts at most PID_MAX_LIMIT + 1 (4194305), bwrap's own processes included. */
+const MAX_PIDS = 4_194_304 - BWRAP_OVERHEAD_PIDS;
 
 function findOnPath(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(":")) {

@@ -3,6 +3,7 @@
  * a fresh bwrap process tree placed in that cgroup before it can fork.
  */
 import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import { rm } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
@@ -17,8 +18,12 @@ import { hostDirFor } from "./workspace-path.js";
 /** Order in which simultaneous limit hits are reported. */
 const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output", "memory", "pids"];
 
-/** Written to fd 3 by the wrapper when it cannot join the cgroup (bwrap then never runs). */
-const CGROUP_JOIN_FAILED = "cgroup-join-failed";
+/**
+ * Printed on stderr (with exit 125) by the wrapper when it cannot set up or
+ * join the cgroup; bwrap then never runs. The per-exec nonce makes it
+ * unforgeable by job code, which never sees the wrapper's command line.
+ */
+const CGROUP_JOIN_FAILED = "sandqueue: cgroup join failed";
 
 /**
  * `sh -c` wrapper: sets the leaf's limits, joins it with its own pid, then
@@ -26,13 +31,13 @@ const CGROUP_JOIN_FAILED = "cgroup-join-failed";
  * File names travel as positional parameters (never parsed as shell);
  * values are digits or `$$`. Cost: one small exec.
  */
-function wrapperScript(writes: readonly CgroupWrite[]): string {
+function wrapperScript(writes: readonly CgroupWrite[], failMarker: string): string {
   const steps = writes.map((w, i) => {
     if (!/^(\d+|\$\$)$/.test(w.value)) throw new Error(`unexpected cgroup value ${w.value}`);
     const echo = `echo ${w.value} > "\${${i + 1}}"`;
     return w.optional ? `{ ${echo} || :; }` : echo;
   });
-  return `{ ${steps.join(" && ")}; } 2>/dev/null || { echo ${CGROUP_JOIN_FAILED} >&3; exit 125; }; exec 3>&-; shift ${writes.length}; exec "$@"`;
+  return `{ ${steps.join(" && ")}; } 2>/dev/null || { echo '${failMarker}' >&2; exit 125; }; shift ${writes.length}; exec "$@"`;
 }
 
 export interface LocalSandboxContext {
@@ -117,13 +122,14 @@ export class LocalSandbox implements Sandbox {
     }
     const hits = new Set<ExecLimitHit>();
     const writes = cg.joinWrites;
+    const failMarker = `${CGROUP_JOIN_FAILED} ${randomBytes(8).toString("hex")}`;
     let child: ChildProcess;
     try {
-      child = spawn("/bin/sh", ["-c", wrapperScript(writes), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, ...args], {
+      child = spawn("/bin/sh", ["-c", wrapperScript(writes, failMarker), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, ...args], {
         // The wrapper and bwrap get an empty environment too; bwrap --clearenv
         // then sets only the request's variables.
         env: {},
-        stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe", "pipe"],
+        stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"],
       });
     } catch (err) {
       this.running = null;
@@ -152,9 +158,6 @@ export class LocalSandbox implements Sandbox {
 
     const stdout = new CappedCapture(child.stdout!, req.maxOutputBytes, () => kill("output"));
     const stderr = new CappedCapture(child.stderr!, req.maxOutputBytes, () => kill("output"));
-    let joinReport = "";
-    child.stdio[3]!.on("data", (d: Buffer) => (joinReport += d.toString()));
-    child.stdio[3]!.on("error", () => undefined);
 
     if (req.stdin !== undefined && child.stdin) {
       // EPIPE when the program exits without reading its input is not an error.
@@ -172,7 +175,7 @@ export class LocalSandbox implements Sandbox {
         child.once("close", (code, sig) => resolve([code, sig]));
       });
       await Promise.all([stdout.done, stderr.done]);
-      if (joinReport.includes(CGROUP_JOIN_FAILED)) {
+      if (exitCode === 125 && stderr.bytes.toString().trim() === failMarker) {
         throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not place the process in its cgroup`, {
           retryable: true,
         });
