@@ -25,7 +25,16 @@ export class FileSnapshotStore implements SnapshotStore {
   private readonly tmp: string;
   private ready: Promise<void> | null = null;
 
-  constructor(readonly root: string) {
+  private readonly fsync: boolean;
+
+  /**
+   * `fsync: false` skips flushing each object to disk before it is renamed
+   * into place: a worker crash still leaves nothing visible, but a kernel
+   * crash or power loss may leave an object whose bytes never reached the
+   * disk (reads then fail the hash check; storing the content again repairs it).
+   */
+  constructor(readonly root: string, opts: { fsync?: boolean } = {}) {
+    this.fsync = opts.fsync ?? true;
     this.objects = join(root, "sha256");
     this.tmp = join(root, "tmp");
   }
@@ -51,16 +60,20 @@ export class FileSnapshotStore implements SnapshotStore {
     const hasher = new HashingPassThrough();
     try {
       await pipeline(tar, hasher, createWriteStream(tmpPath, { flags: "wx", mode: 0o644 }), opts.signal ? { signal: opts.signal } : {});
-      const fh = await open(tmpPath, "r");
-      try {
-        await fh.sync(); // the rename must not expose a file whose data is not on disk yet
-      } finally {
-        await fh.close();
+      if (this.fsync) {
+        const fh = await open(tmpPath, "r");
+        try {
+          await fh.sync(); // the rename must not expose a file whose data is not on disk yet
+        } finally {
+          await fh.close();
+        }
       }
       const id = hasher.digestId();
       const finalPath = this.pathOf(id);
       const existing = await stat(finalPath).catch(() => null);
-      if (existing) {
+      // Same id and same size: the stored object is this content. A size that
+      // differs can only be a damaged object (lost writes): replace it.
+      if (existing && existing.size === hasher.bytes) {
         await unlink(tmpPath);
         const now = new Date();
         await utimes(finalPath, now, now);

@@ -16,7 +16,7 @@ export * from "./store.js";
 export { FileSnapshotStore } from "./file-store.js";
 export { S3SnapshotStore, type S3StoreOptions } from "./s3-store.js";
 
-/** `file:///abs/dir` (default) or `s3://bucket/prefix`. */
+/** `file:///abs/dir[?fsync=false]` (default) or `s3://bucket/prefix`. */
 export function openSnapshotStore(url: string, opts: { s3?: S3StoreOptions } = {}): SnapshotStore {
   let u: URL;
   try {
@@ -24,7 +24,14 @@ export function openSnapshotStore(url: string, opts: { s3?: S3StoreOptions } = {
   } catch {
     throw new ConfigError(ErrorCodes.CONFIG_INVALID, `snapshot store URL ${JSON.stringify(url)} is not a URL (expected file:///dir or s3://bucket/prefix)`);
   }
-  if (u.protocol === "file:") return new FileSnapshotStore(resolve(fileURLToPath(u)));
+  if (u.protocol === "file:") {
+    const fsync = u.searchParams.get("fsync");
+    if (fsync !== null && fsync !== "true" && fsync !== "false") {
+      throw new ConfigError(ErrorCodes.CONFIG_INVALID, `snapshot store URL ${JSON.stringify(url)}: fsync must be true or false`);
+    }
+    u.search = "";
+    return new FileSnapshotStore(resolve(fileURLToPath(u)), { fsync: fsync !== "false" });
+  }
   if (u.protocol === "s3:") {
     if (!u.hostname) throw new ConfigError(ErrorCodes.CONFIG_INVALID, `snapshot store URL ${JSON.stringify(url)} has no bucket (expected s3://bucket/prefix)`);
     return new S3SnapshotStore(u.hostname, decodeURIComponent(u.pathname.replace(/^\/+/, "")), opts.s3);
