@@ -17,6 +17,8 @@ export interface WarmPoolOptions {
   maxSize: number;
   /** A key nobody asked for during this long is dropped. Default 10 min. */
   keyIdleMs?: number;
+  /** Containers created at once per key. Default 1: on a small host parallel creates slow the running jobs. */
+  fillConcurrency?: number;
 }
 
 export interface PoolMember {
@@ -98,9 +100,11 @@ export class WarmPool<T extends PoolMember> {
         for (const m of state.idle.splice(0)) this.track(this.destroy(m).catch(() => {}));
         continue;
       }
-      // One creation at a time per key: on a small host, parallel creates
-      // slow down the jobs that are running without making the pool faster.
-      if (state.creating === 0 && state.idle.length < this.opts.minIdle && this.total() < this.opts.maxSize) {
+      while (
+        state.creating < (this.opts.fillConcurrency ?? 1) &&
+        state.idle.length + state.creating < this.opts.minIdle &&
+        this.total() < this.opts.maxSize
+      ) {
         state.creating++;
         this.track(this.fillOne(state));
       }
