@@ -59,7 +59,7 @@ export class FileSnapshotStore implements SnapshotStore {
     const tmpPath = join(this.tmp, `${randomUUID()}.part`);
     const hasher = new HashingPassThrough();
     try {
-      await pipeline(tar, hasher, createWriteStream(tmpPath, { flags: "wx", mode: 0o644 }), opts.signal ? { signal: opts.signal } : {});
+      await pipeline(tar, hasher, createWriteStream(tmpPath, { flags: "wx", mode: 0o644, highWaterMark: 1024 * 1024 }), opts.signal ? { signal: opts.signal } : {});
       if (this.fsync) {
         const fh = await open(tmpPath, "r");
         try {
@@ -97,7 +97,7 @@ export class FileSnapshotStore implements SnapshotStore {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") throw notFound(id);
       throw storeError(`cannot open snapshot ${id}`, err);
     }
-    const src = createReadStream("", { fd: fh, highWaterMark: 256 * 1024 });
+    const src = createReadStream("", { fd: fh, highWaterMark: 1024 * 1024 });
     const verify = new VerifyingPassThrough(id);
     src.on("error", (e) => verify.destroy(e));
     verify.on("close", () => src.destroy());
