@@ -50,6 +50,7 @@ export async function extractTar(
 ): Promise<ExtractStats> {
   const { signal, ...caps } = limits;
   const rules = new EntryRules({ mode: "strict", limits: caps });
+  await mkdir(dirname(hostDir), { recursive: true });
   const staging = await mkdtemp(join(dirname(hostDir), `.${basename(hostDir)}.extract-`));
   const dirs: { path: string; mode: number; mtime: Date }[] = [];
   const made = new Set<string>();
@@ -153,7 +154,7 @@ async function lstatOrNull(p: string) {
 async function commit(staging: string, hostDir: string, rules: EntryRules): Promise<void> {
   const top = await lstatOrNull(hostDir);
   if (top === null) {
-    await mkdir(dirname(hostDir), { recursive: true });
+    await chmod(staging, 0o755); // mkdtemp made it 0700; it becomes the workspace root
     await rename(staging, hostDir);
     await mkdir(staging); // the finally in extractTar removes it again
     return;

@@ -40,6 +40,10 @@ describe("packDir -> extractTar round trip", () => {
     expect((await stat(join(out, "dir/sub/run.sh"))).mode & 0o777).toBe(0o755);
     expect((await stat(join(out, "private"))).mode & 0o777).toBe(0o600);
     expect((await lstat(join(out, "empty"))).isDirectory()).toBe(true);
+    expect((await stat(out)).mode & 0o777).toBe(0o755);
+    // A target whose parents do not exist yet.
+    await extractTar(join(tmp.path, "a/b/c"), packDir(src), LIMITS);
+    expect(await listTree(join(tmp.path, "a/b/c"))).toEqual(await listTree(src));
   });
 
   test("GNU tar reads what packDir writes, and extractTar reads what GNU tar writes", async () => {
