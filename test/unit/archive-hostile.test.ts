@@ -1,5 +1,6 @@
 import { mkdir, readdir, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Readable } from "node:stream";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { ErrorCodes, SnapshotError } from "../../errors/index.js";
 import { extractTar, validateTar } from "../../providers/archive/index.js";
@@ -74,6 +75,37 @@ describe("extractTar / validateTar reject hostile archives and write nothing", (
     const p: RawEntry = { name: "p", type: "symlink", linkname: "up/.." };
     await expectRejected(await rawTar([up, p]), ErrorCodes.TAR_LINK_OUTSIDE);
     await expectRejected(await rawTar([p, up]), ErrorCodes.TAR_LINK_OUTSIDE);
+  });
+
+  test("a symlink that escapes only together with a symlink already in the target", async () => {
+    await symlink(".", join(target, "up"));
+    before = await listTree(tmp.path);
+    await expect(extractTar(target, streamOf(await rawTar([{ name: "p", type: "symlink", linkname: "up/.." }])), LIMITS)).rejects.toMatchObject({
+      code: ErrorCodes.TAR_LINK_OUTSIDE,
+    });
+    expect(await listTree(tmp.path)).toEqual(before);
+  });
+
+  test("a file where the target has a directory", async () => {
+    await mkdir(join(target, "d"));
+    before = await listTree(tmp.path);
+    await expect(extractTar(target, streamOf(await rawTar([file("ok"), file("d")])), LIMITS)).rejects.toMatchObject({
+      code: ErrorCodes.TAR_DUPLICATE,
+    });
+    expect(await listTree(tmp.path)).toEqual(before);
+  });
+
+  test("an input stream that breaks keeps its own (retryable) error and writes nothing", async () => {
+    const good = await rawTar([file("a", "x".repeat(4000)), file("b", "y".repeat(4000))]);
+    const netErr = Object.assign(new Error("ECONNRESET from the store"), { retryable: true });
+    const broken = Readable.from(
+      (async function* () {
+        yield good.subarray(0, 3000);
+        throw netErr;
+      })(),
+    );
+    await expect(extractTar(target, broken, LIMITS)).rejects.toBe(netErr);
+    expect(await listTree(tmp.path)).toEqual(before);
   });
 
   test("hardlink", async () => {
