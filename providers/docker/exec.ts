@@ -163,7 +163,7 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
       output.once("close", resolve);
       // A reset connection after we destroyed it is expected; other errors
       // show up below as a missing exit code.
-      output.once("error", () => resolve());
+      output.on("error", () => resolve());
     });
   } finally {
     ended = true;
@@ -203,16 +203,17 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   // fork that failed at the pids limit may still end in exit 0). Without
   // them an exec inside the container reads the counters, only when the
   // process failed.
-  if (limitHit === null && (t.hostCounters !== null || exitCode !== 0)) {
-    if (exitCode !== 0) {
+  // Read after our own kills too, so their events are not blamed on the next exec.
+  if (t.hostCounters !== null || (limitHit === null && exitCode !== 0)) {
+    if (limitHit === null && exitCode !== 0) {
       // Leftover background processes (a fork bomb's children) would hold
       // the pids the next exec needs; the tree goes now.
       await t.killProcesses().catch(() => {});
     }
     const ev = t.hostCounters ? await t.hostCounters().catch(() => null) : await readCounters(t);
     if (ev) {
-      if (ev.oomKills > t.counters.oomKills) limitHit = "memory";
-      else if (ev.pidsMax > t.counters.pidsMax) limitHit = "pids";
+      if (limitHit === null && ev.oomKills > t.counters.oomKills) limitHit = "memory";
+      else if (limitHit === null && ev.pidsMax > t.counters.pidsMax) limitHit = "pids";
       t.counters = ev;
     }
   }
