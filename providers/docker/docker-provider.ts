@@ -60,13 +60,13 @@ const NOBODY = "65534:65534";
  * workspace, which a snapshot still needs) stays up. The kill builtin needs
  * no fork, so it works under a fork bomb at the pids limit; it runs three
  * times to catch children forked during the first sweep.
- * No other trap: a PID 1 ignores signals it has no handler for, so the job
- * cannot stop its own sandbox with SIGTERM; the engine stops it with
- * SIGKILL (StopSignal below).
+ * A PID 1 ignores signals it has no handler for, and dash catches SIGINT
+ * for itself, so INT is set to ignore: the job cannot stop its own sandbox.
+ * The engine stops it with SIGKILL (StopSignal below).
  */
 const INIT_SCRIPT =
   "trap 'kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null' USR1; " +
-  "while :; do sleep infinity & wait; done";
+  "trap '' INT; while :; do sleep infinity & wait; done";
 
 const CONTAINER_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"];
 

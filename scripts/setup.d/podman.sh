@@ -18,6 +18,11 @@ IMAGE="${SANDQUEUE_TEST_IMAGE:-sandqueue-python}"
 
 log() { printf '[setup:podman] %s\n' "$*"; }
 
+if [[ "${SANDQUEUE_SETUP_EXTRAS:-}" == "none" ]]; then
+  log "skipped (SANDQUEUE_SETUP_EXTRAS=none): no container engine for the docker provider"
+  exit 0
+fi
+
 # --- packages -----------------------------------------------------------------
 need=()
 for pair in podman:podman runc:runc debootstrap:debootstrap curl:curl; do

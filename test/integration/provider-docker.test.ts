@@ -6,6 +6,7 @@
  * fails, never skips, when the engine or the image is missing.
  */
 import { spawn } from "node:child_process";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -13,8 +14,16 @@ import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { describeProviderContract } from "../../providers/contract.js";
 import { filesToTar } from "../../providers/archive/index.js";
-import { DockerProvider, EngineClient, FrameDecoder, LABEL_OWNER, encodeFrame, type DockerProviderOptions } from "../../providers/docker/index.js";
-import { listImages } from "../../providers/images/index.js";
+import {
+  DockerProvider,
+  EngineClient,
+  FrameDecoder,
+  LABEL_OWNER,
+  encodeFrame,
+  parseDockerHost,
+  type DockerProviderOptions,
+} from "../../providers/docker/index.js";
+import { aptMirror, listImages } from "../../providers/images/index.js";
 import type { ExecRequest, SandboxSpec } from "../../providers/provider.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
@@ -208,6 +217,38 @@ describe("docker provider specifics", () => {
       expect(after.exitCode).toBe(0);
     } finally {
       await box.release();
+    }
+  });
+
+  it("the job cannot stop its own sandbox: the init ignores SIGTERM/SIGINT from inside", async () => {
+    const p = makeProvider();
+    const box = await p.acquire(spec(), {});
+    try {
+      const r = await box.exec(req("kill -TERM 1; kill -INT 1; kill -HUP 1; sleep 0.3; echo still-here"));
+      expect(r.stdout.toString()).toBe("still-here\n");
+      expect((await box.exec(req("echo next"))).stdout.toString()).toBe("next\n");
+    } finally {
+      await box.release();
+    }
+  });
+
+  it("parses DOCKER_HOST and finds apt's Debian mirror", async () => {
+    expect(parseDockerHost("unix:///run/podman/podman.sock")).toEqual({ kind: "unix", socketPath: "/run/podman/podman.sock" });
+    expect(parseDockerHost("tcp://10.0.0.5:2376")).toEqual({ kind: "tcp", host: "10.0.0.5", port: 2376 });
+    expect(() => parseDockerHost("ssh://x")).toThrow(/DOCKER_HOST/);
+    const dir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-apt-"));
+    try {
+      await mkdir(path.join(dir, "sources.list.d"));
+      await writeFile(path.join(dir, "sources.list"), "# none\ndeb [arch=amd64] http://mirror.example/debian bullseye main\n");
+      await writeFile(
+        path.join(dir, "sources.list.d", "debian.sources"),
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n\nTypes: deb\nURIs: http://deb.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n",
+      );
+      expect(await aptMirror("bookworm", dir)).toBe("http://deb.example/debian");
+      expect(await aptMirror("bullseye", dir)).toBe("http://mirror.example/debian");
+      await expect(aptMirror("trixie", dir)).rejects.toThrow(/--mirror/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
   });
 
