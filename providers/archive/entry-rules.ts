@@ -125,6 +125,11 @@ export class EntryRules {
     this.fail(strictCode, `exceeds the archive's ${what} limit`, path);
   }
 
+  /** Whether an exclude pattern covers this normalised relative path. */
+  isExcluded(path: string): boolean {
+    return this.opts.exclude?.(path) ?? false;
+  }
+
   /** Splits and checks a name; returns null for the archive root itself. */
   splitName(raw: string): string[] | null {
     if (raw.includes("\0")) this.fail(ErrorCodes.TAR_CORRUPT, "contains a NUL byte", raw);
