@@ -104,12 +104,15 @@ export async function extractTar(
 }
 
 const CREATE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
+/** Read once: with the usual 022 the create mode is already exact and the fchmod can be skipped. */
+const UMASK = process.umask();
+const needsChmod = (mode: number) => (mode & ~UMASK) !== mode;
 
 async function writeSmallFile(dest: string, mode: number, mtime: Date, chunks: Buffer[]): Promise<void> {
-  const fh = await open(dest, CREATE_FLAGS, 0o600);
+  const fh = await open(dest, CREATE_FLAGS, mode);
   try {
     if (chunks.length) await fh.writev(chunks);
-    await fh.chmod(mode);
+    if (needsChmod(mode)) await fh.chmod(mode);
     await fh.utimes(mtime, mtime);
   } finally {
     await fh.close();
@@ -118,7 +121,7 @@ async function writeSmallFile(dest: string, mode: number, mtime: Date, chunks: B
 
 async function writeFile(dest: string, mode: number, mtime: Date, chunks: AsyncIterable<Buffer>): Promise<void> {
   // O_EXCL|O_NOFOLLOW: never write through a link or over something already there.
-  const fh = await open(dest, CREATE_FLAGS, 0o600);
+  const fh = await open(dest, CREATE_FLAGS, mode);
   try {
     let batch: Buffer[] = [];
     let batchBytes = 0;
@@ -132,7 +135,7 @@ async function writeFile(dest: string, mode: number, mtime: Date, chunks: AsyncI
       }
     }
     if (batch.length) await fh.writev(batch);
-    await fh.chmod(mode); // explicit: the process umask must not decide
+    if (needsChmod(mode)) await fh.chmod(mode); // the process umask must not decide
     await fh.utimes(mtime, mtime);
   } finally {
     await fh.close();
