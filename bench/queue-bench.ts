@@ -3,10 +3,11 @@
  * (a) as a raw bubblewrap spawn with the local provider's exact flags, and
  * (b) end to end through the queue: enqueue -> worker -> sandbox -> result
  * seen by the producer. Both sequentially and at concurrency = cores, in the
- * same run, so the ratios hold on a noisy shared machine.
+ * same run, interleaved in rounds, so the ratios hold on a noisy shared
+ * machine.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -39,41 +40,59 @@ export interface QueueBenchResult {
   queuedN: RunStats;
 }
 
-export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300)): Promise<QueueBenchResult> {
+export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), rounds = Number(process.env.BENCH_ROUNDS ?? 5)): Promise<QueueBenchResult> {
   const cores = availableParallelism();
   const dir = mkdtempSync(join(tmpdir(), "sandq-bench-"));
   const ws = join(dir, "ws");
-  rmSync(ws, { recursive: true, force: true });
-  await import("node:fs/promises").then((fs) => fs.mkdir(ws));
+  mkdirSync(ws);
   const args = buildBwrapArgs({ rootOps: hostImageOps(join(dir, "etc")), workspaceHostDir: ws, argv: ARGV, env: ENV, uid: 1000, gid: 1000 });
 
-  // Warm-up: page cache, bwrap binary, Redis connections.
-  for (let i = 0; i < 20; i++) await rawSpawn(args);
-  const r1 = await timedPool(n, 1, () => rawSpawn(args));
-  const rN = await timedPool(n, cores, () => rawSpawn(args));
-
-  const queued = async (concurrency: number): Promise<RunStats> => {
+  // One worker per concurrency level, kept for the whole run.
+  const queued = async (concurrency: number) => {
     const queue = `bench-${randomBytes(4).toString("hex")}`;
-    const config = parseWorkerConfig(process.env, {}, { queue, concurrency, metricsPort: 0, logJobs: false, workRoot: join(dir, "work") });
+    const config = parseWorkerConfig(process.env, {}, { queue, concurrency, metricsPort: 0, logJobs: false, workRoot: join(dir, `work-${concurrency}`) });
     const runtime = await startWorkerRuntime(config, silentLogger);
     const client = new SandqueueClient({ redisUrl: config.redisUrl, queue, prefix: config.prefix, resultTtlMs: 600_000 });
     const job = { kind: "shell", script: "true" } as const;
-    try {
-      for (let i = 0; i < 20; i++) await client.waitForResult((await client.enqueue(job)).id);
-      const run = await timedPool(n, concurrency, async () => {
-        const r = await client.waitForResult((await client.enqueue(job)).id, { timeoutMs: 60_000 });
-        if (r.status !== "succeeded") throw new Error(`bench job ended ${r.status}: ${JSON.stringify(r.error)}`);
-      });
-      return stats(run.latencies, run.wallMs);
-    } finally {
-      await client.close();
-      await runtime.close();
-    }
+    const once = async (): Promise<void> => {
+      const r = await client.waitForResult((await client.enqueue(job)).id, { timeoutMs: 60_000 });
+      if (r.status !== "succeeded") throw new Error(`bench job ended ${r.status}: ${JSON.stringify(r.error)}`);
+    };
+    return { once, close: async () => (await client.close(), await runtime.close()) };
   };
   const q1 = await queued(1);
   const qN = await queued(cores);
+  const raw = (): Promise<void> => rawSpawn(args);
+
+  // Warm-up: page cache, bwrap binary, Redis connections, JIT.
+  for (let i = 0; i < 20; i++) await Promise.all([raw(), q1.once(), qN.once()]);
+
+  // Interleaved rounds: a shared, noisy machine slows every series alike.
+  const acc = { raw1: [] as number[], rawN: [] as number[], q1: [] as number[], qN: [] as number[] };
+  const wall = { raw1: 0, rawN: 0, q1: 0, qN: 0 };
+  const per = Math.max(1, Math.floor(n / rounds));
+  for (let r = 0; r < rounds; r++) {
+    for (const [key, c, fn] of [
+      ["raw1", 1, raw],
+      ["q1", 1, q1.once],
+      ["rawN", cores, raw],
+      ["qN", cores, qN.once],
+    ] as const) {
+      const run = await timedPool(per, c, () => fn());
+      acc[key].push(...run.latencies);
+      wall[key] += run.wallMs;
+    }
+  }
+  await q1.close();
+  await qN.close();
   rmSync(dir, { recursive: true, force: true });
-  return { cores, raw1: stats(r1.latencies, r1.wallMs), rawN: stats(rN.latencies, rN.wallMs), queued1: q1, queuedN: qN };
+  return {
+    cores,
+    raw1: stats(acc.raw1, wall.raw1),
+    rawN: stats(acc.rawN, wall.rawN),
+    queued1: stats(acc.q1, wall.q1),
+    queuedN: stats(acc.qN, wall.qN),
+  };
 }
 
 export function reportQueueBench(r: QueueBenchResult): string {

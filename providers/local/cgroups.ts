@@ -5,8 +5,8 @@
  * afterwards to say which limit was hit. Detection happens once, at provider
  * construction, from /proc/self/mounts.
  */
-import { readFileSync, existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { readFile, writeFile, rmdir, readdir, access, mkdir, constants } from "node:fs/promises";
+import { readFileSync, existsSync, mkdirSync, writeFileSync, rmdirSync, readdirSync } from "node:fs";
+import { access, constants } from "node:fs/promises";
 import path from "node:path";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 
@@ -94,8 +94,21 @@ function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
+/**
+ * cgroupfs is an in-kernel pseudo filesystem: each call costs microseconds,
+ * far less than a round trip through libuv's thread pool, so cgroup files
+ * are read and written synchronously. (Workspace trees stay asynchronous.)
+ */
+function readText(file: string): string {
+  try {
+    return readFileSync(file, "utf8");
+  } catch {
+    return "";
+  }
+}
+
 async function readInt(file: string, key?: string): Promise<number> {
-  const text = await readFile(file, "utf8").catch(() => "");
+  const text = readText(file);
   if (key === undefined) return Number.parseInt(text.trim(), 10) || 0;
   for (const line of text.split("\n")) {
     const [k, v] = line.trim().split(/\s+/);
@@ -105,7 +118,7 @@ async function readInt(file: string, key?: string): Promise<number> {
 }
 
 async function listProcs(procsFile: string): Promise<number[]> {
-  const text = await readFile(procsFile, "utf8").catch(() => "");
+  const text = readText(procsFile);
   return text
     .split("\n")
     .map((s) => Number.parseInt(s, 10))
@@ -138,7 +151,7 @@ async function killUntilEmpty(procsFile: string, kill?: () => Promise<boolean>):
 async function rmdirRetry(dir: string): Promise<void> {
   for (let i = 0; ; i++) {
     try {
-      await rmdir(dir);
+      rmdirSync(dir);
       return;
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
@@ -160,7 +173,14 @@ async function killTree(dir: string, v2: boolean, recurse = true): Promise<void>
   if (v2) {
     // cgroup.kill (Linux 5.14+) kills the whole subtree atomically, forks included.
     const killFile = path.join(dir, "cgroup.kill");
-    const kill = () => writeFile(killFile, "1").then(() => true, () => false);
+    const kill = async (): Promise<boolean> => {
+      try {
+        writeFileSync(killFile, "1");
+        return true;
+      } catch {
+        return false;
+      }
+    };
     await killUntilEmpty(path.join(dir, "cgroup.procs"), kill);
   } else {
     await killUntilEmpty(path.join(dir, "cgroup.procs"));
@@ -181,7 +201,20 @@ function uniqueDirs(h: Hierarchies): string[] {
 }
 
 async function mkdirAll(h: Hierarchies): Promise<void> {
-  await Promise.all(uniqueDirs(h).map((d) => mkdir(d)));
+  for (const d of uniqueDirs(h)) mkdirSync(d);
+}
+
+/** rmdir of each dir; true when all are gone. */
+function rmdirAll(dirs: string[]): boolean {
+  let ok = true;
+  for (const d of dirs) {
+    try {
+      rmdirSync(d);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") ok = false;
+    }
+  }
+  return ok;
 }
 
 class LeafCgroup implements ExecCgroup {
@@ -198,7 +231,7 @@ class LeafCgroup implements ExecCgroup {
     const pidsMaxHits = readInt(path.join(h.pids, "pids.events"), "max");
     if (h.v2) return { oomKills: await readInt(path.join(h.mem, "memory.events"), "oom_kill"), pidsMaxHits: await pidsMaxHits };
     const oomFile = path.join(h.mem, "memory.oom_control");
-    const text = await readFile(oomFile, "utf8").catch(() => "");
+    const text = readText(oomFile);
     // oom_kill exists since Linux 4.13; failcnt (limit reached at least once) is the fallback.
     const m = /\boom_kill\s+(\d+)/.exec(text);
     const oomKills = m ? Number(m[1]) : await readInt(path.join(h.mem, "memory.failcnt"));
@@ -215,8 +248,7 @@ class LeafCgroup implements ExecCgroup {
   async remove(): Promise<void> {
     if (this.leaf) {
       // Normally empty by now: try the rmdir first, kill and retry only if it is busy.
-      const plain = await Promise.allSettled(uniqueDirs(this.h).map((d) => rmdir(d)));
-      if (plain.every((r) => r.status === "fulfilled" || (r.reason as NodeJS.ErrnoException).code === "ENOENT")) return;
+      if (rmdirAll(uniqueDirs(this.h))) return;
       await this.killAll();
     }
     const remove = (d: string) => (this.leaf ? rmdirRetry(d) : removeTree(d, this.h.v2));
@@ -239,7 +271,7 @@ class SandboxCgroupImpl implements SandboxCgroup {
   /** Creates the sandbox cgroup; the limits are set on each exec's leaf (one exec runs at a time). */
   async create(): Promise<void> {
     await mkdirAll(this.h);
-    if (this.h.v2) await writeFile(path.join(this.h.mem, "cgroup.subtree_control"), "+memory +pids");
+    if (this.h.v2) writeFileSync(path.join(this.h.mem, "cgroup.subtree_control"), "+memory +pids");
   }
 
   async newExec(): Promise<ExecCgroup> {
@@ -275,8 +307,7 @@ class SandboxCgroupImpl implements SandboxCgroup {
 
   async remove(): Promise<void> {
     // Usually every leaf is gone already: a plain rmdir suffices, the tree walk is the fallback.
-    const plain = await Promise.allSettled(uniqueDirs(this.h).map((d) => rmdir(d)));
-    if (plain.every((r) => r.status === "fulfilled" || (r.reason as NodeJS.ErrnoException).code === "ENOENT")) return;
+    if (rmdirAll(uniqueDirs(this.h))) return;
     await this.node.remove();
   }
 }
@@ -327,7 +358,12 @@ class Manager implements CgroupManager {
 }
 
 async function subdirs(dir: string): Promise<string[]> {
-  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  let entries: import("node:fs").Dirent[] = [];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    // gone already
+  }
   return entries.filter((e) => e.isDirectory()).map((e) => e.name);
 }
 

@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import { readdirSync, rmdirSync, unlinkSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
@@ -253,7 +254,7 @@ export class LocalSandbox implements Sandbox {
       () => Promise.all(this.leafRemovals),
       () => this.ctx.cgroup.remove(),
       // fs.rm does not follow symlinks planted in the workspace: it unlinks them.
-      () => rm(this.ctx.sandboxDir, { recursive: true, force: true, maxRetries: 3 }),
+      () => removeSandboxDir(this.ctx.sandboxDir, this.ctx.workspaceHostDir),
     ];
     let firstError: unknown;
     for (const step of steps) {
@@ -271,4 +272,24 @@ export class LocalSandbox implements Sandbox {
       });
     }
   }
+}
+
+/**
+ * Removes a sandbox directory. A job that left its workspace empty (the
+ * common case for one-shot jobs) costs three synchronous unlink/rmdir calls;
+ * anything else goes through the asynchronous recursive rm, which never
+ * follows symlinks and never blocks the event loop on a large tree.
+ */
+async function removeSandboxDir(sandboxDir: string, workspaceHostDir: string): Promise<void> {
+  try {
+    if (readdirSync(workspaceHostDir).length === 0) {
+      rmdirSync(workspaceHostDir);
+      unlinkSync(`${sandboxDir}/owner.json`);
+      rmdirSync(sandboxDir);
+      return;
+    }
+  } catch {
+    // fall through to the general path
+  }
+  await rm(sandboxDir, { recursive: true, force: true, maxRetries: 3 });
 }
