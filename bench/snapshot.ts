@@ -7,7 +7,7 @@
  * RSS growth < 64 MiB.
  *
  * Run: `npx tsc -p tsconfig.json && node dist/bench/snapshot.js`
- * (SANDQUEUE_BENCH_MIB changes the workspace size).
+ * (SANDQUEUE_BENCH_MIB changes the workspace size, SANDQUEUE_BENCH_REPS the repetitions; medians are reported).
  */
 import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -19,7 +19,7 @@ import { packDir } from "../providers/archive/index.js";
 import { FileSnapshotStore, hydrateWorkspace, persistWorkspace } from "../worker/snapshot/index.js";
 
 const MiB = 1024 * 1024;
-const REPS = 3;
+const REPS = Number(process.env.SANDQUEUE_BENCH_REPS ?? 5);
 
 /** Mixed sizes: a few big files, many medium, lots of small, in nested dirs. */
 async function makeWorkspace(dir: string, totalMiB: number): Promise<{ files: number; bytes: number }> {
