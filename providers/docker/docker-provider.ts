@@ -145,9 +145,7 @@ export class DockerProvider implements SandboxProvider {
 
   /** Prewarms the pool for an (image, limits) pair before any job asks. */
   prewarm(spec: Pick<SandboxSpec, "image" | "limits">): void {
-    this.pool.take(poolKey(spec), templateOf(spec));
-    // take() above may have handed a member out only if one existed; none can
-    // exist before the first demand, so this only registers the key.
+    this.pool.register(poolKey(spec), templateOf(spec));
   }
 
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {

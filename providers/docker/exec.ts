@@ -143,9 +143,11 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
       if (room > 0) out[stream].push(payload.subarray(0, room));
       size[stream] = req.maxOutputBytes;
       truncated[stream] = true;
+      // Stop collecting this stream and kill the tree; keep draining until
+      // the process is gone so the other stream's last bytes (the engine
+      // forwards the two pipes independently) still arrive. If the tree
+      // does not die, the escalation timer destroys the stream.
       hit("output");
-      // Stop reading: nothing more is wanted from this process.
-      output.destroy();
       return;
     }
     out[stream].push(payload);

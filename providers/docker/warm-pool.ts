@@ -67,6 +67,15 @@ export class WarmPool<T extends PoolMember> {
     return member;
   }
 
+  /** Registers demand for `key` without taking anything (prewarming). */
+  register(key: string, template: unknown): void {
+    if (!this.enabled || this.closed) return;
+    const state = this.keys.get(key);
+    if (state) state.lastDemand = Date.now();
+    else this.keys.set(key, { idle: [], creating: 0, lastDemand: Date.now(), template });
+    this.refill();
+  }
+
   /** Counts of ready containers per key (tests, metrics). */
   idleCount(key?: string): number {
     if (key !== undefined) return this.keys.get(key)?.idle.length ?? 0;

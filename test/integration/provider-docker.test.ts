@@ -326,6 +326,18 @@ describe("docker provider specifics", () => {
     expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
   });
 
+  it("prewarm fills the pool before the first acquire", async () => {
+    const p = makeProvider({ pool: { minIdle: 1, maxSize: 2 } });
+    p.prewarm(spec({ memoryMb: 90 }));
+    await p.pool.waitReady();
+    expect(p.pool.idleCount()).toBe(1);
+    const box = await p.acquire(spec({ memoryMb: 90 }), {});
+    expect(p.pool.hits).toBe(1);
+    await box.release();
+    await p.close();
+    expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
+  });
+
   it("an unknown image is IMAGE_NOT_FOUND with how to build it", async () => {
     const p = makeProvider();
     await expect(p.acquire({ ...spec(), image: "sandqueue-nope" }, {})).rejects.toMatchObject({
