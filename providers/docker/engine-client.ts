@@ -80,8 +80,8 @@ export class EngineClient {
   }
 
   /** Sends a request and fails on a non-2xx status (the body is consumed then). */
-  async stream(req: EngineRequest): Promise<http.IncomingMessage> {
-    const res = await this.raw(req);
+  async stream(req: EngineRequest, agent?: http.Agent | false): Promise<http.IncomingMessage> {
+    const res = await this.raw(req, agent);
     if ((res.statusCode ?? 500) >= 300) throw await this.httpError(req, res);
     return res;
   }

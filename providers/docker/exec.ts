@@ -6,7 +6,7 @@
 import os from "node:os";
 import type { Duplex, Readable } from "node:stream";
 import { WORKSPACE_DIR, type ExecLimitHit, type ExecRequest, type ExecResult } from "../provider.js";
-import { EngineHttpError, type EngineClient } from "./engine-client.js";
+import type { EngineClient } from "./engine-client.js";
 import { FrameDecoder } from "./stream-frames.js";
 
 export interface ExecTarget {
@@ -87,38 +87,20 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
     },
   });
 
+  // A command that cannot be started is not an engine error: the engine
+  // reports it in-stream with exit code 126/127, as a shell would.
   let output: Readable;
   let socket: Duplex | null = null;
-  try {
-    if (hasStdin) {
-      const h = await t.engine.hijack({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } });
-      if (!h.socket) throw new Error("engine did not upgrade the exec connection; stdin cannot be sent");
-      socket = h.socket;
-      output = h.output;
-      if (h.head.length) output.unshift(h.head);
-      // Half-close: the engine closes the process's stdin at EOF.
-      socket.end(stdin);
-    } else {
-      const res = await t.engine.raw({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } }, false);
-      if ((res.statusCode ?? 500) >= 300) {
-        const text = Buffer.concat(await res.toArray()).toString("utf8");
-        throw new EngineHttpError(res.statusCode ?? 500, "POST", `/exec/${execId}/start`, text);
-      }
-      output = res;
-    }
-  } catch (err) {
-    // A command that cannot be started is the job's problem (like a shell's
-    // 126/127), not the engine's.
-    const msg = err instanceof EngineHttpError ? err.engineMessage : "";
-    if (/executable file not found|no such file or directory/i.test(msg)) {
-      out.stderr.push(Buffer.from(`${msg}\n`));
-      return result(127, null);
-    }
-    if (/permission denied/i.test(msg)) {
-      out.stderr.push(Buffer.from(`${msg}\n`));
-      return result(126, null);
-    }
-    throw err;
+  if (hasStdin) {
+    const h = await t.engine.hijack({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } });
+    if (!h.socket) throw new Error("engine did not upgrade the exec connection; stdin cannot be sent");
+    socket = h.socket;
+    output = h.output;
+    if (h.head.length) output.unshift(h.head);
+    // Half-close: the engine closes the process's stdin at EOF.
+    socket.end(stdin);
+  } else {
+    output = await t.engine.stream({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } }, false);
   }
 
   let ended = false;
