@@ -69,7 +69,12 @@ export async function hydrateWorkspace(
   const tar = await store.get(id);
   if (typeof target === "string") return extractTar(target, tar, { ...opts.limits, ...(opts.signal ? { signal: opts.signal } : {}) });
   const checked = validateTar(tar, opts.limits);
-  await target(checked);
+  try {
+    await target(checked);
+  } finally {
+    // A target that failed without reading everything must not leave the store's stream open.
+    if (!checked.readableEnded) checked.destroy();
+  }
   return { files: checked.stats.files, bytes: checked.stats.bytes };
 }
 

@@ -136,6 +136,8 @@ export class S3SnapshotStore implements SnapshotStore {
       if (!(await this.has(id))) await this.copy(tmpKey, key, hasher.bytes, signal);
       return { id, bytes: hasher.bytes };
     } catch (err) {
+      // Stop the producer (packDir, an engine's archive): nobody reads it any more.
+      if (!tar.destroyed) tar.destroy();
       if (isSandqueueError(err) || (err as Error).name === "AbortError") throw err;
       throw storeError("cannot upload a snapshot", err);
     } finally {
