@@ -173,6 +173,18 @@ describe.each(kinds)("$name snapshot store", (kind) => {
     expect(await store.list()).toEqual([]);
   });
 
+  test("a workspace over its limit fails with WORKSPACE_LIMIT through the store, and nothing is stored", async () => {
+    const ws = join(work, "ws");
+    await mkdir(ws, { recursive: true });
+    await writeFile(join(ws, "a.bin"), randomBytes(10 * 1024 * 1024));
+    await writeFile(join(ws, "b.bin"), randomBytes(1024));
+    await expect(persistWorkspace(packDir(ws, { maxBytes: 10 * 1024 * 1024 }), store)).rejects.toMatchObject({
+      code: ErrorCodes.WORKSPACE_LIMIT,
+    });
+    expect(await store.list()).toEqual([]);
+    expect(await tempNames()).toEqual([]);
+  }, 60_000);
+
   test("persistWorkspace / hydrateWorkspace round trip a real workspace", async () => {
     const ws = join(work, "ws");
     await mkdir(join(ws, "src"), { recursive: true });
