@@ -1,12 +1,28 @@
 /**
  * `npm run bench [-- queue snapshot docker]`: runs the selected benchmarks
- * (all available by default) and prints each one's figures and ratios
- * against a baseline measured in the same run.
+ * (all by default) and prints each one's figures and ratios against a
+ * baseline measured in the same run.
  */
+import { reportDockerBench, runDockerBench } from "./docker.js";
+import { runDockerQueueBench } from "./docker-queue.js";
 import { reportQueueBench, runQueueBench } from "./queue-bench.js";
+import { runSnapshotBench } from "./snapshot.js";
+import { fmt } from "./stats.js";
 
 const BENCHES: Record<string, () => Promise<void>> = {
   queue: async () => console.log(reportQueueBench(await runQueueBench())),
+  snapshot: () => runSnapshotBench(),
+  docker: async () => {
+    const direct = await runDockerBench();
+    console.log(reportDockerBench(direct));
+    const q = await runDockerQueueBench();
+    console.log(`  through the queue, sequential   ${fmt(q.queued1)}`);
+    console.log(`  through the queue, concurrency 2 ${fmt(q.queued2)}`);
+    console.log(
+      `  queued p50 / podman run p50 (sequential): ${(q.queued1.p50Ms / direct.podmanRun1.p50Ms).toFixed(2)} (target <= 0.33); ` +
+        `queued throughput / podman run at concurrency 2: ${(q.queued2.perSec / direct.podmanRunN.perSec).toFixed(2)}x (target >= 3x)`,
+    );
+  },
 };
 
 const wanted = process.argv.slice(2);
@@ -16,6 +32,7 @@ for (const name of wanted.length ? wanted : Object.keys(BENCHES)) {
     console.error(`unknown benchmark ${name}; known: ${Object.keys(BENCHES).join(", ")}`);
     process.exit(2);
   }
+  console.log(`\n### ${name}`);
   await bench();
 }
 process.exit(0);

@@ -279,8 +279,26 @@ export class SandqueueClient {
   /** One QueueEvents stream reader serves every waiter of this client. */
   private ensureEvents(): Promise<void> {
     if (!this.eventsReady) {
+      this.eventsReady = (async () => {
+        await connectOrFail(this.redis, this.url, this.opts.connectTimeoutMs);
+        // Read the event stream from the server's "now", not from whenever the
+        // first blocking read happens to be issued ('$'): a job finishing in
+        // between would otherwise never be seen.
+        const [sec, usec] = await this.redis.time();
+        const events = this.startEvents(`${Number(sec) * 1000 + Math.floor(Number(usec) / 1000) - 1}-0`);
+        await withTimeout(events.waitUntilReady(), this.opts.connectTimeoutMs, () => redisUnavailable(this.url, "event stream not ready"));
+      })();
+      this.eventsReady.catch(() => {
+        this.eventsReady = undefined;
+      });
+    }
+    return this.eventsReady;
+  }
+
+  private startEvents(lastEventId: string): QueueEvents {
+    if (!this.events) {
       this.eventsRedis = createRedis(this.url, "worker");
-      const events = new QueueEvents(this.queueName, { connection: this.eventsRedis, prefix: this.opts.prefix });
+      const events = new QueueEvents(this.queueName, { connection: this.eventsRedis, prefix: this.opts.prefix, lastEventId });
       this.events = events;
       events.on("error", () => {});
       events.on("completed", ({ jobId, returnvalue }) => {
@@ -294,15 +312,8 @@ export class SandqueueClient {
       events.on("removed", ({ jobId }) =>
         this.rejectWaiters(jobId, new ClientError(ErrorCodes.JOB_CANCELLED, `job ${jobId} was removed before it finished`)),
       );
-      this.eventsReady = (async () => {
-        await connectOrFail(this.redis, this.url, this.opts.connectTimeoutMs);
-        await withTimeout(events.waitUntilReady(), this.opts.connectTimeoutMs, () => redisUnavailable(this.url, "event stream not ready"));
-      })();
-      this.eventsReady.catch(() => {
-        this.eventsReady = undefined;
-      });
     }
-    return this.eventsReady;
+    return this.events;
   }
 
   /** Runs a Redis call, turning "Redis is down" into a fast, clear error. */
