@@ -11,7 +11,7 @@ import { Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
 import { ClientError, ErrorCodes, SpecError, isSandqueueError } from "../errors/index.js";
 import { DEFAULT_SPEC_SIZE_LIMITS, parseJobSpec, type JobSpec, type SpecSizeLimits } from "./job-spec.js";
-import { JobResultSchema, type JobResult } from "./job-result.js";
+import { JobResultSchema, errorJobResult, type JobResult } from "./job-result.js";
 import {
   DEFAULT_PREFIX,
   DEFAULT_QUEUE,
@@ -340,24 +340,15 @@ function resultOf(job: Job): JobResult | null {
   if (!job.failedReason) return null;
   // No worker published a result: every attempt lost its worker (crash, kill -9).
   const spec = (job.data as QueuedJobData).spec;
-  return {
+  return errorJobResult({
     id: job.id as string,
-    status: "error",
-    exitCode: null,
-    signal: null,
-    stdout: "",
-    stderr: "",
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    reason: null,
-    timings: { queuedMs: 0, acquireMs: 0, execMs: 0, totalMs: job.finishedOn - job.timestamp },
-    provider: "",
     image: spec?.image ?? "",
+    provider: "",
     worker: "",
     attempts: job.attemptsMade,
-    snapshot: null,
+    totalMs: job.finishedOn - job.timestamp,
     error: { code: ErrorCodes.WORKER_LOST, message: `no worker finished the job: ${job.failedReason}` },
-  };
+  });
 }
 
 /** QUIT when connected (flushes pending replies); otherwise just drop the socket. */

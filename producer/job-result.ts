@@ -50,6 +50,41 @@ export const JobResultSchema = z.object({
 });
 export type JobResult = z.infer<typeof JobResultSchema>;
 
+/** The output fields of a result for a job that produced none. */
+export const NO_OUTPUT = {
+  exitCode: null,
+  signal: null,
+  stdout: "",
+  stderr: "",
+  stdoutTruncated: false,
+  stderrTruncated: false,
+} as const;
+
+/** An `error` result: the runner could not run the job (worker and producer build them alike). */
+export function errorJobResult(f: {
+  id: string;
+  image: string;
+  provider: string;
+  worker: string;
+  attempts: number;
+  totalMs: number;
+  error: { code: string; message: string };
+}): JobResult {
+  return {
+    id: f.id,
+    status: "error",
+    ...NO_OUTPUT,
+    reason: null,
+    timings: { queuedMs: 0, acquireMs: 0, execMs: 0, totalMs: f.totalMs },
+    provider: f.provider,
+    image: f.image,
+    worker: f.worker,
+    attempts: f.attempts,
+    snapshot: null,
+    error: f.error,
+  };
+}
+
 /** Exit status the CLI uses for a result (`timeout(1)` conventions). */
 export function exitStatusFor(result: JobResult): number {
   switch (result.status) {

@@ -12,7 +12,7 @@
 import type { Readable } from "node:stream";
 import { ErrorCodes, SandqueueError } from "../errors/index.js";
 import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-spec.js";
-import type { JobResult, KillReason, SnapshotRef, Timings } from "../producer/job-result.js";
+import { NO_OUTPUT, errorJobResult, type JobResult, type KillReason, type SnapshotRef, type Timings } from "../producer/job-result.js";
 import { WORKSPACE_DIR, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
 import type { ArchiveLimits } from "../providers/archive/index.js";
 import { SecretScanner } from "./secrets/scan.js";
@@ -188,17 +188,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
   }
 
   function cancelledResult() {
-    return {
-      status: "killed" as const,
-      reason: "cancelled" as const,
-      exitCode: null,
-      signal: null,
-      stdout: "",
-      stderr: "",
-      stdoutTruncated: false,
-      stderrTruncated: false,
-      error: null,
-    };
+    return { status: "killed" as const, reason: "cancelled" as const, ...NO_OUTPUT, error: null };
   }
 }
 
@@ -224,24 +214,15 @@ export function errorResult(
   err: SandqueueError,
   ctx: { jobId: string; attempt: number; enqueuedAt: number; workerId: string; provider: string },
 ): JobResult {
-  return {
+  return errorJobResult({
     id: ctx.jobId,
-    status: "error",
-    exitCode: null,
-    signal: null,
-    stdout: "",
-    stderr: "",
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    reason: null,
-    timings: { queuedMs: 0, acquireMs: 0, execMs: 0, totalMs: Math.max(0, Date.now() - ctx.enqueuedAt) },
-    provider: ctx.provider,
     image: spec.image,
+    provider: ctx.provider,
     worker: ctx.workerId,
     attempts: ctx.attempt,
-    snapshot: null,
+    totalMs: Math.max(0, Date.now() - ctx.enqueuedAt),
     error: { code: err.code, message: err.message },
-  };
+  });
 }
 
 /** The workspace tar, failing if a secret value is in it; keeps the pack's file count. */
