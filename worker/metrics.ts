@@ -106,7 +106,7 @@ export class WorkerMetrics {
   private readonly retries: Counter<"queue" | "kind">;
   private readonly requeued: Counter<"queue">;
 
-  private readonly listeners: { [K in "job:start" | "job:phase" | "job:finished" | "job:retry" | "job:requeued"]: (...args: never[]) => void };
+  private readonly listeners: { [K in keyof WorkerEvents]: (...args: WorkerEvents[K]) => void };
 
   constructor(opts: WorkerMetricsOptions) {
     this.registry = opts.registry;
@@ -238,12 +238,12 @@ export class WorkerMetrics {
     });
 
     this.listeners = {
-      "job:start": ({ jobId, spec }: { jobId: string; spec: JobSpec }) => {
+      "job:start": ({ jobId, spec }) => {
         const track: JobTrack = { kind: kindOf(spec), acquired: false, lastPhase: null };
         this.jobs.set(jobId, track);
         this.bySpec.set(spec, track);
       },
-      "job:phase": ({ phase, seconds, spec }: { phase: string; seconds: number; spec: JobSpec }) => {
+      "job:phase": ({ phase, seconds, spec }) => {
         const track = this.bySpec.get(spec);
         if (track) {
           track.lastPhase = phase;
@@ -252,19 +252,19 @@ export class WorkerMetrics {
         if (!(PHASES as readonly string[]).includes(phase)) return;
         this.phaseSeconds.observe({ queue: this.queue, kind: kindOf(spec), provider: this.provider, phase }, seconds);
       },
-      "job:finished": ({ result, spec }: { result: JobResult; spec: JobSpec | null }) => this.onFinished(result, spec),
-      "job:retry": ({ jobId, error }: { jobId: string; error: { code: string } }) => {
+      "job:finished": ({ result, spec }) => this.onFinished(result, spec),
+      "job:retry": ({ jobId, error }) => {
         const track = this.jobs.get(jobId);
         this.jobs.delete(jobId);
         this.retries.inc({ queue: this.queue, kind: track?.kind ?? "unknown" });
         if (PROVIDER_CODE.test(error.code)) this.recordProviderError(operationOf(track));
       },
-      "job:requeued": ({ jobId }: { jobId: string }) => {
+      "job:requeued": ({ jobId }) => {
         this.jobs.delete(jobId);
         this.requeued.inc({ queue: this.queue });
       },
     };
-    for (const [event, fn] of Object.entries(this.listeners)) this.worker.on(event as "job:start", fn as never);
+    this.subscribe("on");
 
     // Series exist at 0 from the first scrape: Prometheus cannot see the
     // first increment of a series that appears already at 1, so rate() and
@@ -291,8 +291,17 @@ export class WorkerMetrics {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    for (const [event, fn] of Object.entries(this.listeners)) this.worker.off(event as "job:start", fn as never);
+    this.subscribe("off");
     await withTimeout(this.reader.close(), 1000).catch(() => {});
+  }
+
+  private subscribe(method: "on" | "off"): void {
+    const l = this.listeners;
+    this.worker[method]("job:start", l["job:start"]);
+    this.worker[method]("job:phase", l["job:phase"]);
+    this.worker[method]("job:finished", l["job:finished"]);
+    this.worker[method]("job:retry", l["job:retry"]);
+    this.worker[method]("job:requeued", l["job:requeued"]);
   }
 
   private onFinished(result: JobResult, spec: JobSpec | null): void {
