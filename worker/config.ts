@@ -33,6 +33,14 @@ const SETTINGS = {
   imagesDir: { env: "SANDQUEUE_IMAGES_DIR", flag: undefined, schema: z.string().min(1) },
   snapshotsUrl: { env: "SANDQUEUE_SNAPSHOTS", flag: undefined, schema: z.string().regex(/^(file|s3):\/\//, { error: "expected a file:// or s3:// URL" }) },
   secretsDir: { env: "SANDQUEUE_SECRETS_DIR", flag: undefined, schema: z.string().min(1) },
+  snapshotRetention: {
+    env: "SANDQUEUE_SNAPSHOT_RETENTION",
+    flag: undefined,
+    schema: z
+      .string()
+      .regex(/^\d+(ms|s|m|h|d|w)$/, { error: "expected a duration such as 12h, 7d or 4w" })
+      .transform((v) => Number(/^\d+/.exec(v)![0]) * { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7, w: 6.048e8 }[/[a-z]+$/.exec(v)![0] as "ms"]),
+  },
   dockerHost: { env: "DOCKER_HOST", flag: undefined, schema: z.string().regex(/^(unix|tcp):\/\//, { error: "expected unix:///path or tcp://host:port" }) },
   poolMinIdle: { env: "SANDQUEUE_POOL_MIN_IDLE", flag: undefined, schema: int(0, 64) },
   poolMaxSize: { env: "SANDQUEUE_POOL_MAX_SIZE", flag: undefined, schema: int(0, 256) },
@@ -70,6 +78,8 @@ export interface WorkerConfig {
   readonly imagesDir: string;
   readonly snapshotsUrl: string;
   readonly secretsDir: string | undefined;
+  /** Snapshots older than this are pruned (at start, then hourly); undefined keeps them. */
+  readonly snapshotRetentionMs: number | undefined;
   readonly dockerHost: string | undefined;
   readonly pool: { readonly minIdle: number; readonly maxSize: number };
   /** 0 disables the metrics/health HTTP server. */
@@ -144,6 +154,7 @@ export function parseWorkerConfig(
     imagesDir: parsed.imagesDir ?? join(state, "images"),
     snapshotsUrl: parsed.snapshotsUrl ?? `file://${join(state, "snapshots")}`,
     secretsDir: parsed.secretsDir,
+    snapshotRetentionMs: parsed.snapshotRetention,
     dockerHost: parsed.dockerHost,
     pool: { minIdle: parsed.poolMinIdle ?? 1, maxSize: parsed.poolMaxSize ?? 4 },
     metricsPort: parsed.metricsPort ?? 9464,

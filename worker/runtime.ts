@@ -42,7 +42,7 @@ export async function startWorkerRuntime(
     if (!opts.provider) releasers.push(() => provider.close());
     await provider.check();
 
-    const deps: WorkerDeps = { provider, log, ...(await workspaceDeps(config, releasers)) };
+    const deps: WorkerDeps = { provider, log, ...(await workspaceDeps(config, releasers, log)) };
     const worker = new SandqueueWorker(config, deps);
     await worker.start();
     // Popped after the metrics server below if its start-up fails (a no-op after close()).
@@ -78,9 +78,21 @@ export async function startWorkerRuntime(
 }
 
 /** Secrets, the snapshot store and inline files, as the pipeline uses them. */
-async function workspaceDeps(config: WorkerConfig, releasers: (() => Promise<unknown>)[]): Promise<Partial<WorkerDeps>> {
+async function workspaceDeps(config: WorkerConfig, releasers: (() => Promise<unknown>)[], log: Logger): Promise<Partial<WorkerDeps>> {
   const store = openSnapshotStore(config.snapshotsUrl);
   releasers.push(() => store.close());
+  const retention = config.snapshotRetentionMs;
+  if (retention !== undefined) {
+    // Every worker may prune: removal is idempotent and content-addressed ids never change meaning.
+    const prune = (): void =>
+      void store.prune(retention).then(
+        (n) => n && log.log("info", "snapshots.pruned", { removed: n }),
+        (err: unknown) => log.log("warn", "snapshots.prune_failed", { error: String(err) }),
+      );
+    prune();
+    const timer = setInterval(prune, 3_600_000).unref();
+    releasers.push(async () => clearInterval(timer));
+  }
   return {
     secrets: openSecretStore({ env: process.env, dir: config.secretsDir }),
     workspace: workspaceStoreFor(store),

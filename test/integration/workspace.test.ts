@@ -156,3 +156,32 @@ describe("workspaces, snapshots and secrets through the pipeline", () => {
     });
   });
 });
+
+describe("snapshot retention", () => {
+  it("a worker with SANDQUEUE_SNAPSHOT_RETENTION prunes older snapshots", async () => {
+    const queue = uniqueQueue("retention");
+    const dir = tempDir("retention");
+    const keep = await startTestWorker(queue, { snapshotsUrl: `file://${dir}` });
+    const client = testClient(queue);
+    try {
+      const r = await client.waitForResult((await client.enqueue({ kind: "shell", script: "echo x > f", workspace: { persist: true } })).id, {
+        timeoutMs: 30_000,
+      });
+      expect(r.snapshot?.id).toBeDefined();
+      const { openSnapshotStore } = await import("../../worker/snapshot/index.js");
+      const store = openSnapshotStore(`file://${dir}`);
+      expect(await store.has(r.snapshot!.id)).toBe(true);
+      await keep.close(0);
+      await new Promise((res) => setTimeout(res, 20));
+      const pruner = await startTestWorker(queue, { snapshotsUrl: `file://${dir}`, snapshotRetentionMs: 10 });
+      const deadline = Date.now() + 5000;
+      while ((await store.has(r.snapshot!.id)) && Date.now() < deadline) await new Promise((res) => setTimeout(res, 50));
+      expect(await store.has(r.snapshot!.id)).toBe(false);
+      await pruner.close(0);
+      await store.close();
+    } finally {
+      await client.close();
+      await keep.close(0);
+    }
+  });
+});

@@ -62,3 +62,13 @@ describe("limits", () => {
     }
   });
 });
+
+describe("snapshot retention setting", () => {
+  it("parses durations and names the variable when wrong", () => {
+    expect(parseWorkerConfig({ SANDQUEUE_SNAPSHOT_RETENTION: "7d" }).snapshotRetentionMs).toBe(7 * 86_400_000);
+    expect(parseWorkerConfig({}).snapshotRetentionMs).toBeUndefined();
+    expect(() => parseWorkerConfig({ SANDQUEUE_SNAPSHOT_RETENTION: "soon" })).toThrow(
+      /SANDQUEUE_SNAPSHOT_RETENTION="soon": expected a duration such as 12h, 7d or 4w/,
+    );
+  });
+});
