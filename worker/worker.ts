@@ -153,7 +153,10 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     this.log.log("info", "worker.draining", { running: this.running.size, graceMs });
     const force = setTimeout(() => this.abortRunning(), graceMs);
     const steps: (() => Promise<unknown> | undefined)[] = [
-      () => this.bull?.close(),
+      // Bounded: with Redis down BullMQ's close can wait forever. Jobs still
+      // active then keep their place in Redis and come back through the
+      // stalled-job check once their lock expires: nothing is lost.
+      () => this.bull && bounded(this.bull.close(), graceMs + CLOSE_SLACK_MS, () => this.log.log("warn", "worker.close_timeout", { afterMs: graceMs + CLOSE_SLACK_MS })),
       async () => clearInterval(this.reapTimer),
       () => quitOrDrop(this.subscriber),
       () => quitOrDrop(this.connection),
@@ -237,6 +240,17 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     if (this.config.logJobs) this.log.log("info", "job.finished", auditFields(result, spec));
     return result;
   }
+}
+
+/** How long shutdown waits past the grace period for BullMQ to let go. */
+const CLOSE_SLACK_MS = 5000;
+
+async function bounded(p: Promise<unknown>, ms: number, onTimeout: () => void): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<"timeout">((r) => (timer = setTimeout(() => r("timeout"), ms)));
+  const outcome = await Promise.race([p.then(() => "done" as const, () => "done" as const), timedOut]);
+  clearTimeout(timer);
+  if (outcome === "timeout") onTimeout();
 }
 
 /** QUIT within a second when possible; a Redis that is down must not hold shutdown. */

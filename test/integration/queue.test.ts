@@ -97,6 +97,17 @@ describe("queue semantics", () => {
     });
   });
 
+  it("shutdown finishes even when Redis is gone", async () => {
+    const redis = await startRedis();
+    cleanups.push(() => redis.stop());
+    const rt = await startTestWorker(uniqueQueue("down"), { redisUrl: redis.url, graceMs: 200 });
+    await redis.stop();
+    const t0 = Date.now();
+    await rt.close(200);
+    expect(rt.worker.state).toBe("closed");
+    expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+
   it("cancelling a waiting job removes it; its waiter is told", async () => {
     const queue = uniqueQueue("cancel"); // no worker on this queue
     const client = testClient(queue);

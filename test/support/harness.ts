@@ -88,7 +88,7 @@ export async function startRedis(extraArgs: string[] = []): Promise<{ url: strin
     proc,
     stop: () =>
       new Promise<void>((resolve) => {
-        if (proc.exitCode !== null) return resolve();
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve();
         proc.once("exit", () => resolve());
         proc.kill("SIGKILL");
       }),
