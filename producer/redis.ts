@@ -7,7 +7,7 @@
  * - "worker": retries forever (BullMQ workers need `maxRetriesPerRequest:
  *   null`); a worker rides out a Redis restart.
  */
-import { Redis, type RedisOptions } from "ioredis";
+import { Redis, ReplyError, type RedisOptions } from "ioredis";
 import { ClientError, ErrorCodes } from "../errors/index.js";
 
 export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379";
@@ -86,9 +86,17 @@ export function redactUrl(url: string): string {
   }
 }
 
-/** True for errors that mean "Redis is not reachable right now". */
+/**
+ * True for errors that mean "Redis is not reachable right now", judged from
+ * the connection's state (never from message text): a server reply error is
+ * Redis answering, anything while the connection is not ready or its socket
+ * is not writable (the close is noticed a moment after the server goes) is
+ * the connection failing.
+ */
 export function isConnectionError(err: unknown, client: Redis): boolean {
+  if (err instanceof ReplyError) return false;
   if (client.status !== "ready") return true;
+  if ((client as unknown as { stream?: { writable?: boolean } }).stream?.writable === false) return true;
   const code = (err as { code?: string } | null)?.code;
   return code === "ECONNREFUSED" || code === "ECONNRESET" || code === "ETIMEDOUT" || code === "EPIPE";
 }
