@@ -62,6 +62,13 @@ export interface RunContext {
   workspace?: WorkspaceStore;
   filesToTar?: FilesToTar;
   mask?: OutputMasker;
+  /**
+   * When given, the sandbox's release is handed over instead of awaited: the
+   * job's processes are already dead when exec returns, so the result is
+   * published while the remains (container, cgroups, workspace) are removed.
+   * The owner awaits every handed-over release before closing the provider.
+   */
+  releaseInBackground?: (released: Promise<void>) => void;
   /** Observes phase durations as they complete (metrics). */
   onPhase?: (phase: string, ms: number) => void;
 }
@@ -153,7 +160,11 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
     }
     return finish(resultFromExec(exec, Object.values(secretValues), null), snapshot);
   } finally {
-    if (sandbox) await sandbox.release().catch(() => {});
+    if (sandbox) {
+      const released = sandbox.release().catch(() => {});
+      if (ctx.releaseInBackground) ctx.releaseInBackground(released);
+      else await released;
+    }
   }
 
   function finish(partial: Omit<JobResult, "id" | "timings" | "provider" | "image" | "worker" | "attempts" | "snapshot">, snapshot: SnapshotRef | null = null): JobResult {

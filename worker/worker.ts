@@ -65,6 +65,8 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
   private subscriber: Redis | undefined;
   private reapTimer: NodeJS.Timeout | undefined;
   private readonly running = new Map<string, Running>();
+  /** Sandbox releases still in progress after their job's result was published. */
+  private readonly releases = new Set<Promise<void>>();
   private closing: Promise<void> | undefined;
 
   constructor(config: WorkerConfig, deps: WorkerDeps) {
@@ -76,6 +78,11 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
 
   get state(): WorkerState {
     return this._state;
+  }
+
+  /** Sandboxes whose job has a result but whose removal is still running. */
+  get releasesPending(): number {
+    return this.releases.size;
   }
 
   /** Jobs currently in the pipeline on this worker. */
@@ -158,6 +165,8 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
       // stalled-job check once their lock expires: nothing is lost.
       () => this.bull && bounded(this.bull.close(), graceMs + CLOSE_SLACK_MS, () => this.log.log("warn", "worker.close_timeout", { afterMs: graceMs + CLOSE_SLACK_MS })),
       async () => clearInterval(this.reapTimer),
+      // Every sandbox gone before the runtime closes the provider.
+      () => Promise.all([...this.releases]),
       () => quitOrDrop(this.subscriber),
       () => quitOrDrop(this.connection),
     ];
@@ -215,6 +224,10 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
         workspace: this.deps.workspace,
         filesToTar: this.deps.filesToTar,
         mask: this.deps.mask,
+        releaseInBackground: (released) => {
+          this.releases.add(released);
+          void released.finally(() => this.releases.delete(released));
+        },
         onPhase: (phase, ms) => this.emit("job:phase", { phase, seconds: ms / 1000, spec: parsedSpec }),
       });
     } catch (err) {

@@ -7,7 +7,9 @@ import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../errors/index.js";
-import { requireCommand, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { QueueEvents } from "bullmq";
+import { DEFAULT_PREFIX } from "../../producer/redis.js";
+import { REDIS_URL, requireCommand, tempDir, testClient, uniqueQueue } from "../support/harness.js";
 import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
 
 requireCommand("bwrap", "bubblewrap");
@@ -46,10 +48,16 @@ describe("chaos: crashes", () => {
     await Promise.all(workers.map((w) => w.waitFor("worker.started")));
     const client = testClient(queue);
     cleanups.push(() => client.close());
+    // Jobs taken back from dead workers show up as 'stalled' events.
+    const events = new QueueEvents(queue, { connection: { url: REDIS_URL }, prefix: DEFAULT_PREFIX });
+    cleanups.push(() => events.close());
+    let stalled = 0;
+    events.on("stalled", () => stalled++);
+    await events.waitUntilReady();
 
     const N = 300;
     const jobs = await client.enqueueMany(
-      Array.from({ length: N }, (_, i) => ({ kind: "shell", script: `sleep 0.0$((RANDOM % 9)); echo ${i}` })),
+      Array.from({ length: N }, (_, i) => ({ kind: "shell", script: `sleep 0.0${(i * 7) % 10}; echo ${i}` })),
     );
     const results = Promise.all(jobs.map((j) => client.waitForResult(j.id, { timeoutMs: 180_000 })));
     await sleep(1000 + Math.random() * 1000);
@@ -63,6 +71,7 @@ describe("chaos: crashes", () => {
     const counts = await client.counts();
     expect(counts.completed).toBe(N); // one completion per job, none failed
     expect(counts.failed).toBe(0);
+    expect(stalled).toBeGreaterThan(0); // the kills hit running jobs, which were redelivered
     const pids = new Set(workers.map((w) => String(w.pid)));
     for (const r of all) expect(pids.has(r.worker.split(":").at(-1)!)).toBe(true);
 
@@ -73,7 +82,7 @@ describe("chaos: crashes", () => {
     console.log(
       `kill -9 chaos: jobs=${N} kills=2 results=${all.length} unique=${new Set(all.map((r) => r.id)).size} ` +
         `executions-logged=${finishedLogs.length} re-executed=${finishedLogs.length - new Set(finishedLogs).size} ` +
-        `orphans=${workers.slice(0, 2).flatMap((w) => leftovers(workRoot, w.pid)).length}`,
+        `redelivered=${stalled} orphans=${workers.slice(0, 2).flatMap((w) => leftovers(workRoot, w.pid)).length}`,
     );
   });
 
@@ -140,7 +149,7 @@ describe("chaos: crashes", () => {
     cleanups.push(() => client.close());
     const N = 40;
     const jobs = await client.enqueueMany(
-      Array.from({ length: N }, (_, i) => ({ kind: "shell", script: `sleep 0.$((RANDOM % 8)); echo ${i}` })),
+      Array.from({ length: N }, (_, i) => ({ kind: "shell", script: `sleep 0.${(i * 3) % 8}; echo ${i}` })),
     );
     const results = Promise.all(jobs.map((j) => client.waitForResult(j.id, { timeoutMs: 120_000 })));
     await sleep(800);
