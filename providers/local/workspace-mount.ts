@@ -12,6 +12,12 @@
  * Why not one mount per sandbox: that is a mount(8) spawn per acquire and a
  * umount per release (several ms each) for no extra protection, since the
  * per-sandbox bound comes from the cgroup anyway.
+ *
+ * Several workers may start at once on one work root: check-and-mount runs
+ * under flock(1) on the directory, so exactly one mounts and the others find
+ * the tmpfs (stacked mounts would hide the first worker's files). A lock
+ * taken on the directory before the mount and one taken on the tmpfs root
+ * after it differ, but whoever gets the second kind sees the mount already.
  */
 import { execFileSync } from "node:child_process";
 import { readFileSync, readdirSync, realpathSync } from "node:fs";
@@ -55,6 +61,13 @@ export function mountTypeAt(dir: string, mountInfoFile = "/proc/self/mountinfo")
   return type;
 }
 
+/** Under the lock: mount unless the topmost mount there is a tmpfs already; says which. */
+const LOCKED_MOUNT =
+  '[ "$(findmnt -n -o FSTYPE -M "$1" | tail -n 1)" = tmpfs ] && { echo reused; exit 0; }; mount -t tmpfs -o "$2" sandqueue-work "$1" && echo mounted';
+/** Under the lock: unmount only if still empty (another worker may have started meanwhile). */
+// Lazy: flock itself holds the directory open while the umount runs.
+const LOCKED_UMOUNT = '[ -z "$(ls -A "$1")" ] && umount -l "$1"';
+
 function unavailable(message: string, cause?: unknown): ProviderError {
   return new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, message, { retryable: false, cause });
 }
@@ -71,8 +84,12 @@ export function mountWorkRootTmpfs(dir: string, opts: WorkRootMountOptions = {})
   }
   // nosuid,nodev: a planted setuid binary or device node means nothing here.
   const options = ["mode=0700", "nosuid", "nodev", ...(opts.sizeMb ? [`size=${opts.sizeMb}m`] : [])].join(",");
+  let outcome: string;
   try {
-    execFileSync("mount", ["-t", "tmpfs", "-o", options, "sandqueue-work", real], { stdio: ["ignore", "ignore", "pipe"] });
+    outcome = execFileSync("flock", [real, "sh", "-c", LOCKED_MOUNT, "sandqueue-mount", real, options], {
+      stdio: ["ignore", "pipe", "pipe"],
+      encoding: "utf8",
+    }).trim();
   } catch (err) {
     const stderr = (err as { stderr?: Buffer }).stderr?.toString().trim();
     throw unavailable(
@@ -81,6 +98,7 @@ export function mountWorkRootTmpfs(dir: string, opts: WorkRootMountOptions = {})
       err,
     );
   }
+  if (outcome === "reused") return { dir: real, mountedHere: false, close: () => undefined };
   let closed = false;
   return {
     dir: real,
@@ -96,7 +114,7 @@ export function mountWorkRootTmpfs(dir: string, opts: WorkRootMountOptions = {})
       }
       if (entries.length > 0 || mountTypeAt(real, opts.mountInfoFile) !== "tmpfs") return;
       try {
-        execFileSync("umount", [real], { stdio: "ignore" });
+        execFileSync("flock", [real, "sh", "-c", LOCKED_UMOUNT, "sandqueue-umount", real], { stdio: "ignore" });
       } catch {
         // Busy or already gone: an empty tmpfs left mounted costs nothing.
       }
