@@ -52,3 +52,12 @@ export async function waitFor(exited: () => boolean, ms: number): Promise<boolea
   }
   return true;
 }
+
+/**
+ * Whether `pid` has joined the cgroup yet. Before it has, the wrapper has not
+ * exec'd bwrap, so nothing can be orphaned and killing it directly is right
+ * (waiting for it to exit would let the job start).
+ */
+export async function isListed(procsFile: string, pid: number | undefined): Promise<boolean> {
+  return pid !== undefined && (await listProcs(procsFile)).includes(pid);
+}
