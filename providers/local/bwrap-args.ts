@@ -5,6 +5,7 @@
 import path from "node:path";
 import { WORKSPACE_DIR } from "../provider.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import { procMaskOps } from "./proc-mask.js";
 
 export interface BwrapArgsInput {
   /** Root filesystem operations from image-root.ts. */
@@ -17,6 +18,8 @@ export interface BwrapArgsInput {
   gid: number;
   /** Size of the private /tmp, bytes (tmpfs pages are charged to the memory cgroup anyway). */
   tmpSizeBytes?: number;
+  /** File descriptor bwrap reads the seccomp program from (seccomp.ts). */
+  seccompFd?: number;
 }
 
 function invalid(message: string): ProviderError {
@@ -54,10 +57,13 @@ export function buildBwrapArgs(input: BwrapArgsInput): string[] {
     }
     args.push("--setenv", name, value);
   }
+  // Loaded last, just before the command runs: bwrap's own setup is not filtered.
+  if (input.seccompFd !== undefined) args.push("--seccomp", String(input.seccompFd));
   args.push("--tmpfs", "/", ...input.rootOps);
   // A minimal /dev (null, zero, urandom, tty, pts...) made read-only, with a
   // private /dev/shm for POSIX shared memory (python multiprocessing locks).
-  args.push("--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/dev/shm");
+  // /proc/sys and friends read-only, kernel internals hidden (proc-mask.ts says why).
+  args.push("--proc", "/proc", ...procMaskOps(), "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/dev/shm");
   args.push(...(input.tmpSizeBytes ? ["--size", String(input.tmpSizeBytes)] : []), "--tmpfs", "/tmp");
   args.push("--bind", input.workspaceHostDir, WORKSPACE_DIR);
   // The root tmpfs holds only mount points now; nothing may be created next to them.

@@ -19,6 +19,7 @@ import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.
 import { detectCgroups, type CgroupManager, type SandboxCgroup } from "./cgroups.js";
 import { HOST_IMAGE, dirImageOps, hostImageOps } from "./image-root.js";
 import { LocalSandbox } from "./local-sandbox.js";
+import { mountWorkRootTmpfs, type WorkRootMount } from "./workspace-mount.js";
 
 export interface LocalProviderOptions {
   /** Where sandbox workspaces live. Default: `os.tmpdir()/sandqueue-work`. */
@@ -38,6 +39,13 @@ export interface LocalProviderOptions {
   tmpSizeMb?: number;
   /** Limits applied to putArchive() input. */
   archiveLimits?: Partial<ArchiveLimits>;
+  /**
+   * Mount a tmpfs over `workRoot` (unless it is one already) so workspaces
+   * count against each sandbox's memoryMb and never fill the host disk
+   * (workspace-mount.ts). Default true; needs root. `sizeMb` caps the whole
+   * tmpfs (default: the kernel's, half of RAM).
+   */
+  workspaceTmpfs?: boolean | { sizeMb?: number };
 }
 
 /** Processes bwrap itself keeps in the cgroup: its monitor and the namespace's pid 1. */
@@ -99,6 +107,7 @@ export class LocalProvider implements SandboxProvider {
   private readonly archiveLimits: ArchiveLimits;
   private readonly live = new Map<string, LocalSandbox>();
   private closing: Promise<void> | null = null;
+  private readonly workMount: WorkRootMount | null;
 
   /** Throws CGROUP_UNAVAILABLE or PROVIDER_UNAVAILABLE when this machine cannot sandbox. */
   constructor(opts: LocalProviderOptions = {}) {
@@ -114,10 +123,18 @@ export class LocalProvider implements SandboxProvider {
     this.cgroups = detectCgroups({ parent: opts.cgroupParent ?? "sandqueue", version: opts.cgroupVersion });
     this.workRoot = path.resolve(opts.workRoot ?? path.join(os.tmpdir(), "sandqueue-work"));
     mkdirSync(this.workRoot, { recursive: true, mode: 0o700 });
+    // Before anything is written there: the /etc copy below lives on it too.
+    const tmpfs = opts.workspaceTmpfs ?? true;
+    this.workMount = tmpfs === false ? null : mountWorkRootTmpfs(this.workRoot, tmpfs === true ? {} : tmpfs);
     this.imagesDir = opts.imagesDir === undefined ? undefined : path.resolve(opts.imagesDir);
     // Per provider instance (several may share a work root); removed by close(), or by reap() once the owner is dead.
     this.hostEtcDir = path.join(this.workRoot, `.host-etc-${process.pid}-${randomBytes(6).toString("hex")}`);
-    this.hostOps = hostImageOps(this.hostEtcDir);
+    try {
+      this.hostOps = hostImageOps(this.hostEtcDir);
+    } catch (err) {
+      this.workMount?.close(); // a no-op unless the tmpfs is still empty
+      throw err;
+    }
     this.uid = opts.uid ?? 1000;
     this.gid = opts.gid ?? 1000;
     this.tmpSizeBytes = opts.tmpSizeMb === undefined ? undefined : opts.tmpSizeMb * MiB;
@@ -257,6 +274,7 @@ export class LocalProvider implements SandboxProvider {
         ...[...this.live.values()].map((s) => s.release()),
         rm(this.hostEtcDir, { recursive: true, force: true }),
       ]);
+      this.workMount?.close();
       const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failed) throw failed.reason;
     })();

@@ -6,7 +6,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdirSync, rmdirSync, unlinkSync } from "node:fs";
 import { rm } from "node:fs/promises";
-import type { Readable } from "node:stream";
+import type { Readable, Writable } from "node:stream";
 import { performance } from "node:perf_hooks";
 import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider.js";
 import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
@@ -15,6 +15,20 @@ import { buildBwrapArgs } from "./bwrap-args.js";
 import type { CgroupWrite, SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
 import { hostDirFor } from "./workspace-path.js";
+import { seccompProgram } from "./seccomp.js";
+import { isListed, killAllExcept, waitFor } from "./sandbox-kill.js";
+import { closeInheritedPrefix, inheritedFds } from "./inherited-fds.js";
+
+/**
+ * bwrap reads its arguments from this fd (`--args`) and the seccomp program
+ * from the next one: nothing of the request (environment, secrets, code)
+ * appears on a command line, which any host user can read with `ps`.
+ */
+const ARGS_FD = 3;
+const SECCOMP_FD = 4;
+
+/** How often the memory cgroup's OOM-kill counter is read while an exec runs. */
+const OOM_POLL_MS = 200;
 
 /** Order in which simultaneous limit hits are reported. */
 const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output", "memory", "pids"];
@@ -91,7 +105,12 @@ export class LocalSandbox implements Sandbox {
       uid: ctx.uid,
       gid: ctx.gid,
       tmpSizeBytes: ctx.tmpSizeBytes,
+      seccompFd: SECCOMP_FD,
     });
+    // Options (environment and secrets included) go through ARGS_FD; only
+    // "--" and the command stay on the command line (bwrap takes the command there).
+    const optionsEnd = args.length - req.argv.length - 1;
+    if (args[optionsEnd] !== "--") throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "unexpected bwrap argument layout", { retryable: false });
     const started = performance.now();
     if (req.signal?.aborted) {
       return {
@@ -126,12 +145,20 @@ export class LocalSandbox implements Sandbox {
     const failMarker = `${CGROUP_JOIN_FAILED} ${randomBytes(8).toString("hex")}`;
     let child: ChildProcess;
     try {
-      child = spawn("/bin/sh", ["-c", wrapperScript(writes, failMarker), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, ...args], {
+      // fds the worker inherited without close-on-exec must not reach the sandbox (inherited-fds.ts).
+      const { shell, prefix } = closeInheritedPrefix(inheritedFds(), [ARGS_FD, SECCOMP_FD]);
+      child = spawn(shell, ["-c", prefix + wrapperScript(writes, failMarker), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, "--args", String(ARGS_FD), ...args.slice(optionsEnd)], {
         // The wrapper and bwrap get an empty environment too; bwrap --clearenv
         // then sets only the request's variables.
         env: {},
-        stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe"],
+        stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe", "pipe", "pipe"],
       });
+      // NUL-terminated arguments, then the compiled filter: a few KiB at most.
+      for (const [fd, data] of [[ARGS_FD, Buffer.from(args.slice(0, optionsEnd).map((a) => `${a}\0`).join(""))], [SECCOMP_FD, seccompProgram()]] as const) {
+        const w = child.stdio[fd] as Writable;
+        w.on("error", () => undefined);
+        w.end(data);
+      }
     } catch (err) {
       this.running = null;
       await cg.remove().catch(() => undefined);
@@ -146,13 +173,32 @@ export class LocalSandbox implements Sandbox {
     // a late sweep can never hit the next exec's processes.
     const sweeps: Promise<void>[] = [];
     const sweep = (): void => void sweeps.push(cg.killAll().catch(() => undefined));
+    const procsFile = writes.filter((w) => w.file.endsWith("cgroup.procs")).at(-1)?.file;
+    const exited = (): boolean => child.exitCode !== null || child.signalCode !== null;
     const kill = (why: ExecLimitHit): void => {
       hits.add(why);
       if (killed) return;
       killed = true;
-      child.kill("SIGKILL");
-      // bwrap's --die-with-parent ends the pid namespace; the sweep catches anything in between.
-      sweep();
+      if (!procsFile) {
+        child.kill("SIGKILL");
+        sweep();
+        return;
+      }
+      // Everything but bwrap's monitor first: the monitor then reaps the
+      // namespace's init itself and exits (no orphaned zombie, see
+      // sandbox-kill.ts). Killed directly when it has not joined the cgroup
+      // yet (bwrap not started) or lingers; the sweep catches the rest.
+      sweeps.push(
+        (async () => {
+          if (await isListed(procsFile, child.pid)) {
+            await killAllExcept(procsFile, child.pid);
+            if (!(await waitFor(exited, 500))) child.kill("SIGKILL");
+          } else {
+            child.kill("SIGKILL");
+          }
+          await cg.killAll();
+        })().catch(() => undefined),
+      );
     };
     this.running = { kill };
     if (earlyKill) kill(earlyKill);
@@ -167,6 +213,11 @@ export class LocalSandbox implements Sandbox {
     }
 
     const timer = setTimeout(() => kill("timeout"), req.timeoutMs);
+    // cgroup v1 has no memory.oom.group: the first OOM kill ends the whole
+    // exec, as on v2, instead of leaving survivors to run into the timeout.
+    const oomPoll = setInterval(() => {
+      void cg.counters().then((c) => (c.oomKills > 0 ? kill("memory") : undefined), () => undefined);
+    }, OOM_POLL_MS);
     const onAbort = (): void => kill("aborted");
     req.signal?.addEventListener("abort", onAbort, { once: true });
 
@@ -190,8 +241,9 @@ export class LocalSandbox implements Sandbox {
       if (after.pidsMaxHits > 0) hits.add("pids");
       if (this.releasing && killed) hits.add("aborted");
       return {
-        exitCode,
-        signal,
+        // A sandbox the provider killed reports the kill, whatever bwrap's own exit status.
+        exitCode: killed ? null : exitCode,
+        signal: killed ? "SIGKILL" : signal,
         stdout: stdout.bytes,
         stderr: stderr.bytes,
         stdoutTruncated: stdout.truncated,
@@ -213,6 +265,7 @@ export class LocalSandbox implements Sandbox {
       this.leafRemovals.add(removal);
       void removal.then(() => this.leafRemovals.delete(removal));
       clearTimeout(timer);
+      clearInterval(oomPoll);
       req.signal?.removeEventListener("abort", onAbort);
       this.running = null;
     }
