@@ -320,6 +320,7 @@ print("fork", os.waitpid(os.fork() or os._exit(0) or 0, 0)[1] if False else "ok"
         script: `ln -s ${victim} dir; ln -s ${victim}/keep.txt file; ln -s ${victim}/sub sub; mkdir -p a/b; ln -s ${victim} a/b/deep; ln -s / root; echo ok`,
       });
       expect(r.status).toBe("succeeded");
+      expect(await rig.leftoverSandboxes()).toEqual([]); // released: the planted links are gone
       expect(readFileSync(path.join(victim, "keep.txt"), "utf8")).toBe("precious");
       expect(readFileSync(path.join(victim, "sub", "keep2.txt"), "utf8")).toBe("precious");
       expect(readdirSync(victim).sort()).toEqual(["keep.txt", "sub"]);

@@ -21,6 +21,8 @@ export interface Rig {
   run(spec: Record<string, unknown>, waitMs?: number): Promise<JobResult>;
   /** An ordinary job still succeeds and the provider holds no leftover sandbox. */
   assertHealthy(): Promise<void>;
+  /** Sandboxes of this worker still on the host after removal settles (local provider). */
+  leftoverSandboxes(ms?: number): Promise<string[]>;
   close(): Promise<void>;
 }
 
@@ -28,6 +30,23 @@ export async function startRig(tag: string, overrides: Partial<WorkerConfig> = {
   const queue = uniqueQueue(tag);
   const runtime = await startTestWorker(queue, { concurrency: 1, ...overrides });
   const client = testClient(queue);
+  /**
+   * This worker's sandbox directories and cgroups still on the host, once
+   * removal settles (results are published before the sandbox's remains are
+   * removed). Other test runs share the cgroup parent: only sq-<pid>-... count.
+   */
+  const leftoverSandboxes = async (ms = 3000): Promise<string[]> => {
+    const resources = (runtime.provider as { resources?: () => Promise<string[]> }).resources;
+    if (!resources) return [];
+    const mine = async () => (await resources.call(runtime.provider)).filter((p) => p.includes(`sq-${process.pid}-`));
+    const deadline = Date.now() + ms;
+    let left = await mine();
+    while (left.length && Date.now() < deadline) {
+      await sleep(25);
+      left = await mine();
+    }
+    return left;
+  };
   const run = async (spec: Record<string, unknown>, waitMs = 30_000): Promise<JobResult> =>
     client.waitForResult((await client.enqueue({ ...base, ...spec })).id, { timeoutMs: waitMs });
   return {
@@ -38,10 +57,9 @@ export async function startRig(tag: string, overrides: Partial<WorkerConfig> = {
     async assertHealthy() {
       const r = await run({ kind: "shell", script: "echo healthy; id -u" });
       expect(r, JSON.stringify(r)).toMatchObject({ status: "succeeded", stdout: expect.stringMatching(/^healthy\n/) });
-      const resources = (runtime.provider as { resources?: () => Promise<string[]> }).resources;
-      // Other test runs share the cgroup parent: only this worker's sandboxes (sq-<pid>-...) count.
-      if (resources) expect((await resources.call(runtime.provider)).filter((p) => p.includes(`sq-${process.pid}-`))).toEqual([]);
+      expect(await leftoverSandboxes()).toEqual([]);
     },
+    leftoverSandboxes,
     async close() {
       await client.close();
       await runtime.close(0);
