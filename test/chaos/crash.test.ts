@@ -9,11 +9,17 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../errors/index.js";
 import { QueueEvents } from "bullmq";
 import { DEFAULT_PREFIX } from "../../producer/redis.js";
-import { REDIS_URL, requireCommand, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { REDIS_URL, requireCommand, tempDir as makeTempDir, testClient, uniqueQueue, unmountWorkRoot } from "../support/harness.js";
 import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
 
 requireCommand("bwrap", "bubblewrap");
 const FIXTURE = join(import.meta.dirname, "../../dist/test/chaos/fixtures/crashing-worker.js");
+/** A temp work root, unmounted after the test (killed workers leave their tmpfs). */
+function tempDir(tag: string): string {
+  const dir = makeTempDir(tag);
+  cleanups.push(async () => unmountWorkRoot(dir));
+  return dir;
+}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 const cleanups: (() => Promise<unknown>)[] = [];

@@ -7,7 +7,7 @@ import { spawn } from "node:child_process";
 import { afterEach, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../errors/index.js";
 import { SandqueueClient } from "../../producer/client.js";
-import { freePort, requireCommand, tempDir, uniqueQueue } from "../support/harness.js";
+import { freePort, requireCommand, tempDir, uniqueQueue, unmountWorkRoot } from "../support/harness.js";
 import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
 
 requireCommand("redis-server", "redis-server");
@@ -41,7 +41,9 @@ describe("chaos: Redis restart", () => {
     const url = `redis://127.0.0.1:${port}`;
     await sleep(300);
     const queue = uniqueQueue("restart");
-    const env = { REDIS_URL: url, SANDQUEUE_WORK_DIR: tempDir("restart"), SANDQUEUE_CONCURRENCY: "2" };
+    const workRoot = tempDir("restart");
+    cleanups.push(async () => unmountWorkRoot(workRoot));
+    const env = { REDIS_URL: url, SANDQUEUE_WORK_DIR: workRoot, SANDQUEUE_CONCURRENCY: "2" };
     const workers: WorkerProcess[] = [spawnWorker(queue, env), spawnWorker(queue, env)];
     for (const w of workers) cleanups.push(() => w.stop("SIGKILL"));
     await Promise.all(workers.map((w) => w.waitFor("worker.started")));

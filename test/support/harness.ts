@@ -25,6 +25,18 @@ export function requireCommand(command: string, debianPackage: string): void {
   }
 }
 
+/**
+ * Unmounts the tmpfs a worker put over its work root (a worker killed with
+ * -9 cannot), so test runs do not leave mounts behind. Best effort.
+ */
+export function unmountWorkRoot(dir: string): void {
+  try {
+    execFileSync("umount", ["-l", dir], { stdio: "ignore" });
+  } catch {
+    // not mounted
+  }
+}
+
 export function uniqueQueue(tag = "t"): string {
   return `test-${tag}-${randomBytes(5).toString("hex")}`;
 }
