@@ -17,8 +17,9 @@ import {
   type SandboxProvider,
   type SandboxSpec,
 } from "../provider.js";
-import { EngineClient, EngineHttpError, readAll } from "./engine-client.js";
+import { EngineClient, EngineHttpError, parseDockerHost, readAll } from "./engine-client.js";
 import { imageNotFound, translateEngineError, type EngineErrorContext } from "./engine-errors.js";
+import { podmanProfilePath } from "./seccomp-profile.js";
 import { parseCounters, runExec, type Counters, type ExecTarget } from "./exec.js";
 import { WarmPool, type WarmPoolOptions } from "./warm-pool.js";
 import { checkedWorkspaceDir } from "./workspace-path.js";
@@ -80,6 +81,8 @@ interface ContainerTemplate {
 interface EngineFlavour {
   workspaceExtra: string;
   tmpExtra: string;
+  /** Extra HostConfig.SecurityOpt entries (Podman: the tightened seccomp profile). */
+  securityOpt: string[];
 }
 
 interface Container {
@@ -105,10 +108,13 @@ export class DockerProvider implements SandboxProvider {
   readonly pool: WarmPool<Container>;
   private closing: Promise<void> | undefined;
   private flavour: Promise<EngineFlavour> | undefined;
+  /** The engine listens on a unix socket of this host (so host paths mean the same to it). */
+  private readonly localEngine: boolean;
 
   constructor(opts: DockerProviderOptions) {
     this.opts = opts;
     this.engine = new EngineClient({ dockerHost: opts.dockerHost ?? process.env.DOCKER_HOST, apiVersion: opts.apiVersion });
+    this.localEngine = parseDockerHost(opts.dockerHost ?? process.env.DOCKER_HOST).kind === "unix";
     this.baseLabels = {
       ...opts.labels,
       [LABEL_OWNER]: opts.owner,
@@ -191,7 +197,7 @@ export class DockerProvider implements SandboxProvider {
           "/tmp": `rw,nosuid,nodev,size=${this.opts.tmpSizeMb ?? 64}m,mode=1777${flavour.tmpExtra}`,
         },
         CapDrop: ["ALL"],
-        SecurityOpt: ["no-new-privileges"],
+        SecurityOpt: ["no-new-privileges", ...flavour.securityOpt],
         // Nothing the sandbox should outlive: no restarts, no logs kept.
         RestartPolicy: { Name: "no" },
         LogConfig: { Type: "none" },
@@ -261,7 +267,11 @@ export class DockerProvider implements SandboxProvider {
     this.flavour ??= this.call({ op: "version" }, async () => {
       const v = await this.engine.json<{ Components?: Array<{ Name: string }> }>({ method: "GET", path: "/version" });
       const podman = (v.Components ?? []).some((c) => /podman/i.test(c.Name));
-      return podman ? { workspaceExtra: ",notmpcopyup,U", tmpExtra: ",notmpcopyup" } : { workspaceExtra: "", tmpExtra: "" };
+      // The profile is a path on the engine's host: only usable for a local socket.
+      const seccomp = podman && this.localEngine ? podmanProfilePath() : null;
+      return podman
+        ? { workspaceExtra: ",notmpcopyup,U", tmpExtra: ",notmpcopyup", securityOpt: seccomp ? [`seccomp=${seccomp}`] : [] }
+        : { workspaceExtra: "", tmpExtra: "", securityOpt: [] };
     });
     this.flavour.catch(() => (this.flavour = undefined));
     return this.flavour;

@@ -161,12 +161,9 @@ probe("docker", lambda: unix("/var/run/docker.sock"))
     expect(r.stdout).not.toMatch(/^cmd 0$/m);
   });
 
-  // KNOWN GAP (docker provider): Podman's default seccomp profile lets a job
-  // create a user namespace (and, inside it, mount, keyctl, setns reach the
-  // kernel): the attack surface the local provider's filter removes. Needs a
-  // custom profile (SecurityOpt seccomp=...) in providers/docker. `it.fails`
-  // turns red the day the gap is closed, so this marker gets removed then.
-  it.fails("KNOWN GAP: user namespaces (unshare -r, CLONE_NEWUSER) are refused inside the container", async () => {
+  // Podman's default seccomp profile allows these to everyone; the provider
+  // passes a tightened profile (providers/docker/seccomp-profile.ts).
+  it("user namespaces (unshare -r, CLONE_NEWUSER), keyctl and mount are refused inside the container", async () => {
     const script = [
       `perl -e 'my $r = syscall(272, ${0x10000000}); print "unshare_user ", ($r == -1 ? $!+0 : 0), "\\n"'`,
       `perl -e 'my $r = syscall(250, 0, 0, 0, 0, 0); print "keyctl ", ($r == -1 ? $!+0 : 0), "\\n"'`,
