@@ -50,6 +50,9 @@ const COUNTERS_SCRIPT =
   "cat /sys/fs/cgroup/memory.events /sys/fs/cgroup/memory/memory.oom_control " +
   "/sys/fs/cgroup/pids.events /sys/fs/cgroup/pids/pids.events 2>/dev/null; true";
 
+/** How often an exec checks its container's OOM counter. */
+const OOM_POLL_MS = 100;
+
 export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResult> {
   const startedAt = performance.now();
   const out = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
@@ -137,6 +140,15 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   });
 
   const timer = setTimeout(() => hit("timeout"), req.timeoutMs);
+  // The kernel OOM-kills one process; the rest of the job would go on (and
+  // end as a timeout). As with memory.oom.group on cgroup v2, the first OOM
+  // kill ends the whole exec. Only where the host's cgroup files are readable.
+  const hostCounters = t.hostCounters;
+  const oomPoll = hostCounters
+    ? setInterval(() => {
+        void hostCounters().then((c) => (c && c.oomKills > t.counters.oomKills ? hit("memory") : undefined), () => undefined);
+      }, OOM_POLL_MS)
+    : undefined;
   const onAbort = (): void => hit("aborted");
   req.signal?.addEventListener("abort", onAbort, { once: true });
   t.releasing.addEventListener("abort", onAbort, { once: true });
@@ -152,6 +164,7 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   } finally {
     ended = true;
     clearTimeout(timer);
+    clearInterval(oomPoll);
     req.signal?.removeEventListener("abort", onAbort);
     t.releasing.removeEventListener("abort", onAbort);
     socket?.destroy();

@@ -67,6 +67,30 @@ describe("security: hostile jobs (docker provider)", () => {
     expect(r).toMatchObject({ status: "killed", reason: "memory" });
   });
 
+  it("memory bomb spread over many processes: killed/memory", async () => {
+    const code = [
+      "import os, time",
+      "for _ in range(8):",
+      "    if os.fork() == 0:",
+      "        b = bytearray(24 * 1024 * 1024)",
+      "        for i in range(0, len(b), 4096): b[i] = 1",
+      "        time.sleep(30); os._exit(0)",
+      "for _ in range(8): os.wait()",
+    ].join("\n");
+    const r = await rig.run({ kind: "python", code, limits: { memoryMb: 96, timeoutMs: 8000 } });
+    expect(r).toMatchObject({ status: "killed", reason: "memory" });
+  });
+
+  it("inode exhaustion (empty files in a loop) in the workspace and /tmp: bounded", async () => {
+    for (const dir of ["/workspace/many", "/tmp/many"]) {
+      const code = `import os\nos.makedirs('${dir}')\nfor i in range(10**8): open(f'${dir}/{i}', 'w').close()`;
+      const r = await rig.run({ kind: "python", code, limits: { memoryMb: 48, timeoutMs: 6000 } });
+      // Dentries and inodes of the tmpfs are charged to the container's memory,
+      // unless the tmpfs's own inode cap says ENOSPC first.
+      expect(r.status === "killed" ? r.reason : r.stderr, dir).toMatch(/memory|No space left/);
+    }
+  });
+
   it("filling the workspace and /tmp: bounded (tmpfs charged to the container's memory, size-capped)", async () => {
     for (const dir of ["/workspace", "/tmp"]) {
       const r = await rig.run({ kind: "shell", script: `dd if=/dev/zero of=${dir}/fill bs=1M count=512 2>&1`, limits: { memoryMb: 64 } });
