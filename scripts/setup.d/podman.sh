@@ -68,7 +68,9 @@ else
   log "starting podman system service on $SOCK"
   rm -f "$SOCK"
   # setsid + nohup: the service outlives this script and the shell that ran it.
-  setsid nohup podman system service --time=0 "unix://$SOCK" \
+  # Started from its own directory: conmon drops files such as "oom" into
+  # its working directory when a container is OOM-killed.
+  setsid nohup env -C "$PODMAN_DIR" podman system service --time=0 "unix://$SOCK" \
     >>"$PODMAN_DIR/service.log" 2>&1 </dev/null &
   echo $! >"$PODMAN_DIR/service.pid"
   for _ in $(seq 1 100); do ping_sock && break; sleep 0.1; done
