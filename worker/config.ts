@@ -9,6 +9,7 @@ import { z } from "zod";
 import { ConfigError, ErrorCodes } from "../errors/index.js";
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_REDIS_URL } from "../producer/redis.js";
 import { LIMIT_BOUNDS, type ResolvedLimits } from "../producer/job-spec.js";
+import { parseDurationMs } from "./snapshot/store.js";
 
 const int = (min: number, max: number) =>
   z
@@ -39,7 +40,7 @@ const SETTINGS = {
     schema: z
       .string()
       .regex(/^\d+(ms|s|m|h|d|w)$/, { error: "expected a duration such as 12h, 7d or 4w" })
-      .transform((v) => Number(/^\d+/.exec(v)![0]) * { ms: 1, s: 1e3, m: 6e4, h: 3.6e6, d: 8.64e7, w: 6.048e8 }[/[a-z]+$/.exec(v)![0] as "ms"]),
+      .transform((v) => parseDurationMs(v) ?? 0),
   },
   dockerHost: { env: "DOCKER_HOST", flag: undefined, schema: z.string().regex(/^(unix|tcp):\/\//, { error: "expected unix:///path or tcp://host:port" }) },
   poolMinIdle: { env: "SANDQUEUE_POOL_MIN_IDLE", flag: undefined, schema: int(0, 64) },

@@ -15,7 +15,7 @@ import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { isSandqueueError } from "../../errors/index.js";
-import { HashingPassThrough, VerifyingPassThrough, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore } from "./store.js";
+import { HashingPassThrough, VerifyingPassThrough, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
 /** Temp files older than this are abandoned writes (a crashed worker). */
 const STALE_TEMP_MS = 3_600_000;
@@ -131,11 +131,7 @@ export class FileSnapshotStore implements SnapshotStore {
   }
 
   async prune(olderThanMs: number): Promise<number> {
-    const cutoff = Date.now() - olderThanMs;
-    let removed = 0;
-    for (const s of await this.list()) {
-      if (s.createdAt.getTime() < cutoff && (await this.remove(s.id))) removed++;
-    }
+    const removed = await removeSnapshotsOlderThan(this, olderThanMs);
     const tempCutoff = Date.now() - Math.max(olderThanMs, STALE_TEMP_MS);
     for (const name of await readdir(this.tmp).catch(() => [] as string[])) {
       const p = join(this.tmp, name);

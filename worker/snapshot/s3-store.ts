@@ -36,7 +36,7 @@ import {
   type S3ClientConfig,
 } from "@aws-sdk/client-s3";
 import { isSandqueueError } from "../../errors/index.js";
-import { HashingPassThrough, VerifyingPassThrough, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore } from "./store.js";
+import { HashingPassThrough, VerifyingPassThrough, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
 const PART_BYTES = 8 * 1024 * 1024;
 /** S3's limit for a single CopyObject; larger objects are copied part by part. */
@@ -235,11 +235,7 @@ export class S3SnapshotStore implements SnapshotStore {
   }
 
   async prune(olderThanMs: number): Promise<number> {
-    const cutoff = Date.now() - olderThanMs;
-    let removed = 0;
-    for (const s of await this.list()) {
-      if (s.createdAt.getTime() < cutoff && (await this.remove(s.id))) removed++;
-    }
+    const removed = await removeSnapshotsOlderThan(this, olderThanMs);
     const tempCutoff = Date.now() - Math.max(olderThanMs, STALE_TEMP_MS);
     for (const o of await this.listKeys(`${this.prefix}tmp/`)) {
       if (o.modified.getTime() < tempCutoff) await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: o.key })).catch(() => {});

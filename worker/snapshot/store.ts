@@ -96,3 +96,16 @@ export function parseDurationMs(s: string): number | null {
   const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[(m[2] ?? "ms") as "ms"];
   return Math.round(n * unit);
 }
+
+/**
+ * The part of `prune` every store shares: removes snapshots created before
+ * `now - olderThanMs`; returns how many. Stores then clean their own temp data.
+ */
+export async function removeSnapshotsOlderThan(store: Pick<SnapshotStore, "list" | "remove">, olderThanMs: number): Promise<number> {
+  const cutoff = Date.now() - olderThanMs;
+  let removed = 0;
+  for (const s of await store.list()) {
+    if (s.createdAt.getTime() < cutoff && (await store.remove(s.id))) removed++;
+  }
+  return removed;
+}
