@@ -111,13 +111,14 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
     const box = sandbox;
     checkAbort();
 
-    if (spec.workspace?.from || Object.keys(spec.files).length) {
+    const hasFiles = Object.keys(spec.files).length > 0;
+    if (spec.workspace?.from || hasFiles) {
       await timed("hydrateMs", async () => {
         if (spec.workspace?.from) {
           if (!ctx.workspace) throw new SandqueueError(ErrorCodes.SNAPSHOT_STORE, "this worker has no snapshot store configured");
           await box.putArchive(WORKSPACE_DIR, await ctx.workspace.open(spec.workspace.from));
         }
-        if (Object.keys(spec.files).length) {
+        if (hasFiles) {
           if (!ctx.filesToTar) throw new SandqueueError(ErrorCodes.INTERNAL, "inline files are not supported by this worker");
           await box.putArchive(WORKSPACE_DIR, ctx.filesToTar(spec.files));
         }
