@@ -14,7 +14,7 @@ import { ErrorCodes } from "../../errors/index.js";
 import { EngineClient } from "../../providers/docker/index.js";
 import { requireCommand, tempDir } from "../support/harness.js";
 import { rawTar } from "../unit/archive-helpers.js";
-import { eventuallyEmpty, hostProcessesWith, nonce, startRig, type Rig } from "./support.js";
+import { eventuallyEmpty, FORK_BOMB, hostProcessesWith, MEMORY_BOMB, nonce, startRig, type Rig } from "./support.js";
 
 requireCommand("redis-server", "redis-server");
 
@@ -58,12 +58,12 @@ describe("security: hostile jobs (docker provider)", () => {
   });
 
   it("fork bomb: killed/pids", async () => {
-    const r = await rig.run({ kind: "shell", script: "f() { f | f & }; f; wait", limits: { pids: 32, timeoutMs: 5000 } });
+    const r = await rig.run({ kind: "shell", script: FORK_BOMB, limits: { pids: 32, timeoutMs: 5000 } });
     expect(r).toMatchObject({ status: "killed", reason: "pids" });
   });
 
   it("memory bomb: killed/memory", async () => {
-    const r = await rig.run({ kind: "python", code: "b = []\nwhile True: b.append(bytearray(8 * 1024 * 1024))", limits: { memoryMb: 64 } });
+    const r = await rig.run({ kind: "python", code: MEMORY_BOMB, limits: { memoryMb: 64 } });
     expect(r).toMatchObject({ status: "killed", reason: "memory" });
   });
 

@@ -8,7 +8,7 @@
 import { statfsSync } from "node:fs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { requireCommand } from "../support/harness.js";
-import { eventuallyEmpty, hostProcessesWith, nextHostPid, nonce, orphanZombiesBetween, startRig, type Rig } from "./support.js";
+import { eventuallyEmpty, FORK_BOMB, hostProcessesWith, MEMORY_BOMB, nextHostPid, nonce, orphanZombiesBetween, startRig, type Rig } from "./support.js";
 
 requireCommand("bwrap", "bubblewrap");
 requireCommand("redis-server", "redis-server");
@@ -30,7 +30,7 @@ describe("security: resource abuse (local provider)", () => {
   });
 
   it("fork bomb: killed by the pids limit, quickly", async () => {
-    const r = await rig.run({ kind: "shell", script: "f() { f | f & }; f; wait", limits: { pids: 32, timeoutMs: 5000 } });
+    const r = await rig.run({ kind: "shell", script: FORK_BOMB, limits: { pids: 32, timeoutMs: 5000 } });
     expect(r).toMatchObject({ status: "killed", reason: "pids" });
     expect(r.timings.execMs).toBeLessThan(6000);
   });
@@ -70,7 +70,7 @@ describe("security: resource abuse (local provider)", () => {
   });
 
   it("memory bomb in one process: killed/memory", async () => {
-    const r = await rig.run({ kind: "python", code: "b = []\nwhile True: b.append(bytearray(8 * 1024 * 1024))", limits: { memoryMb: 64 } });
+    const r = await rig.run({ kind: "python", code: MEMORY_BOMB, limits: { memoryMb: 64 } });
     expect(r).toMatchObject({ status: "killed", reason: "memory" });
   });
 
@@ -198,8 +198,8 @@ describe("security: resource abuse (local provider)", () => {
   it("hostile neighbours (fork bomb, memory bomb, spinner) do not disturb a job running next to them", async () => {
     const marker = nonce();
     const hostile = [
-      { kind: "shell", script: "f() { f | f & }; f; wait", limits: { pids: 32, timeoutMs: 5000 } },
-      { kind: "python", code: "b = []\nwhile True: b.append(bytearray(8 * 1024 * 1024))", limits: { memoryMb: 64 } },
+      { kind: "shell", script: FORK_BOMB, limits: { pids: 32, timeoutMs: 5000 } },
+      { kind: "python", code: MEMORY_BOMB, limits: { memoryMb: 64 } },
       { kind: "shell", script: `echo ${marker} > /tmp/mine; echo ${marker} > mine; while :; do :; done`, limits: { timeoutMs: 2000 } },
     ];
     const calm = { kind: "python", code: "import os\nprint(sum(range(10**6)), len([p for p in os.listdir('/proc') if p.isdigit()]), os.listdir('/tmp'), os.listdir('.'))" };

@@ -133,3 +133,13 @@ export async function eventuallyEmpty(check: () => string[], ms = 3000): Promise
   }
   return left;
 }
+
+/**
+ * Shell fork bomb. The top-level shell sleeps instead of `wait`ing: `wait`
+ * only covers its own two children, so it could return (and end the whole
+ * pid namespace) before the tree reached the pids limit, a clean exit 0.
+ */
+export const FORK_BOMB = "f() { f | f & }; f; sleep 2";
+
+/** Python memory bomb: 8 MiB at a time until the memory limit stops it. */
+export const MEMORY_BOMB = "b = []\nwhile True: b.append(bytearray(8 * 1024 * 1024))";
