@@ -21,6 +21,7 @@ import { EngineClient, EngineHttpError, parseDockerHost, readAll } from "./engin
 import { imageNotFound, translateEngineError, type EngineErrorContext } from "./engine-errors.js";
 import { podmanProfilePath } from "./seccomp-profile.js";
 import { parseCounters, runExec, type Counters, type ExecTarget } from "./exec.js";
+import { INIT_SCRIPT, launcherCommand } from "./launcher.js";
 import { WarmPool, type WarmPoolOptions } from "./warm-pool.js";
 import { checkedWorkspaceDir } from "./workspace-path.js";
 
@@ -53,21 +54,6 @@ export interface DockerProviderOptions {
 /** Default caps for incoming archives when the caller gives none. */
 const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 256 * 1024 * 1024, maxEntries: 100_000, maxDepth: 64 };
 const NOBODY = "65534:65534";
-
-/**
- * PID 1 of every sandbox: idles, and on SIGUSR1 kills every process it can
- * signal — all of the sandbox user's processes but itself — so a timed-out or
- * cancelled exec's whole tree dies while the container (and its tmpfs
- * workspace, which a snapshot still needs) stays up. The kill builtin needs
- * no fork, so it works under a fork bomb at the pids limit; it runs three
- * times to catch children forked during the first sweep.
- * A PID 1 ignores signals it has no handler for, and dash catches SIGINT
- * for itself, so INT is set to ignore: the job cannot stop its own sandbox.
- * The engine stops it with SIGKILL (StopSignal below).
- */
-const INIT_SCRIPT =
-  "trap 'kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null' USR1; " +
-  "trap '' INT; while :; do sleep infinity & wait; done";
 
 const CONTAINER_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"];
 
@@ -175,8 +161,15 @@ export class DockerProvider implements SandboxProvider {
     const [user, flavour] = await Promise.all([this.resolveUser(t.image, signal), this.engineFlavour()]);
     const body = {
       Image: t.image,
-      Cmd: ["/bin/sh", "-c", INIT_SCRIPT],
+      // The launcher (launcher.ts) serves the first exec over attach, then idles as the init.
+      Cmd: launcherCommand(INIT_SCRIPT),
       Entrypoint: [],
+      OpenStdin: true,
+      StdinOnce: true,
+      AttachStdin: true,
+      AttachStdout: true,
+      AttachStderr: true,
+      Tty: false,
       User: user,
       WorkingDir: WORKSPACE_DIR,
       Env: CONTAINER_ENV,
@@ -373,6 +366,8 @@ class DockerSandbox implements Sandbox, ExecTarget {
   readonly hostCounters: (() => Promise<Counters | null>) | null;
   /** Cgroup counters already attributed, so each limit event is reported once. */
   counters = { oomKills: 0, pidsMax: 0 };
+  /** The container's main process still waits for its one request (the first exec). */
+  private launcherFree = true;
 
   constructor(
     readonly provider: DockerProvider,
@@ -400,7 +395,11 @@ class DockerSandbox implements Sandbox, ExecTarget {
 
   async exec(req: ExecRequest): Promise<ExecResult> {
     this.ensureLive("exec");
-    return this.provider.call({ op: "exec" }, () => runExec(this, req));
+    // The first exec goes to the waiting launcher (attach: no runc exec);
+    // taken before anything can fail, since its stdin is a one-shot.
+    const viaLauncher = this.launcherFree && !req.signal?.aborted;
+    if (viaLauncher) this.launcherFree = false;
+    return this.provider.call({ op: "exec" }, () => runExec(this, req, viaLauncher));
   }
 
   async putArchive(dir: string, tar: Readable): Promise<void> {

@@ -5,9 +5,11 @@
  */
 import os from "node:os";
 import type { Duplex, Readable } from "node:stream";
-import { WORKSPACE_DIR, type ExecLimitHit, type ExecRequest, type ExecResult } from "../provider.js";
+import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import type { ExecLimitHit, ExecRequest, ExecResult } from "../provider.js";
 import type { EngineClient } from "./engine-client.js";
-import { FrameDecoder } from "./stream-frames.js";
+import { EXEC_SCRIPT, TrailerScanner, encodeRequest, launcherCommand, newTag } from "./launcher.js";
+import { FrameDecoder, type FrameStream } from "./stream-frames.js";
 
 export interface ExecTarget {
   readonly id: string;
@@ -28,17 +30,6 @@ export interface Counters {
   pidsMax: number;
 }
 
-/**
- * Runs argv with exactly the request's environment: engines add their own
- * variables to every exec (Podman: TERM, container=podman), so the command
- * goes through `env -i`, and `sh -c 'exec "$@"'` keeps any argv[0] (even one
- * containing "=") a command.
- */
-export function commandFor(req: Pick<ExecRequest, "argv" | "env">): string[] {
-  const pairs = Object.entries(req.env).map(([k, v]) => `${k}=${v}`);
-  return ["/usr/bin/env", "-i", "--", ...pairs, "/bin/sh", "-c", 'exec "$@"', "sh", ...req.argv];
-}
-
 /** After asking the init to kill, how long before the whole container is killed. */
 const KILL_GRACE_MS = 2_000;
 const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n, name]));
@@ -53,7 +44,7 @@ const COUNTERS_SCRIPT =
 /** How often an exec checks its container's OOM counter. */
 const OOM_POLL_MS = 100;
 
-export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResult> {
+export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = false): Promise<ExecResult> {
   const startedAt = performance.now();
   const out = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
   const size = { stdout: 0, stderr: 0 };
@@ -74,37 +65,36 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
     return result(null, null);
   }
 
-  const stdin = req.stdin === undefined ? undefined : Buffer.from(req.stdin);
-  const hasStdin = stdin !== undefined && stdin.length > 0;
-  const { Id: execId } = await t.engine.json<{ Id: string }>({
-    method: "POST",
-    path: `/containers/${t.id}/exec`,
-    body: {
-      AttachStdin: hasStdin,
-      AttachStdout: true,
-      AttachStderr: true,
-      Tty: false,
-      Cmd: commandFor(req),
-      WorkingDir: req.cwd ?? WORKSPACE_DIR,
-      User: t.container.user,
-    },
-  });
-
-  // A command that cannot be started is not an engine error: the engine
-  // reports it in-stream with exit code 126/127, as a shell would.
-  let output: Readable;
-  let socket: Duplex | null = null;
-  if (hasStdin) {
-    const h = await t.engine.hijack({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } });
-    if (!h.socket) throw new Error("engine did not upgrade the exec connection; stdin cannot be sent");
-    socket = h.socket;
-    output = h.output;
-    if (h.head.length) output.unshift(h.head);
-    // Half-close: the engine closes the process's stdin at EOF.
-    socket.end(stdin);
+  const tag = newTag();
+  // Validates the request before anything is started.
+  const request = encodeRequest(req, tag);
+  const stdin = req.stdin === undefined ? Buffer.alloc(0) : Buffer.from(req.stdin);
+  let execId: string | null = null;
+  let session: { socket: Duplex | null; output: Readable; head: Buffer };
+  if (viaLauncher) {
+    // The container's main process is waiting for this on its stdin.
+    session = await t.engine.hijack({
+      method: "POST",
+      path: `/containers/${t.id}/attach`,
+      query: { stream: true, stdin: true, stdout: true, stderr: true },
+    });
   } else {
-    output = await t.engine.stream({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } }, false);
+    const created = await t.engine.json<{ Id: string }>({
+      method: "POST",
+      path: `/containers/${t.id}/exec`,
+      body: { AttachStdin: true, AttachStdout: true, AttachStderr: true, Tty: false, Cmd: launcherCommand(EXEC_SCRIPT), User: t.container.user },
+    });
+    execId = created.Id;
+    session = await t.engine.hijack({ method: "POST", path: `/exec/${execId}/start`, body: { Detach: false, Tty: false } });
   }
+  const { socket, output } = session;
+  if (!socket) {
+    output.destroy();
+    throw new Error("engine did not upgrade the attach/exec connection; the request cannot be sent");
+  }
+  // Half-close after the job's stdin: the engine closes the process's stdin at EOF.
+  socket.on("error", () => {});
+  socket.end(stdin.length ? Buffer.concat([request, stdin]) : request);
 
   let ended = false;
   let escalate: NodeJS.Timeout | undefined;
@@ -121,23 +111,28 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
     }, KILL_GRACE_MS);
   };
 
-  const decoder = new FrameDecoder((stream, payload) => {
+  const collect = (stream: FrameStream, payload: Buffer): void => {
     if (truncated[stream]) return;
     const room = req.maxOutputBytes - size[stream];
     if (payload.length > room) {
       if (room > 0) out[stream].push(payload.subarray(0, room));
       size[stream] = req.maxOutputBytes;
       truncated[stream] = true;
-      // Stop collecting this stream and kill the tree; keep draining until
-      // the process is gone so the other stream's last bytes (the engine
-      // forwards the two pipes independently) still arrive. If the tree
-      // does not die, the escalation timer destroys the stream.
+      // Stop collecting this stream and kill the tree; keep reading until
+      // the launcher's trailers say the tree is dead, so the other stream's
+      // last bytes (the engine forwards the two pipes independently) still
+      // arrive. If the tree does not die, the escalation timer ends it.
       hit("output");
       return;
     }
     out[stream].push(payload);
     size[stream] += payload.length;
-  });
+  };
+  const trailers = {
+    stdout: new TrailerScanner(tag, (b) => collect("stdout", b)),
+    stderr: new TrailerScanner(tag, (b) => collect("stderr", b)),
+  };
+  const decoder = new FrameDecoder((stream, payload) => trailers[stream].push(payload));
 
   const timer = setTimeout(() => hit("timeout"), req.timeoutMs);
   // The kernel OOM-kills one process; the rest of the job would go on (and
@@ -154,11 +149,17 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   t.releasing.addEventListener("abort", onAbort, { once: true });
   try {
     await new Promise<void>((resolve) => {
-      output.on("data", (c: Buffer) => decoder.push(c));
+      output.on("data", (c: Buffer) => {
+        decoder.push(c);
+        // Both trailers: the job and its leftovers are gone and every byte
+        // they wrote has arrived. The connection is not needed any more.
+        if (trailers.stdout.done && trailers.stderr.done) resolve();
+      });
+      if (session.head.length) output.unshift(session.head);
       output.once("end", resolve);
       output.once("close", resolve);
       // A reset connection after we destroyed it is expected; other errors
-      // show up below as a missing exit code.
+      // show up below as a missing exit status.
       output.on("error", () => resolve());
     });
   } finally {
@@ -167,32 +168,28 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
     clearInterval(oomPoll);
     req.signal?.removeEventListener("abort", onAbort);
     t.releasing.removeEventListener("abort", onAbort);
-    socket?.destroy();
+    socket.destroy();
+    output.destroy();
   }
-
   if (escalate) clearTimeout(escalate);
+  trailers.stdout.flush();
+  trailers.stderr.flush();
 
-  // The stream can end before the process does (it closed its output); wait
-  // for it until the wall-time limit, then kill as for a timeout.
-  const overdue = limitHit === null ? startedAt + req.timeoutMs : performance.now() + KILL_GRACE_MS;
-  let inspect: ExecInspect;
-  try {
-    inspect = await pollExec(t, execId, Math.max(overdue - performance.now(), 250));
-  } catch (err) {
-    // Released under us: the container (and the exec's record) is gone.
-    if (!t.releasing.aborted) throw err;
-    return result(null, "SIGKILL");
-  }
-  if (inspect.Running) {
-    if (limitHit === null) limitHit = "timeout";
-    await t.killProcesses().catch(() => {});
-    inspect = await pollExec(t, execId, KILL_GRACE_MS);
-    if (inspect.Running) {
-      await t.killContainer();
-      inspect = await pollExec(t, execId, KILL_GRACE_MS);
+  let exitCode: number | null = trailers.stdout.status ?? trailers.stderr.status;
+  if (exitCode === null && execId !== null && !t.releasing.aborted) {
+    // No trailer: the launcher itself was killed (our kill sweep, or a kill
+    // the job sent). The exec's own record says how it ended.
+    try {
+      exitCode = await execExitCode(t, execId, limitHit === null ? startedAt + req.timeoutMs : performance.now() + KILL_GRACE_MS, () => {
+        if (limitHit === null) limitHit = "timeout";
+      });
+    } catch (err) {
+      // Released under us: the container (and the exec's record) is gone.
+      if (!t.releasing.aborted) throw err;
     }
   }
-  let exitCode: number | null = inspect.ExitCode ?? null;
+  // Released during the exec: the container is going away with the job.
+  if (exitCode === null && t.releasing.aborted) return result(null, "SIGKILL");
   let signal: string | null = null;
 
   // Ask the cgroup what happened when the process failed and we did not kill it.
@@ -203,8 +200,9 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
   // Read after our own kills too, so their events are not blamed on the next exec.
   if (t.hostCounters !== null || (limitHit === null && exitCode !== 0)) {
     if (limitHit === null && exitCode !== 0) {
-      // Leftover background processes (a fork bomb's children) would hold
-      // the pids the next exec needs; the tree goes now.
+      // Leftover background processes (a fork bomb's children, forking
+      // faster than the launcher's sweep) would hold the pids the next
+      // exec needs; the tree goes now.
       await t.killProcesses().catch(() => {});
     }
     const ev = t.hostCounters ? await t.hostCounters().catch(() => null) : await readCounters(t);
@@ -214,14 +212,33 @@ export async function runExec(t: ExecTarget, req: ExecRequest): Promise<ExecResu
       t.counters = ev;
     }
   }
-  // The engine reports a signal death as 128+n; only trust that reading when
-  // we know a kill happened, since a program may also exit(137) itself.
+  if (exitCode === null && limitHit === null) {
+    // The sandbox's main process died under the job (nothing we did).
+    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "the sandbox ended without reporting the job's exit status", { retryable: true });
+  }
+  // A signal death reads as 128+n; only trust that reading when we know a
+  // kill happened, since a program may also exit(137) itself.
   if (exitCode !== null && exitCode > 128 && exitCode < 128 + 65 && limitHit !== null && limitHit !== "pids") {
     signal = SIGNAL_NAMES.get(exitCode - 128) ?? null;
     if (signal) exitCode = null;
   }
   if (exitCode === null && signal === null && limitHit !== null) signal = "SIGKILL";
   return result(exitCode, signal);
+}
+
+/** Waits for an exec to end (until `overdue`, then kills as for a timeout); its exit code. */
+async function execExitCode(t: ExecTarget, execId: string, overdue: number, onOverdue: () => void): Promise<number | null> {
+  let inspect = await pollExec(t, execId, Math.max(overdue - performance.now(), 250));
+  if (inspect.Running) {
+    onOverdue();
+    await t.killProcesses().catch(() => {});
+    inspect = await pollExec(t, execId, KILL_GRACE_MS);
+    if (inspect.Running) {
+      await t.killContainer();
+      inspect = await pollExec(t, execId, KILL_GRACE_MS);
+    }
+  }
+  return inspect.ExitCode ?? null;
 }
 
 interface ExecInspect {
