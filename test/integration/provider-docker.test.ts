@@ -220,6 +220,41 @@ describe("docker provider specifics", () => {
     }
   });
 
+  it("first exec through the launcher, later ones through exec: exact environment, default signals, secrets in no config", async () => {
+    const p = makeProvider();
+    const box = await p.acquire(spec(), {});
+    try {
+      // perl, not a shell: dash would export PWD itself.
+      const probe = [
+        "perl",
+        "-e",
+        'print map {"$_=$ENV{$_}\\n"} sort keys %ENV; open F, "/proc/self/status"; print grep /^Sig(Ign|Blk)/, <F>; select undef, undef, undef, 0.3',
+      ];
+      const secret = (n: number): string => `s3cr3t-${RUN}-${n}`;
+      const inspectAll = async (): Promise<string> => {
+        const c = await engine.json<{ ExecIDs?: string[] | null }>({ method: "GET", path: `/containers/${box.id}/json` });
+        const execs = await Promise.all((c.ExecIDs ?? []).map((id) => engine.json({ method: "GET", path: `/exec/${id}/json` }).catch(() => null)));
+        return JSON.stringify([c, execs]);
+      };
+      for (const n of [1, 2]) {
+        const running = box.exec(req("", { argv: probe, env: { PATH: "/usr/bin:/bin", TOKEN: secret(n) } }));
+        await new Promise((r) => setTimeout(r, 150));
+        const seen = await inspectAll();
+        const r = await running;
+        expect(r.exitCode, r.stderr.toString()).toBe(0);
+        const [envPart, blocked, ignored] = r.stdout.toString().split(/Sig(?:Blk|Ign):\t/);
+        expect(envPart).toBe(`PATH=/usr/bin:/bin\nTOKEN=${secret(n)}\n`);
+        expect(Number(`0x${blocked}`)).toBe(0);
+        // Perl ignores SIGFPE itself; SIGINT and SIGQUIT must not be.
+        expect(Number(`0x${ignored}`) & 0b110).toBe(0);
+        expect(seen).not.toContain(secret(n));
+        if (n === 2) expect(seen).toContain("/usr/bin/env");
+      }
+    } finally {
+      await box.release();
+    }
+  });
+
   it("the job cannot stop its own sandbox: the init ignores SIGTERM/SIGINT from inside", async () => {
     const p = makeProvider();
     const box = await p.acquire(spec(), {});
