@@ -1,14 +1,16 @@
 /**
  * Issue 5 benchmark: a trivial python job (`python3 -c pass`) through the
- * docker provider with a warm pool (acquire -> exec -> release), against
- * `podman run --rm IMAGE python3 -c pass` in the same run, sequential and at
- * concurrency 2. Needs the engine and image of scripts/setup.d/podman.sh.
+ * docker provider with a warm pool (acquire -> exec; release in the
+ * background, as the worker does), against `podman run --rm IMAGE python3 -c
+ * pass` in the same run: sequential from a quiet provider, and back to back
+ * at concurrency 2. Needs the engine and image of scripts/setup.d/podman.sh.
  */
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { DockerProvider } from "../providers/docker/index.js";
 import type { SandboxSpec } from "../providers/provider.js";
+import { dockerIdle, pacedSequential, timedUntilSettled } from "./docker-idle.js";
 import { fmt, stats, timedPool, type RunStats } from "./stats.js";
 
 export interface DockerBenchOptions {
@@ -60,45 +62,53 @@ export async function runDockerBench(opts: DockerBenchOptions = {}): Promise<Doc
   const concurrency = opts.concurrency ?? 2;
   const image = opts.image ?? process.env.SANDQUEUE_TEST_IMAGE ?? "sandqueue-python";
   const dockerHost = opts.dockerHost ?? process.env.DOCKER_HOST ?? `unix://${join(ROOT, ".sandqueue/podman/podman.sock")}`;
-  const pool = opts.pool ?? { minIdle: 2, maxSize: 4, fillConcurrency: 2 };
+  const pool = opts.pool ?? { minIdle: 2, maxSize: 4 };
   const provider = new DockerProvider({ dockerHost, owner: `bench-${process.pid}`, pool });
   const spec: SandboxSpec = { image, limits: { memoryMb: 256, pids: 64 }, network: "none", labels: {} };
+  // As in the worker: the result is ready when the exec ends; the container
+  // is removed in the background (awaited before the run's wall time ends).
+  const releases = new Set<Promise<void>>();
   const job = async (): Promise<void> => {
     const box = await provider.acquire(spec, {});
     try {
       const r = await box.exec({ argv: ["python3", "-c", "pass"], env: { PATH: "/usr/bin:/bin" }, timeoutMs: 30_000, maxOutputBytes: 65536 });
       if (r.exitCode !== 0) throw new Error(`job failed: ${r.exitCode} ${r.stderr.toString()}`);
     } finally {
-      await box.release();
+      const p = box.release();
+      releases.add(p);
+      void p.finally(() => releases.delete(p));
     }
+  };
+  const quiet = async (): Promise<void> => {
+    await Promise.all([...releases]);
+    await dockerIdle(provider);
   };
   try {
     await provider.check();
     // Warm-up: page cache, image layers, the pool's key.
     await job();
     await podmanRun(image);
-    await provider.pool.waitReady();
+    await quiet();
     const hits0 = provider.pool.hits;
     const misses0 = provider.pool.misses;
 
     // Interleaved so machine noise hits both sides alike.
     const podman1 = await timedPool(Math.ceil(n / 2), 1, () => podmanRun(image));
-    await provider.pool.waitReady();
-    const prov1 = await timedPool(n, 1, async () => {
-      await job();
-      // Sequential latency is measured with the pool refilled, as between
-      // jobs on a quiet worker.
-    });
+    // Sequential latency as on a quiet worker: each job starts with the pool
+    // full and the previous container removed (the pause is not timed).
+    const prov1 = await pacedSequential(n, job, quiet);
+    const prov1Wall = prov1.reduce((a, b) => a + b, 0);
     const podmanN = await timedPool(n, concurrency, () => podmanRun(image));
-    await provider.pool.waitReady();
-    const provN = await timedPool(n, concurrency, job);
+    await quiet();
+    // Throughput back to back; the wall time includes the last removals.
+    const provN = await timedUntilSettled(n, concurrency, job, quiet);
     return {
       image,
       concurrency,
       pool,
       podmanRun1: stats(podman1.latencies, podman1.wallMs),
       podmanRunN: stats(podmanN.latencies, podmanN.wallMs),
-      provider1: stats(prov1.latencies, prov1.wallMs),
+      provider1: stats(prov1, prov1Wall),
       providerN: stats(provN.latencies, provN.wallMs),
       poolHits: provider.pool.hits - hits0,
       poolMisses: provider.pool.misses - misses0,
@@ -111,7 +121,7 @@ export async function runDockerBench(opts: DockerBenchOptions = {}): Promise<Doc
 export function reportDockerBench(r: DockerBenchResult): string {
   const ratio = (a: number, b: number): string => (a / b).toFixed(2);
   return [
-    `docker provider bench (image ${r.image}, pool minIdle=${r.pool.minIdle} maxSize=${r.pool.maxSize})`,
+    `docker provider bench (image ${r.image}, pool minIdle=${r.pool.minIdle} maxSize=${r.pool.maxSize}; sequential rows of the provider start from a quiet provider, their /s is 1/mean latency)`,
     `  podman run --rm, sequential     ${fmt(r.podmanRun1)}`,
     `  provider + pool, sequential     ${fmt(r.provider1)}`,
     `  podman run --rm, concurrency ${r.concurrency}  ${fmt(r.podmanRunN)}`,
