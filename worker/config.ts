@@ -145,19 +145,22 @@ export function parseWorkerConfig(
   }
   if (problems.length) throw new ConfigError(ErrorCodes.CONFIG_INVALID, `invalid configuration:\n  ${problems.join("\n  ")}`);
 
+  const concurrency = parsed.concurrency ?? availableParallelism();
+  const provider = parsed.provider ?? "local";
   const config: WorkerConfig = {
     redisUrl: parsed.redisUrl ?? DEFAULT_REDIS_URL,
     queue: parsed.queue ?? DEFAULT_QUEUE,
     prefix: parsed.prefix ?? DEFAULT_PREFIX,
-    provider: parsed.provider ?? "local",
-    concurrency: parsed.concurrency ?? availableParallelism(),
+    provider,
+    concurrency,
     workRoot: parsed.workRoot ?? join(state, "work"),
     imagesDir: parsed.imagesDir ?? join(state, "images"),
     snapshotsUrl: parsed.snapshotsUrl ?? `file://${join(state, "snapshots")}`,
     secretsDir: parsed.secretsDir,
     snapshotRetentionMs: parsed.snapshotRetention,
     dockerHost: parsed.dockerHost,
-    pool: { minIdle: parsed.poolMinIdle ?? 1, maxSize: parsed.poolMaxSize ?? 4 },
+    // Local pre-started sandboxes are cheap (three sleeping processes): one per job slot.
+    pool: { minIdle: parsed.poolMinIdle ?? (provider === "local" ? concurrency : 1), maxSize: parsed.poolMaxSize ?? 4 },
     metricsPort: parsed.metricsPort ?? 9464,
     metricsHost: parsed.metricsHost ?? "127.0.0.1",
     graceMs: parsed.graceMs ?? 30_000,

@@ -6,7 +6,7 @@ export async function createProvider(config: WorkerConfig): Promise<SandboxProvi
   switch (config.provider) {
     case "local": {
       const { LocalProvider } = await import("../providers/local/index.js");
-      return new LocalProvider({ workRoot: config.workRoot, imagesDir: config.imagesDir });
+      return new LocalProvider({ workRoot: config.workRoot, imagesDir: config.imagesDir, prestart: config.pool.minIdle });
     }
     case "docker": {
       const { DockerProvider } = await import("../providers/docker/index.js");

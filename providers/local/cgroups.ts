@@ -52,6 +52,11 @@ export interface ExecCgroup {
  */
 export interface SandboxCgroup {
   newExec(): Promise<ExecCgroup>;
+  /**
+   * New limits for the leaves made from now on and for the newest leaf
+   * (a pre-started sandbox gets its job's limits before the job runs).
+   */
+  setLimits(limits: CgroupLimits): void;
   /** Kills every process of every exec. */
   killAll(): Promise<void>;
   /** Kills what is left and removes the sandbox cgroup and its leaves. Idempotent. */
@@ -261,9 +266,10 @@ class LeafCgroup implements ExecCgroup {
 class SandboxCgroupImpl implements SandboxCgroup {
   private seq = 0;
   private readonly node: LeafCgroup;
+  private newest: Hierarchies | null = null;
   constructor(
     private readonly h: Hierarchies,
-    private readonly limits: CgroupLimits,
+    private limits: CgroupLimits,
   ) {
     this.node = new LeafCgroup(h, false);
   }
@@ -294,11 +300,35 @@ class SandboxCgroupImpl implements SandboxCgroup {
     ];
     try {
       await mkdirAll(h);
+      this.newest = h;
       return leaf;
     } catch (err) {
       await leaf.remove().catch(() => undefined);
       throw err;
     }
+  }
+
+  setLimits(limits: CgroupLimits): void {
+    this.limits = limits;
+    const h = this.newest;
+    if (!h) return;
+    const bytes = String(limits.memoryBytes);
+    const optional = (file: string, value: string): void => {
+      try {
+        writeFileSync(file, value);
+      } catch {
+        // absent without swap accounting
+      }
+    };
+    if (h.v2) {
+      writeFileSync(path.join(h.mem, "memory.max"), bytes);
+    } else {
+      // memory <= memory+swap at every step: lift memsw, set memory, then memsw to match.
+      optional(path.join(h.mem, "memory.memsw.limit_in_bytes"), "-1");
+      writeFileSync(path.join(h.mem, "memory.limit_in_bytes"), bytes);
+      optional(path.join(h.mem, "memory.memsw.limit_in_bytes"), bytes);
+    }
+    writeFileSync(path.join(h.pids, "pids.max"), String(limits.pids));
   }
 
   killAll(): Promise<void> {

@@ -7,6 +7,12 @@
  *   <workRoot>/<id>/workspace/   bound read-write at /workspace
  *   <cgroup mount>/<cgroupParent>/<id>   (per hierarchy on v1)
  * The owner pid in the name lets reap() find sandboxes of dead workers.
+ *
+ * Pre-start pool: with `prestart` > 0 the provider keeps that many sandboxes
+ * per recently used image with their bwrap already started (launcher waiting
+ * for its request), so a job does not wait for bwrap's namespace and mount
+ * setup. A pooled sandbox still serves exactly one job: the pool only moves
+ * creation off the job's path, as the docker provider's warm pool does.
  */
 import { accessSync, constants as fsConstants, existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { access, readFile, readdir, rm, constants } from "node:fs/promises";
@@ -19,6 +25,7 @@ import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.
 import { detectCgroups, type CgroupManager, type SandboxCgroup } from "./cgroups.js";
 import { HOST_IMAGE, dirImageOps, hostImageOps } from "./image-root.js";
 import { LocalSandbox } from "./local-sandbox.js";
+import { Spawner } from "./spawner.js";
 import { mountWorkRootTmpfs, type WorkRootMount } from "./workspace-mount.js";
 
 export interface LocalProviderOptions {
@@ -46,7 +53,16 @@ export interface LocalProviderOptions {
    * tmpfs (default: the kernel's, half of RAM).
    */
   workspaceTmpfs?: boolean | { sizeMb?: number };
+  /** Pre-started sandboxes kept per recently used image. Default 0 (none). */
+  prestart?: number;
+  /** Runs the spawn helper (spawner.py). Default: `python3` found on PATH. */
+  pythonPath?: string;
 }
+
+/** Images the pre-start pool keeps sandboxes for: the most recently used ones. */
+const PRESTART_IMAGES = 4;
+/** Limits of a pre-started sandbox until a job adopts it: only the launcher runs meanwhile. */
+const PRESTART_LIMITS = { memoryMb: 64, pids: 16 };
 
 /** Processes bwrap itself keeps in the cgroup: its monitor and the namespace's pid 1. */
 export const BWRAP_OVERHEAD_PIDS = 2;
@@ -108,6 +124,11 @@ export class LocalProvider implements SandboxProvider {
   private readonly live = new Map<string, LocalSandbox>();
   private closing: Promise<void> | null = null;
   private readonly workMount: WorkRootMount | null;
+  private readonly spawner: Spawner;
+  private readonly prestartCount: number;
+  /** Idle pre-started sandboxes per image, most recently used image last. */
+  private readonly warm = new Map<string, LocalSandbox[]>();
+  private filling: Promise<void> | null = null;
 
   /** Throws CGROUP_UNAVAILABLE or PROVIDER_UNAVAILABLE when this machine cannot sandbox. */
   constructor(opts: LocalProviderOptions = {}) {
@@ -120,6 +141,16 @@ export class LocalProvider implements SandboxProvider {
       );
     }
     this.bwrapPath = bwrap;
+    const python = opts.pythonPath ?? findOnPath("python3");
+    if (!python || !existsSync(python)) {
+      throw new ProviderError(
+        ErrorCodes.PROVIDER_UNAVAILABLE,
+        `python3 not found (${opts.pythonPath ?? "no 'python3' on PATH"}); the local provider's spawn helper needs it: install the 'python3-minimal' package`,
+        { retryable: false },
+      );
+    }
+    this.spawner = new Spawner(python);
+    this.prestartCount = opts.prestart ?? 0;
     this.cgroups = detectCgroups({ parent: opts.cgroupParent ?? "sandqueue", version: opts.cgroupVersion });
     this.workRoot = path.resolve(opts.workRoot ?? path.join(os.tmpdir(), "sandqueue-work"));
     mkdirSync(this.workRoot, { recursive: true, mode: 0o700 });
@@ -160,15 +191,88 @@ export class LocalProvider implements SandboxProvider {
     if (spec.network !== "none") {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode '${String(spec.network)}' is not supported`, { retryable: false });
     }
-    const throwIfAborted = (): void => {
-      if (opts.signal?.aborted) {
-        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: opts.signal.reason });
-      }
-    };
-    throwIfAborted();
+    if (opts.signal?.aborted) {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: opts.signal.reason });
+    }
+    const warm = this.takeWarm(spec);
+    if (warm) return warm;
     // Resolved before anything is created: an unknown image costs nothing.
     const rootOps = spec.image === HOST_IMAGE ? this.hostOps : await dirImageOps(this.imagesDir, spec.image);
+    const sandbox = await this.create(spec.image, rootOps, spec.limits, spec.labels, opts.signal);
+    this.scheduleFill(spec.image);
+    return sandbox;
+  }
 
+  /** A pre-started sandbox of this image, given the job's limits and labels; null when none is ready. */
+  private takeWarm(spec: SandboxSpec): LocalSandbox | null {
+    if (this.prestartCount <= 0) return null;
+    const idle = this.warm.get(spec.image);
+    if (!idle) return null;
+    // Most recently used image last: the pool keeps the latest few.
+    this.warm.delete(spec.image);
+    this.warm.set(spec.image, idle);
+    this.scheduleFill(spec.image);
+    for (let box = idle.shift(); box; box = idle.shift()) {
+      try {
+        box.adopt(
+          { memoryBytes: spec.limits.memoryMb * MiB, pids: spec.limits.pids + BWRAP_OVERHEAD_PIDS },
+          JSON.stringify({ pid: process.pid, labels: spec.labels, image: spec.image }),
+        );
+        return box;
+      } catch {
+        void box.release().catch(() => undefined); // e.g. limits below what its launcher uses: try the next
+      }
+    }
+    return null;
+  }
+
+  /** Refills the pre-start pool in the background, one sandbox at a time (the running jobs come first). */
+  private scheduleFill(image: string): void {
+    if (this.prestartCount <= 0 || this.closing) return;
+    if (!this.warm.has(image)) {
+      this.warm.set(image, []);
+      while (this.warm.size > PRESTART_IMAGES) {
+        const [oldest, boxes] = this.warm.entries().next().value as [string, LocalSandbox[]];
+        this.warm.delete(oldest);
+        for (const b of boxes) void b.release().catch(() => undefined);
+      }
+    }
+    this.filling ??= new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.fill())
+      .finally(() => (this.filling = null));
+  }
+
+  private async fill(): Promise<void> {
+    for (;;) {
+      if (this.closing) return;
+      const entry = [...this.warm.entries()].reverse().find(([, idle]) => idle.length < this.prestartCount);
+      if (!entry) return;
+      const [image, idle] = entry;
+      try {
+        const rootOps = image === HOST_IMAGE ? this.hostOps : await dirImageOps(this.imagesDir, image);
+        const box = await this.create(image, rootOps, PRESTART_LIMITS, {});
+        await box.prestart();
+        if (this.closing || this.warm.get(image) !== idle) await box.release();
+        else idle.push(box);
+      } catch {
+        // The image vanished or the machine is short of something: jobs create their own sandboxes meanwhile.
+        return;
+      }
+    }
+  }
+
+  private async create(
+    image: string,
+    rootOps: readonly string[],
+    limits: { memoryMb: number; pids: number },
+    labels: Record<string, string>,
+    signal?: AbortSignal,
+  ): Promise<LocalSandbox> {
+    const throwIfAborted = (): void => {
+      if (signal?.aborted) {
+        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
+      }
+    };
     const id = `sq-${process.pid}-${randomBytes(6).toString("hex")}`;
     const sandboxDir = path.join(this.workRoot, id);
     const workspaceHostDir = path.join(sandboxDir, "workspace");
@@ -178,11 +282,11 @@ export class LocalProvider implements SandboxProvider {
       // Three metadata calls: synchronous is cheaper than three thread-pool round trips.
       mkdirSync(sandboxDir, { mode: 0o700 });
       releasers.push(() => rm(sandboxDir, { recursive: true, force: true }));
-      writeFileSync(path.join(sandboxDir, "owner.json"), JSON.stringify({ pid: process.pid, labels: spec.labels, image: spec.image }));
+      writeFileSync(path.join(sandboxDir, "owner.json"), JSON.stringify({ pid: process.pid, labels, image }));
       mkdirSync(workspaceHostDir, { mode: 0o755 });
       const cgroup: SandboxCgroup = await this.cgroups.create(id, {
-        memoryBytes: memoryMb * MiB,
-        pids: pids + BWRAP_OVERHEAD_PIDS,
+        memoryBytes: limits.memoryMb * MiB,
+        pids: limits.pids + BWRAP_OVERHEAD_PIDS,
       });
       releasers.push(() => cgroup.remove());
       throwIfAborted();
@@ -192,6 +296,7 @@ export class LocalProvider implements SandboxProvider {
         workspaceHostDir,
         rootOps,
         cgroup,
+        spawner: this.spawner,
         bwrapPath: this.bwrapPath,
         uid: this.uid,
         gid: this.gid,
@@ -224,13 +329,21 @@ export class LocalProvider implements SandboxProvider {
     }
   }
 
+  /** Ids of the pre-started sandboxes waiting in the pool. */
+  get idleSandboxes(): string[] {
+    return [...this.warm.values()].flat().map((b) => b.id);
+  }
+
   /**
-   * Host resources this provider's sandboxes hold right now (workspace
-   * directories and cgroup directories), for tests and operators.
+   * Host resources held right now by sandboxes other than the idle
+   * pre-started ones (workspace directories and cgroup directories): what a
+   * job left behind shows up here. For tests and operators.
    */
   async resources(): Promise<string[]> {
-    const dirs = (await readdir(this.workRoot).catch(() => [] as string[])).filter((n) => SANDBOX_NAME.test(n));
-    const cgroups = (await this.cgroups.list()).filter((n) => SANDBOX_NAME.test(n));
+    const idle = new Set(this.idleSandboxes);
+    const mine = (n: string) => SANDBOX_NAME.test(n) && !idle.has(n);
+    const dirs = (await readdir(this.workRoot).catch(() => [] as string[])).filter(mine);
+    const cgroups = (await this.cgroups.list()).filter(mine);
     return [...dirs.map((n) => path.join(this.workRoot, n)), ...cgroups.flatMap((n) => this.cgroups.dirsOf(n).filter(existsSync))].sort();
   }
 
@@ -270,10 +383,13 @@ export class LocalProvider implements SandboxProvider {
 
   close(): Promise<void> {
     this.closing ??= (async () => {
+      await this.filling;
+      this.warm.clear();
       const results = await Promise.allSettled([
         ...[...this.live.values()].map((s) => s.release()),
         rm(this.hostEtcDir, { recursive: true, force: true }),
       ]);
+      this.spawner.close();
       this.workMount?.close();
       const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failed) throw failed.reason;

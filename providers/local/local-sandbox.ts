@@ -1,30 +1,31 @@
 /**
- * One local sandbox: a host workspace directory plus a cgroup; every exec is
- * a fresh bwrap process tree placed in that cgroup before it can fork.
+ * One local sandbox: a host workspace directory plus a cgroup. Every exec is
+ * a fresh bwrap process tree in a fresh leaf cgroup, started by the spawn
+ * helper (spawner.ts) with a launcher that waits for the request
+ * (launch-request.ts). A sandbox from the pre-start pool has that bwrap
+ * running already, so its exec skips bwrap's namespace and mount setup.
  */
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { readdirSync, rmdirSync, unlinkSync } from "node:fs";
+import { constants as fsConstants, openSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
-import type { Readable, Writable } from "node:stream";
+import net from "node:net";
+import { constants as osConstants } from "node:os";
+import path from "node:path";
+import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
 import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider.js";
 import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
-import type { CgroupWrite, SandboxCgroup } from "./cgroups.js";
+import type { CgroupLimits, CgroupWrite, ExecCgroup, SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
 import { hostDirFor } from "./workspace-path.js";
 import { seccompProgram } from "./seccomp.js";
 import { isListed, killAllExcept, waitFor } from "./sandbox-kill.js";
-import { closeInheritedPrefix, inheritedFds } from "./inherited-fds.js";
+import { LAUNCHER_ARGV, REQUEST_FD, launchScript } from "./launch-request.js";
+import type { Spawner, SpawnedProcess } from "./spawner.js";
 
-/**
- * bwrap reads its arguments from this fd (`--args`) and the seccomp program
- * from the next one: nothing of the request (environment, secrets, code)
- * appears on a command line, which any host user can read with `ps`.
- */
-const ARGS_FD = 3;
+/** bwrap reads the seccomp program from this fd. */
 const SECCOMP_FD = 4;
 
 /** How often the memory cgroup's OOM-kill counter is read while an exec runs. */
@@ -39,6 +40,8 @@ const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output",
  * unforgeable by job code, which never sees the wrapper's command line.
  */
 const CGROUP_JOIN_FAILED = "sandqueue: cgroup join failed";
+
+const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 
 /**
  * `sh -c` wrapper: sets the leaf's limits, joins it with its own pid, then
@@ -55,13 +58,22 @@ function wrapperScript(writes: readonly CgroupWrite[], failMarker: string): stri
   return `{ ${steps.join(" && ")}; } 2>/dev/null || { echo '${failMarker}' >&2; exit 125; }; shift ${writes.length}; exec "$@"`;
 }
 
+/** Opens one end of a FIFO without blocking, as a stream the event loop polls (no thread-pool reads). */
+function fifoSocket(file: string, mode: "read" | "write"): net.Socket {
+  const flags = (mode === "read" ? fsConstants.O_RDONLY : fsConstants.O_WRONLY) | fsConstants.O_NONBLOCK;
+  const sock = new net.Socket({ fd: openSync(file, flags), readable: mode === "read", writable: mode === "write" });
+  sock.on("error", () => undefined); // EPIPE when the program exits without reading its input is not an error
+  return sock;
+}
+
 export interface LocalSandboxContext {
   id: string;
-  /** Host directory owning everything of the sandbox (workspace, marker). */
+  /** Host directory owning everything of the sandbox (workspace, marker, FIFOs). */
   sandboxDir: string;
   workspaceHostDir: string;
   rootOps: readonly string[];
   cgroup: SandboxCgroup;
+  spawner: Spawner;
   bwrapPath: string;
   uid: number;
   gid: number;
@@ -70,11 +82,22 @@ export interface LocalSandboxContext {
   onReleased: () => void;
 }
 
+/** A bwrap started ahead of its request: the launcher blocks on the request FIFO. */
+interface Launched {
+  proc: SpawnedProcess;
+  cg: ExecCgroup;
+  fifos: { stdin: string; stdout: string; stderr: string; request: string };
+  failMarker: string;
+  procsFile: string | undefined;
+}
+
 export class LocalSandbox implements Sandbox {
   readonly id: string;
   private running: { kill: (why: ExecLimitHit) => void } | null = null;
   private releasing: Promise<void> | null = null;
   private readonly leafRemovals = new Set<Promise<void>>();
+  private launched: Launched | null = null;
+  private launches = 0;
 
   constructor(private readonly ctx: LocalSandboxContext) {
     this.id = ctx.id;
@@ -90,27 +113,95 @@ export class LocalSandbox implements Sandbox {
     }
   }
 
+  /**
+   * Starts the bwrap of the next exec now (pre-start pool). Its launcher
+   * runs nothing of a job until exec() writes the request.
+   */
+  async prestart(): Promise<void> {
+    this.assertLive();
+    if (this.launched || this.running) return;
+    const launched = await this.launch();
+    if (this.releasing) return void (await this.discard(launched));
+    this.launched = launched;
+  }
+
+  /** The job's limits and labels for a pre-started sandbox handed out by the pool. */
+  adopt(limits: CgroupLimits, owner: string): void {
+    this.ctx.cgroup.setLimits(limits);
+    writeFileSync(path.join(this.ctx.sandboxDir, "owner.json"), owner);
+  }
+
+  private async launch(): Promise<Launched> {
+    const { ctx } = this;
+    let cg: ExecCgroup;
+    try {
+      // A fresh leaf cgroup per exec: its counters start at zero and no exited
+      // task of an earlier exec still counts against its pids limit.
+      cg = await ctx.cgroup.newExec();
+    } catch (err) {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not create the exec cgroup: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
+    try {
+      const n = ++this.launches;
+      const f = (name: string) => path.join(ctx.sandboxDir, `x${n}.${name}`);
+      const fifos = { stdin: f("in"), stdout: f("out"), stderr: f("err"), request: f("req") };
+      const seccompFile = f("seccomp");
+      writeFileSync(seccompFile, seccompProgram(), { mode: 0o600 });
+      const args = buildBwrapArgs({
+        rootOps: ctx.rootOps,
+        workspaceHostDir: ctx.workspaceHostDir,
+        argv: LAUNCHER_ARGV,
+        env: {},
+        cwd: "/",
+        uid: ctx.uid,
+        gid: ctx.gid,
+        tmpSizeBytes: ctx.tmpSizeBytes,
+        seccompFd: SECCOMP_FD,
+      });
+      const writes = cg.joinWrites;
+      const failMarker = `${CGROUP_JOIN_FAILED} ${randomBytes(8).toString("hex")}`;
+      // Nothing of a request is in these arguments: environment and command come through the request FIFO.
+      const proc = await ctx.spawner.start({
+        argv: ["/bin/sh", "-c", wrapperScript(writes, failMarker), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, ...args],
+        mkfifo: [fifos.stdin, fifos.stdout, fifos.stderr, fifos.request],
+        fds: [
+          [0, fifos.stdin, "r"],
+          [1, fifos.stdout, "rw"],
+          [2, fifos.stderr, "rw"],
+          [SECCOMP_FD, seccompFile, "r"],
+          [REQUEST_FD, fifos.request, "rw"],
+        ],
+      });
+      unlinkSync(seccompFile); // bwrap holds it open; nothing else needs the name
+      return { proc, cg, fifos, failMarker, procsFile: writes.filter((w) => w.file.endsWith("cgroup.procs")).at(-1)?.file };
+    } catch (err) {
+      await cg.remove().catch(() => undefined);
+      if (isSandqueueError(err)) throw err;
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not start bwrap: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
+  }
+
+  /** Kills a launched bwrap that will not run anything and removes its traces. */
+  private async discard(l: Launched): Promise<void> {
+    await l.cg.killAll().catch(() => undefined);
+    if (!(await waitFor(() => l.proc.hasExited, 500))) safeKill(l.proc.pid);
+    await l.proc.exited;
+    await l.cg.remove().catch(() => undefined);
+    unlinkFifos(l);
+  }
+
   async exec(req: ExecRequest): Promise<ExecResult> {
     this.assertLive();
     if (this.running) {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id} is already running an exec`, { retryable: false });
     }
-    const { ctx } = this;
-    const args = buildBwrapArgs({
-      rootOps: ctx.rootOps,
-      workspaceHostDir: ctx.workspaceHostDir,
-      argv: req.argv,
-      env: req.env,
-      cwd: req.cwd,
-      uid: ctx.uid,
-      gid: ctx.gid,
-      tmpSizeBytes: ctx.tmpSizeBytes,
-      seccompFd: SECCOMP_FD,
-    });
-    // Options (environment and secrets included) go through ARGS_FD; only
-    // "--" and the command stay on the command line (bwrap takes the command there).
-    const optionsEnd = args.length - req.argv.length - 1;
-    if (args[optionsEnd] !== "--") throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "unexpected bwrap argument layout", { retryable: false });
+    const script = launchScript(req);
     const started = performance.now();
     if (req.signal?.aborted) {
       return {
@@ -118,70 +209,42 @@ export class LocalSandbox implements Sandbox {
         stdoutTruncated: false, stderrTruncated: false, limitHit: "aborted", durationMs: 0,
       };
     }
-    // A fresh leaf cgroup per exec: its counters start at zero and no exited
-    // task of an earlier exec still counts against its pids limit.
     // Busy from here on (archive calls and a second exec are refused); a kill
     // requested before the process exists is replayed once it does.
     let earlyKill: ExecLimitHit | null = null;
     this.running = { kill: (why) => (earlyKill ??= why) };
-    let cg;
+    let l = this.launched;
+    this.launched = null;
     try {
-      cg = await ctx.cgroup.newExec();
+      // A pre-started bwrap that died while idle (its setup failed) is replaced.
+      if (l?.proc.hasExited) {
+        await this.discard(l);
+        l = null;
+      }
+      l ??= await this.launch();
     } catch (err) {
       this.running = null;
-      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not create the exec cgroup: ${(err as Error).message}`, {
-        retryable: true,
-        cause: err,
-      });
+      throw err;
     }
     if (this.releasing) {
-      // Released while the leaf was being made: run nothing, leave nothing.
+      // Released while it was being started: run nothing, leave nothing.
       this.running = null;
-      await cg.remove().catch(() => undefined);
+      await this.discard(l);
       this.assertLive();
     }
+    const { proc, cg, procsFile } = l;
     const hits = new Set<ExecLimitHit>();
-    const writes = cg.joinWrites;
-    const failMarker = `${CGROUP_JOIN_FAILED} ${randomBytes(8).toString("hex")}`;
-    let child: ChildProcess;
-    try {
-      // fds the worker inherited without close-on-exec must not reach the sandbox (inherited-fds.ts).
-      const { shell, prefix } = closeInheritedPrefix(inheritedFds(), [ARGS_FD, SECCOMP_FD]);
-      child = spawn(shell, ["-c", prefix + wrapperScript(writes, failMarker), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, "--args", String(ARGS_FD), ...args.slice(optionsEnd)], {
-        // The wrapper and bwrap get an empty environment too; bwrap --clearenv
-        // then sets only the request's variables.
-        env: {},
-        stdio: [req.stdin === undefined ? "ignore" : "pipe", "pipe", "pipe", "pipe", "pipe"],
-      });
-      // NUL-terminated arguments, then the compiled filter: a few KiB at most.
-      for (const [fd, data] of [[ARGS_FD, Buffer.from(args.slice(0, optionsEnd).map((a) => `${a}\0`).join(""))], [SECCOMP_FD, seccompProgram()]] as const) {
-        const w = child.stdio[fd] as Writable;
-        w.on("error", () => undefined);
-        w.end(data);
-      }
-    } catch (err) {
-      this.running = null;
-      await cg.remove().catch(() => undefined);
-      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not spawn bwrap: ${(err as Error).message}`, {
-        retryable: true,
-        cause: err,
-      });
-    }
-
     let killed = false;
     // Cgroup sweeps started from event handlers; awaited before exec returns so
     // a late sweep can never hit the next exec's processes.
     const sweeps: Promise<void>[] = [];
-    const sweep = (): void => void sweeps.push(cg.killAll().catch(() => undefined));
-    const procsFile = writes.filter((w) => w.file.endsWith("cgroup.procs")).at(-1)?.file;
-    const exited = (): boolean => child.exitCode !== null || child.signalCode !== null;
     const kill = (why: ExecLimitHit): void => {
       hits.add(why);
       if (killed) return;
       killed = true;
       if (!procsFile) {
-        child.kill("SIGKILL");
-        sweep();
+        safeKill(proc.pid);
+        sweeps.push(cg.killAll().catch(() => undefined));
         return;
       }
       // Everything but bwrap's monitor first: the monitor then reaps the
@@ -190,27 +253,45 @@ export class LocalSandbox implements Sandbox {
       // yet (bwrap not started) or lingers; the sweep catches the rest.
       sweeps.push(
         (async () => {
-          if (await isListed(procsFile, child.pid)) {
-            await killAllExcept(procsFile, child.pid);
-            if (!(await waitFor(exited, 500))) child.kill("SIGKILL");
+          if (await isListed(procsFile, proc.pid)) {
+            await killAllExcept(procsFile, proc.pid);
+            if (!(await waitFor(() => proc.hasExited, 500))) safeKill(proc.pid);
           } else {
-            child.kill("SIGKILL");
+            safeKill(proc.pid);
           }
           await cg.killAll();
         })().catch(() => undefined),
       );
     };
+
+    let stdout: CappedCapture;
+    let stderr: CappedCapture;
+    const writers: net.Socket[] = [];
+    try {
+      stdout = new CappedCapture(fifoSocket(l.fifos.stdout, "read"), req.maxOutputBytes, () => kill("output"));
+      stderr = new CappedCapture(fifoSocket(l.fifos.stderr, "read"), req.maxOutputBytes, () => kill("output"));
+      // Without a writer the program reads end-of-file, as from /dev/null. The
+      // writer opens before the request: the program never sees a premature end.
+      if (req.stdin !== undefined) {
+        const w = fifoSocket(l.fifos.stdin, "write");
+        writers.push(w);
+        w.end(req.stdin);
+      }
+      const r = fifoSocket(l.fifos.request, "write");
+      writers.push(r);
+      r.end(script);
+    } catch (err) {
+      // The launcher is gone (ENXIO: no reader) or the FIFOs are: nothing of the job ran.
+      this.running = null;
+      for (const w of writers) w.destroy();
+      await this.discard(l);
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not hand the request to bwrap: ${(err as Error).message}`, {
+        retryable: true,
+        cause: err,
+      });
+    }
     this.running = { kill };
     if (earlyKill) kill(earlyKill);
-
-    const stdout = new CappedCapture(child.stdout!, req.maxOutputBytes, () => kill("output"));
-    const stderr = new CappedCapture(child.stderr!, req.maxOutputBytes, () => kill("output"));
-
-    if (req.stdin !== undefined && child.stdin) {
-      // EPIPE when the program exits without reading its input is not an error.
-      child.stdin.on("error", () => undefined);
-      child.stdin.end(req.stdin);
-    }
 
     const timer = setTimeout(() => kill("timeout"), req.timeoutMs);
     // cgroup v1 has no memory.oom.group: the first OOM kill ends the whole
@@ -222,12 +303,11 @@ export class LocalSandbox implements Sandbox {
     req.signal?.addEventListener("abort", onAbort, { once: true });
 
     try {
-      const [exitCode, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve, reject) => {
-        child.once("error", reject);
-        child.once("close", (code, sig) => resolve([code, sig]));
-      });
+      const status = await proc.exited;
       await Promise.all([stdout.done, stderr.done]);
-      if (exitCode === 125 && stderr.bytes.toString().trim() === failMarker) {
+      const exitCode = status.code;
+      const signal = status.signal === null ? null : (SIGNAL_NAMES.get(status.signal) ?? `SIG${status.signal}`);
+      if (exitCode === 125 && stderr.bytes.toString().trim() === l.failMarker) {
         throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not place the process in its cgroup`, {
           retryable: true,
         });
@@ -248,7 +328,7 @@ export class LocalSandbox implements Sandbox {
         stderr: stderr.bytes,
         stdoutTruncated: stdout.truncated,
         stderrTruncated: stderr.truncated,
-        limitHit: LIMIT_PRIORITY.find((l) => hits.has(l)) ?? null,
+        limitHit: LIMIT_PRIORITY.find((lim) => hits.has(lim)) ?? null,
         durationMs: Math.round(performance.now() - started),
       };
     } catch (err) {
@@ -260,8 +340,10 @@ export class LocalSandbox implements Sandbox {
       });
     } finally {
       await Promise.all(sweeps);
+      for (const w of writers) w.destroy();
       // Off the result's path; release() waits for it.
-      const removal = cg.remove().catch(() => undefined);
+      const launched = l;
+      const removal = cg.remove().then(() => unlinkFifos(launched), () => undefined);
       this.leafRemovals.add(removal);
       void removal.then(() => this.leafRemovals.delete(removal));
       clearTimeout(timer);
@@ -303,7 +385,10 @@ export class LocalSandbox implements Sandbox {
   /** Every step runs even when an earlier one fails; the first failure is reported. */
   private async doRelease(): Promise<void> {
     this.running?.kill("aborted");
+    const idle = this.launched;
+    this.launched = null;
     const steps = [
+      () => (idle ? this.discard(idle) : Promise.resolve()),
       () => Promise.all(this.leafRemovals),
       () => this.ctx.cgroup.remove(),
       // fs.rm does not follow symlinks planted in the workspace: it unlinks them.
@@ -327,17 +412,36 @@ export class LocalSandbox implements Sandbox {
   }
 }
 
+function safeKill(pid: number): void {
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+}
+
+function unlinkFifos(l: Launched): void {
+  for (const file of Object.values(l.fifos)) {
+    try {
+      unlinkSync(file);
+    } catch {
+      // already gone (or never made)
+    }
+  }
+}
+
 /**
  * Removes a sandbox directory. A job that left its workspace empty (the
- * common case for one-shot jobs) costs three synchronous unlink/rmdir calls;
- * anything else goes through the asynchronous recursive rm, which never
- * follows symlinks and never blocks the event loop on a large tree.
+ * common case for one-shot jobs) costs a few synchronous unlink/rmdir calls
+ * (the sandbox directory then holds only files of ours); anything else goes
+ * through the asynchronous recursive rm, which never follows symlinks and
+ * never blocks the event loop on a large tree.
  */
 async function removeSandboxDir(sandboxDir: string, workspaceHostDir: string): Promise<void> {
   try {
     if (readdirSync(workspaceHostDir).length === 0) {
       rmdirSync(workspaceHostDir);
-      unlinkSync(`${sandboxDir}/owner.json`);
+      for (const name of readdirSync(sandboxDir)) unlinkSync(path.join(sandboxDir, name));
       rmdirSync(sandboxDir);
       return;
     }

@@ -8,7 +8,6 @@ import { execFileSync, spawn } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { closeInheritedPrefix, inheritedFds } from "../../providers/local/inherited-fds.js";
 import { procMaskOps } from "../../providers/local/proc-mask.js";
 import { killAllExcept, waitFor } from "../../providers/local/sandbox-kill.js";
 import { mountTypeAt, mountWorkRootTmpfs, type WorkRootMount } from "../../providers/local/workspace-mount.js";
@@ -98,22 +97,5 @@ describe("kill helper", () => {
     expect(await waitFor(exited(victims[1]!), 2000)).toBe(true);
     expect(exited(monitor)()).toBe(false);
     monitor.kill("SIGKILL");
-  });
-});
-
-describe("inherited fds", () => {
-  it("finds fds without close-on-exec and closes them in the wrapper (bash when above 9)", () => {
-    const dir = tempDir("fdinfo");
-    const info = (flags: string) => `pos:\t0\nflags:\t${flags}\nmnt_id:\t1\n`;
-    writeFileSync(path.join(dir, "0"), info("02"));
-    writeFileSync(path.join(dir, "5"), info("02000002")); // O_CLOEXEC: libuv's own
-    writeFileSync(path.join(dir, "7"), info("0100002"));
-    writeFileSync(path.join(dir, "251"), info("01"));
-    expect(inheritedFds(dir).sort((a, b) => a - b)).toEqual([7, 251]);
-    expect(closeInheritedPrefix([], [3, 4])).toEqual({ shell: "/bin/sh", prefix: "" });
-    expect(closeInheritedPrefix([3, 7], [3, 4])).toEqual({ shell: "/bin/sh", prefix: "exec 7>&-; " });
-    expect(closeInheritedPrefix([7, 251], [3, 4])).toEqual({ shell: "/bin/bash", prefix: "exec 7>&- 251>&-; " });
-    // This process: whatever it lists really lacks close-on-exec.
-    for (const fd of inheritedFds()) expect(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8")).not.toMatch(/^flags:\s+[0-7]*[2367][0-7]{6}$/m);
   });
 });
