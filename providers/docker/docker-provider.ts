@@ -149,7 +149,9 @@ export class DockerProvider implements SandboxProvider {
     // Pooled containers were created before this job existed, so they carry
     // the provider labels (owner, pid, host) but not spec.labels: Docker
     // labels cannot be changed after create. Reaping works on owner labels.
-    const pooled = this.pool.take(poolKey(spec), templateOf(spec));
+    const pooled = await this.pool.take(poolKey(spec), templateOf(spec), opts.signal);
+    if (pooled && opts.signal?.aborted) await this.removeContainer(pooled.id).catch(() => {});
+    throwIfAborted(opts.signal);
     const container = pooled ?? (await this.createContainer({ ...templateOf(spec), labels: spec.labels }, opts.signal));
     const box = new DockerSandbox(this, container, spec, this.opts.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS);
     this.live.add(box);

@@ -17,7 +17,11 @@ export interface WarmPoolOptions {
   maxSize: number;
   /** A key nobody asked for during this long is dropped. Default 10 min. */
   keyIdleMs?: number;
-  /** Containers created at once per key. Default 1: on a small host parallel creates slow the running jobs. */
+  /**
+   * Containers created at once per key. Default 2: with jobs served over
+   * attach, creation is what limits throughput, and two creates at once
+   * keep a 2-core host busy (docs/PERFORMANCE.md has the figures).
+   */
   fillConcurrency?: number;
 }
 
@@ -28,6 +32,8 @@ export interface PoolMember {
 interface KeyState<T> {
   idle: T[];
   creating: number;
+  /** Acquires waiting for a container being created (never more than `creating`). */
+  waiters: Array<(member: T | undefined) => void>;
   lastDemand: number;
   template: unknown;
 }
@@ -38,7 +44,11 @@ export class WarmPool<T extends PoolMember> {
   private readonly inflight = new Set<Promise<void>>();
   private failures = 0;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** Acquires served by a ready container. */
   hits = 0;
+  /** Acquires served by a container that was being created when they asked. */
+  waits = 0;
+  /** Acquires the pool could not serve (the caller creates one). */
   misses = 0;
 
   constructor(
@@ -51,20 +61,48 @@ export class WarmPool<T extends PoolMember> {
     return this.opts.minIdle > 0 && this.opts.maxSize > 0;
   }
 
-  /** Takes a ready container for `key`, or undefined; registers the demand either way. */
-  take(key: string, template: unknown): T | undefined {
+  /**
+   * Takes a ready container for `key`; else, when more are being created for
+   * the key than acquires already wait for, the next one that is ready
+   * (already part way, so sooner than a create of one's own, and the host
+   * does not run more creates at once than the pool allows). Undefined: the
+   * caller creates one. Registers the demand either way.
+   */
+  async take(key: string, template: unknown, signal?: AbortSignal): Promise<T | undefined> {
     if (!this.enabled || this.closed) return undefined;
     let state = this.keys.get(key);
     if (!state) {
-      state = { idle: [], creating: 0, lastDemand: Date.now(), template };
+      state = { idle: [], creating: 0, waiters: [], lastDemand: Date.now(), template };
       this.keys.set(key, state);
     }
     state.lastDemand = Date.now();
     const member = state.idle.shift();
-    if (member) this.hits++;
-    else this.misses++;
     this.refill();
-    return member;
+    if (member) {
+      this.hits++;
+      return member;
+    }
+    if (state.creating <= state.waiters.length || signal?.aborted) {
+      this.misses++;
+      return undefined;
+    }
+    const waiters = state.waiters;
+    const got = await new Promise<T | undefined>((resolve) => {
+      const onAbort = (): void => {
+        const i = waiters.indexOf(waiter);
+        if (i >= 0) waiters.splice(i, 1);
+        resolve(undefined);
+      };
+      const waiter = (m: T | undefined): void => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve(m);
+      };
+      waiters.push(waiter);
+      signal?.addEventListener("abort", onAbort, { once: true });
+    });
+    if (got) this.waits++;
+    else this.misses++;
+    return got;
   }
 
   /** Registers demand for `key` without taking anything (prewarming). */
@@ -72,7 +110,7 @@ export class WarmPool<T extends PoolMember> {
     if (!this.enabled || this.closed) return;
     const state = this.keys.get(key);
     if (state) state.lastDemand = Date.now();
-    else this.keys.set(key, { idle: [], creating: 0, lastDemand: Date.now(), template });
+    else this.keys.set(key, { idle: [], creating: 0, waiters: [], lastDemand: Date.now(), template });
     this.refill();
   }
 
@@ -110,7 +148,7 @@ export class WarmPool<T extends PoolMember> {
         continue;
       }
       while (
-        state.creating < (this.opts.fillConcurrency ?? 1) &&
+        state.creating < (this.opts.fillConcurrency ?? 2) &&
         state.idle.length + state.creating < this.opts.minIdle &&
         this.total() < this.opts.maxSize
       ) {
@@ -124,8 +162,14 @@ export class WarmPool<T extends PoolMember> {
     try {
       const member = await this.create(state.template);
       this.failures = 0;
-      if (this.closed || !this.keys.has(this.keyOf(state))) await this.destroy(member).catch(() => {});
-      else state.idle.push(member);
+      if (this.closed) {
+        await this.destroy(member).catch(() => {});
+      } else {
+        const waiter = state.waiters.shift();
+        if (waiter) waiter(member);
+        else if (!this.keys.has(this.keyOf(state))) await this.destroy(member).catch(() => {});
+        else state.idle.push(member);
+      }
     } catch {
       // Engine down or image gone: back off instead of spinning; acquire
       // reports the real error on its cold path.
@@ -137,6 +181,8 @@ export class WarmPool<T extends PoolMember> {
       this.retryTimer.unref();
     } finally {
       state.creating--;
+      // Waiters beyond the creations still in flight create their own.
+      for (const w of state.waiters.splice(state.creating)) w(undefined);
     }
     this.refill();
   }
@@ -158,7 +204,10 @@ export class WarmPool<T extends PoolMember> {
     this.retryTimer = undefined;
     while (this.inflight.size) await Promise.allSettled([...this.inflight]);
     const members: T[] = [];
-    for (const s of this.keys.values()) members.push(...s.idle.splice(0));
+    for (const s of this.keys.values()) {
+      members.push(...s.idle.splice(0));
+      for (const w of s.waiters.splice(0)) w(undefined);
+    }
     this.keys.clear();
     await Promise.allSettled(members.map((m) => this.destroy(m)));
   }

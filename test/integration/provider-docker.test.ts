@@ -337,8 +337,9 @@ describe("docker provider specifics", () => {
   it("warm pool: acquire hands out a started container without waiting; drained on close", async () => {
     const p = makeProvider({ pool: { minIdle: 2, maxSize: 4 } });
     const s = spec({ memoryMb: 100, pids: 30 });
+    // A new key: the acquire takes the first container the pool starts for it.
     const first = await p.acquire(s, {});
-    expect(p.pool.misses).toBe(1);
+    expect(p.pool).toMatchObject({ waits: 1, misses: 0 });
     await first.release();
     await p.pool.waitReady();
     expect(p.pool.idleCount()).toBe(2);
@@ -352,11 +353,32 @@ describe("docker provider specifics", () => {
     // Pooled containers carry the limits of their key.
     const info = await engine.json<{ HostConfig: { Memory: number; PidsLimit: number } }>({ method: "GET", path: `/containers/${box.id}/json` });
     expect(info.HostConfig).toMatchObject({ Memory: 100 * 1024 * 1024, PidsLimit: 30 });
-    // Other limits are another key: a miss, never a container with the wrong limits.
+    // Other limits are another key, never a container with the wrong limits.
     const other = await p.acquire(spec({ memoryMb: 64 }), {});
-    expect(p.pool.misses).toBe(2);
+    expect(p.pool.hits).toBe(1);
+    const otherInfo = await engine.json<{ HostConfig: { Memory: number } }>({ method: "GET", path: `/containers/${other.id}/json` });
+    expect(otherInfo.HostConfig.Memory).toBe(64 * 1024 * 1024);
     await Promise.all([box.release(), other.release()]);
     await p.close();
+    await p.close();
+    expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
+  });
+
+  it("warm pool: acquires wait only for creations in flight; an aborted wait leaves nothing behind", async () => {
+    const p = makeProvider({ pool: { minIdle: 1, maxSize: 2, fillConcurrency: 1 } });
+    const s = spec({ memoryMb: 110 });
+    // One creation in flight: the first acquire waits for it, the second creates its own.
+    const [a, b] = await Promise.all([p.acquire(s, {}), p.acquire(s, {})]);
+    expect(p.pool).toMatchObject({ waits: 1, misses: 1 });
+    await Promise.all([a.release(), b.release()]);
+    await p.pool.waitReady();
+    // Drain the ready one, then abort an acquire that waits for the refill.
+    const c = await p.acquire(s, {});
+    const ac = new AbortController();
+    const waiting = p.acquire(s, { signal: ac.signal });
+    ac.abort();
+    await expect(waiting).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
+    await c.release();
     await p.close();
     expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
   });
