@@ -36,7 +36,8 @@ export async function runDockerQueueBench(n = Number(process.env.BENCH_DOCKER_N 
       provider: "docker",
       dockerHost,
       concurrency,
-      pool: { minIdle: concurrency, maxSize: concurrency * 2 },
+      // As bench/docker.ts: two ready, four at most (docs/PERFORMANCE.md).
+      pool: { minIdle: 2, maxSize: 4 },
       metricsPort: 0,
       logJobs: false,
     });

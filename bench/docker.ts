@@ -29,8 +29,9 @@ export interface DockerBenchResult {
   podmanRunN: RunStats;
   provider1: RunStats;
   providerN: RunStats;
-  /** How many acquires the warm pool served (of all provider jobs). */
+  /** How many acquires the warm pool served, ready or still being created (of all provider jobs). */
   poolHits: number;
+  poolWaits: number;
   poolMisses: number;
 }
 
@@ -91,6 +92,7 @@ export async function runDockerBench(opts: DockerBenchOptions = {}): Promise<Doc
     await quiet();
     const hits0 = provider.pool.hits;
     const misses0 = provider.pool.misses;
+    const waits0 = provider.pool.waits;
 
     // Interleaved so machine noise hits both sides alike.
     const podman1 = await timedPool(Math.ceil(n / 2), 1, () => podmanRun(image));
@@ -112,6 +114,7 @@ export async function runDockerBench(opts: DockerBenchOptions = {}): Promise<Doc
       providerN: stats(provN.latencies, provN.wallMs),
       poolHits: provider.pool.hits - hits0,
       poolMisses: provider.pool.misses - misses0,
+      poolWaits: provider.pool.waits - waits0,
     };
   } finally {
     await provider.close();
@@ -121,12 +124,12 @@ export async function runDockerBench(opts: DockerBenchOptions = {}): Promise<Doc
 export function reportDockerBench(r: DockerBenchResult): string {
   const ratio = (a: number, b: number): string => (a / b).toFixed(2);
   return [
-    `docker provider bench (image ${r.image}, pool minIdle=${r.pool.minIdle} maxSize=${r.pool.maxSize}; sequential rows of the provider start from a quiet provider, their /s is 1/mean latency)`,
+    `docker provider bench (image ${r.image}, pool minIdle=${r.pool.minIdle} maxSize=${r.pool.maxSize} fillConcurrency=${r.pool.fillConcurrency ?? "default"}; sequential rows of the provider start from a quiet provider, their /s is 1/mean latency)`,
     `  podman run --rm, sequential     ${fmt(r.podmanRun1)}`,
     `  provider + pool, sequential     ${fmt(r.provider1)}`,
     `  podman run --rm, concurrency ${r.concurrency}  ${fmt(r.podmanRunN)}`,
     `  provider + pool, concurrency ${r.concurrency}  ${fmt(r.providerN)}`,
-    `  pool hits ${r.poolHits}, misses ${r.poolMisses}`,
+    `  pool: ready ${r.poolHits}, waited for one being created ${r.poolWaits}, created by the acquire ${r.poolMisses}`,
     `  p50 provider/podman-run: sequential ${ratio(r.provider1.p50Ms, r.podmanRun1.p50Ms)}, concurrency ${r.concurrency} ${ratio(r.providerN.p50Ms, r.podmanRunN.p50Ms)} (target <= 0.33)`,
     `  throughput provider/podman-run at concurrency ${r.concurrency}: ${ratio(r.providerN.perSec, r.podmanRunN.perSec)}x (target >= 3x)`,
   ].join("\n");

@@ -77,32 +77,34 @@ export class WarmPool<T extends PoolMember> {
     }
     state.lastDemand = Date.now();
     const member = state.idle.shift();
-    this.refill();
     if (member) {
       this.hits++;
+      this.refill();
       return member;
     }
-    if (state.creating <= state.waiters.length || signal?.aborted) {
+    const waiters = state.waiters;
+    let waiter: (m: T | undefined) => void = () => {};
+    const got = new Promise<T | undefined>((resolve) => (waiter = resolve));
+    waiters.push(waiter);
+    // A waiter counts as demand: the refill starts a creation for it when
+    // the caps (fillConcurrency, maxSize) allow.
+    this.refill();
+    if (state.creating < waiters.length || signal?.aborted) {
+      waiters.splice(waiters.indexOf(waiter), 1);
       this.misses++;
       return undefined;
     }
-    const waiters = state.waiters;
-    const got = await new Promise<T | undefined>((resolve) => {
-      const onAbort = (): void => {
-        const i = waiters.indexOf(waiter);
-        if (i >= 0) waiters.splice(i, 1);
-        resolve(undefined);
-      };
-      const waiter = (m: T | undefined): void => {
-        signal?.removeEventListener("abort", onAbort);
-        resolve(m);
-      };
-      waiters.push(waiter);
-      signal?.addEventListener("abort", onAbort, { once: true });
-    });
-    if (got) this.waits++;
+    const onAbort = (): void => {
+      const i = waiters.indexOf(waiter);
+      if (i >= 0) waiters.splice(i, 1);
+      waiter(undefined);
+    };
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const m = await got;
+    signal?.removeEventListener("abort", onAbort);
+    if (m) this.waits++;
     else this.misses++;
-    return got;
+    return m;
   }
 
   /** Registers demand for `key` without taking anything (prewarming). */
@@ -149,7 +151,7 @@ export class WarmPool<T extends PoolMember> {
       }
       while (
         state.creating < (this.opts.fillConcurrency ?? 2) &&
-        state.idle.length + state.creating < this.opts.minIdle &&
+        state.idle.length + state.creating < this.opts.minIdle + state.waiters.length &&
         this.total() < this.opts.maxSize
       ) {
         state.creating++;
@@ -181,10 +183,10 @@ export class WarmPool<T extends PoolMember> {
       this.retryTimer.unref();
     } finally {
       state.creating--;
-      // Waiters beyond the creations still in flight create their own.
-      for (const w of state.waiters.splice(state.creating)) w(undefined);
     }
     this.refill();
+    // Waiters no creation in flight will serve (backing off, caps) create their own.
+    for (const w of state.waiters.splice(state.creating)) w(undefined);
   }
 
   private keyOf(state: KeyState<T>): string {
