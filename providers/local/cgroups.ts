@@ -21,7 +21,7 @@ export interface CgroupCounters {
   pidsMaxHits: number;
 }
 
-/** One write into a cgroup file; `$$` stands for the writing process's pid. */
+/** One write into a cgroup file. */
 export interface CgroupWrite {
   file: string;
   value: string;
@@ -32,12 +32,12 @@ export interface CgroupWrite {
 /** The leaf cgroup of one exec: the limits live here, the process joins here. */
 export interface ExecCgroup {
   /**
-   * Writes that set the leaf's limits and then move the writer into it, in
-   * order. The spawned wrapper performs them itself just before exec'ing
-   * bwrap: a few shell builtins instead of a round trip each through
-   * libuv's thread pool.
+   * How the spawn helper starts a process inside the leaf: it performs
+   * `limits`, moves itself into `procs` (one cgroup.procs per hierarchy),
+   * spawns, and moves back to `home`. The child starts inside the limits
+   * without a wrapper process of its own.
    */
-  readonly joinWrites: readonly CgroupWrite[];
+  readonly join: { limits: readonly CgroupWrite[]; procs: readonly string[]; home: readonly string[] };
   counters(): Promise<CgroupCounters>;
   /** SIGKILLs every process in the cgroup until it is empty (or gives up). */
   killAll(): Promise<void>;
@@ -223,7 +223,7 @@ function rmdirAll(dirs: string[]): boolean {
 }
 
 class LeafCgroup implements ExecCgroup {
-  joinWrites: readonly CgroupWrite[] = [];
+  join: ExecCgroup["join"] = { limits: [], procs: [], home: [] };
   /** `leaf`: nobody can create cgroups below it (sandbox code has no access), so no recursion. */
   constructor(
     private readonly h: Hierarchies,
@@ -270,6 +270,7 @@ class SandboxCgroupImpl implements SandboxCgroup {
   constructor(
     private readonly h: Hierarchies,
     private limits: CgroupLimits,
+    private readonly home: readonly string[] = [],
   ) {
     this.node = new LeafCgroup(h, false);
   }
@@ -286,7 +287,7 @@ class SandboxCgroupImpl implements SandboxCgroup {
     const leaf = new LeafCgroup(h, true);
     const bytes = String(this.limits.memoryBytes);
     const w = (dir: string, file: string, value: string, optional = false): CgroupWrite => ({ file: path.join(dir, file), value, optional });
-    leaf.joinWrites = [
+    const limits = [
       ...(h.v2
         ? [w(h.mem, "memory.max", bytes), w(h.mem, "memory.swap.max", "0", true), w(h.mem, "memory.oom.group", "1", true)]
         : [
@@ -296,8 +297,8 @@ class SandboxCgroupImpl implements SandboxCgroup {
             w(h.mem, "memory.swappiness", "0", true),
           ]),
       w(h.pids, "pids.max", String(this.limits.pids)),
-      ...uniqueDirs(h).map((d) => w(d, "cgroup.procs", "$$")),
     ];
+    leaf.join = { limits, procs: uniqueDirs(h).map((d) => path.join(d, "cgroup.procs")), home: this.home };
     try {
       await mkdirAll(h);
       this.newest = h;
@@ -349,6 +350,8 @@ class Manager implements CgroupManager {
   constructor(
     private readonly memParent: string,
     private readonly pidsParent: string,
+    /** cgroup.procs of this process's own cgroups, where the spawn helper returns after each spawn. */
+    private readonly home: readonly string[] = [],
   ) {
     this.version = memParent === pidsParent ? 2 : 1;
     this.parentDirs = this.version === 2 ? [memParent] : [memParent, pidsParent];
@@ -367,7 +370,7 @@ class Manager implements CgroupManager {
   }
 
   async create(name: string, limits: CgroupLimits): Promise<SandboxCgroup> {
-    const cg = new SandboxCgroupImpl(this.hierarchies(name), limits);
+    const cg = new SandboxCgroupImpl(this.hierarchies(name), limits, this.home);
     try {
       await cg.create();
       return cg;
@@ -395,6 +398,20 @@ async function subdirs(dir: string): Promise<string[]> {
     // gone already
   }
   return entries.filter((e) => e.isDirectory()).map((e) => e.name);
+}
+
+/**
+ * cgroup.procs of this process's own cgroup in a hierarchy (`controller`
+ * "" for v2), from /proc/self/cgroup, whose paths are relative to the mount.
+ */
+function homeProcs(mountDir: string, controller: string): string {
+  for (const line of readFileSync("/proc/self/cgroup", "utf8").split("\n")) {
+    const [, controllers, rel] = /^\d+:([^:]*):(.*)$/.exec(line) ?? [];
+    if (rel !== undefined && (controller === "" ? controllers === "" : controllers!.split(",").includes(controller))) {
+      return path.join(mountDir, rel, "cgroup.procs");
+    }
+  }
+  throw new Error(`this process is in no ${controller || "v2"} cgroup (/proc/self/cgroup)`);
 }
 
 export interface DetectCgroupsOptions {
@@ -449,7 +466,7 @@ export function detectCgroups(opts: DetectCgroupsOptions): CgroupManager {
   if (v2 && opts.version !== 1) {
     try {
       const dir = prepareV2(v2.dir, parent);
-      return new Manager(dir, dir);
+      return new Manager(dir, dir, [homeProcs(v2.dir, "")]);
     } catch (err) {
       problems.push(`cgroup v2 at ${v2.dir}: ${(err as Error).message}`);
     }
@@ -467,7 +484,7 @@ export function detectCgroups(opts: DetectCgroupsOptions): CgroupManager {
         mkdirSync(pidsParent, { recursive: true });
         // Without use_hierarchy a child's limit would not count against the parent's.
         writeOptionalSync(path.join(memParent, "memory.use_hierarchy"), "1");
-        return new Manager(memParent, pidsParent);
+        return new Manager(memParent, pidsParent, [homeProcs(mem.dir, "memory"), homeProcs(pids.dir, "pids")]);
       } catch (err) {
         problems.push(`cgroup v1: ${(err as Error).message}`);
       }

@@ -170,6 +170,7 @@ export class LocalProvider implements SandboxProvider {
     this.gid = opts.gid ?? 1000;
     this.tmpSizeBytes = opts.tmpSizeMb === undefined ? undefined : opts.tmpSizeMb * MiB;
     this.archiveLimits = { ...DEFAULT_ARCHIVE_LIMITS, ...opts.archiveLimits };
+    this.spawner.warmUp(); // last: a constructor that throws leaves no helper behind
   }
 
   get cgroupVersion(): 1 | 2 {

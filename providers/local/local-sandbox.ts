@@ -5,7 +5,6 @@
  * (launch-request.ts). A sandbox from the pre-start pool has that bwrap
  * running already, so its exec skips bwrap's namespace and mount setup.
  */
-import { randomBytes } from "node:crypto";
 import { constants as fsConstants, openSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import net from "node:net";
@@ -17,7 +16,7 @@ import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider
 import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
-import type { CgroupLimits, CgroupWrite, ExecCgroup, SandboxCgroup } from "./cgroups.js";
+import type { CgroupLimits, ExecCgroup, SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
 import { hostDirFor } from "./workspace-path.js";
 import { seccompProgram } from "./seccomp.js";
@@ -34,29 +33,7 @@ const OOM_POLL_MS = 200;
 /** Order in which simultaneous limit hits are reported. */
 const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output", "memory", "pids"];
 
-/**
- * Printed on stderr (with exit 125) by the wrapper when it cannot set up or
- * join the cgroup; bwrap then never runs. The per-exec nonce makes it
- * unforgeable by job code, which never sees the wrapper's command line.
- */
-const CGROUP_JOIN_FAILED = "sandqueue: cgroup join failed";
-
 const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
-
-/**
- * `sh -c` wrapper: sets the leaf's limits, joins it with its own pid, then
- * execs bwrap, so bwrap and everything it forks start inside the limits.
- * File names travel as positional parameters (never parsed as shell);
- * values are digits or `$$`. Cost: one small exec.
- */
-function wrapperScript(writes: readonly CgroupWrite[], failMarker: string): string {
-  const steps = writes.map((w, i) => {
-    if (!/^(\d+|\$\$)$/.test(w.value)) throw new Error(`unexpected cgroup value ${w.value}`);
-    const echo = `echo ${w.value} > "\${${i + 1}}"`;
-    return w.optional ? `{ ${echo} || :; }` : echo;
-  });
-  return `{ ${steps.join(" && ")}; } 2>/dev/null || { echo '${failMarker}' >&2; exit 125; }; shift ${writes.length}; exec "$@"`;
-}
 
 /** Opens one end of a FIFO without blocking, as a stream the event loop polls (no thread-pool reads). */
 function fifoSocket(file: string, mode: "read" | "write"): net.Socket {
@@ -87,7 +64,6 @@ interface Launched {
   proc: SpawnedProcess;
   cg: ExecCgroup;
   fifos: { stdin: string; stdout: string; stderr: string; request: string };
-  failMarker: string;
   procsFile: string | undefined;
 }
 
@@ -161,11 +137,11 @@ export class LocalSandbox implements Sandbox {
         tmpSizeBytes: ctx.tmpSizeBytes,
         seccompFd: SECCOMP_FD,
       });
-      const writes = cg.joinWrites;
-      const failMarker = `${CGROUP_JOIN_FAILED} ${randomBytes(8).toString("hex")}`;
+      const { join } = cg;
       // Nothing of a request is in these arguments: environment and command come through the request FIFO.
       const proc = await ctx.spawner.start({
-        argv: ["/bin/sh", "-c", wrapperScript(writes, failMarker), "sandqueue-wrap", ...writes.map((w) => w.file), ctx.bwrapPath, ...args],
+        argv: [ctx.bwrapPath, ...args],
+        cgroup: { limits: join.limits.map((w) => [w.file, w.value, w.optional]), procs: join.procs, home: join.home },
         mkfifo: [fifos.stdin, fifos.stdout, fifos.stderr, fifos.request],
         fds: [
           [0, fifos.stdin, "r"],
@@ -176,7 +152,7 @@ export class LocalSandbox implements Sandbox {
         ],
       });
       unlinkSync(seccompFile); // bwrap holds it open; nothing else needs the name
-      return { proc, cg, fifos, failMarker, procsFile: writes.filter((w) => w.file.endsWith("cgroup.procs")).at(-1)?.file };
+      return { proc, cg, fifos, procsFile: join.procs.at(-1) };
     } catch (err) {
       await cg.remove().catch(() => undefined);
       if (isSandqueueError(err)) throw err;
@@ -203,12 +179,11 @@ export class LocalSandbox implements Sandbox {
     }
     const script = launchScript(req);
     const started = performance.now();
-    if (req.signal?.aborted) {
-      return {
-        exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0),
-        stdoutTruncated: false, stderrTruncated: false, limitHit: "aborted", durationMs: 0,
-      };
-    }
+    const notRun = (): ExecResult => ({
+      exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0),
+      stdoutTruncated: false, stderrTruncated: false, limitHit: "aborted", durationMs: Math.round(performance.now() - started),
+    });
+    if (req.signal?.aborted) return notRun();
     // Busy from here on (archive calls and a second exec are refused); a kill
     // requested before the process exists is replayed once it does.
     let earlyKill: ExecLimitHit | null = null;
@@ -231,6 +206,12 @@ export class LocalSandbox implements Sandbox {
       this.running = null;
       await this.discard(l);
       this.assertLive();
+    }
+    if (req.signal?.aborted) {
+      // Aborted while bwrap was being started: the request is never written.
+      this.running = null;
+      await this.discard(l);
+      return notRun();
     }
     const { proc, cg, procsFile } = l;
     const hits = new Set<ExecLimitHit>();
@@ -307,11 +288,6 @@ export class LocalSandbox implements Sandbox {
       await Promise.all([stdout.done, stderr.done]);
       const exitCode = status.code;
       const signal = status.signal === null ? null : (SIGNAL_NAMES.get(status.signal) ?? `SIG${status.signal}`);
-      if (exitCode === 125 && stderr.bytes.toString().trim() === l.failMarker) {
-        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not place the process in its cgroup`, {
-          retryable: true,
-        });
-      }
       // bwrap exits only after the namespace's init, and the kernel kills every
       // process of a pid namespace whose init dies: nothing of the job is left
       // (the leaf removal below sweeps the cgroup once more anyway).

@@ -8,13 +8,18 @@ costs well under a millisecond, and it runs beside the worker's event loop.
 
 Protocol: one JSON object per line on stdin, one per line on stdout.
   -> {"op": "start", "id": S, "argv": [...], "mkfifo": [path...],
-      "fds": [[target_fd, path, "r" | "rw"], ...]}
+      "fds": [[target_fd, path, "r" | "rw"], ...],
+      "cgroup": {"limits": [[file, value, optional]...], "procs": [file...], "home": [file...]}}
   <- {"op": "started", "id": S, "pid": N}
   <- {"op": "exit", "id": S, "code": N | null, "signal": N | null}
   <- {"op": "error", "id": S, "message": "..."}
 FIFOs are opened without blocking ("r": read-only, "rw": read-write) and
 handed to the child as `target_fd`; nothing else of this process is
 inherited. The environment of every child is empty.
+
+cgroup: the helper writes the limits, moves itself into the target cgroup
+(`procs`, one per hierarchy), spawns, and moves back (`home`): the child
+starts inside its limits before it can fork, with no wrapper process.
 
 When stdin closes (the worker is gone) every child is SIGKILLed and the
 helper exits; the children's bwrap --die-with-parent ends their sandboxes.
@@ -40,6 +45,33 @@ def open_fd(path, mode):
     return fd
 
 
+def write_file(path, value, optional=False):
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        if optional:
+            return
+        raise
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def spawn_in_cgroup(argv, actions, cgroup):
+    if not cgroup:
+        return os.posix_spawn(argv[0], argv, {}, file_actions=actions)
+    for path, value, optional in cgroup["limits"]:
+        write_file(path, value, optional)
+    try:
+        for path in cgroup["procs"]:
+            write_file(path, "0")  # "0": the writing process itself
+        return os.posix_spawn(argv[0], argv, {}, file_actions=actions)
+    finally:
+        for path in cgroup["home"]:
+            write_file(path, "0")
+
+
 def start(msg, children, sel):
     opened = []
     try:
@@ -51,7 +83,7 @@ def start(msg, children, sel):
             opened.append(fd)
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
         argv = msg["argv"]
-        pid = os.posix_spawn(argv[0], argv, {}, file_actions=actions, setsid=False)
+        pid = spawn_in_cgroup(argv, actions, msg.get("cgroup"))
     finally:
         for fd in opened:
             os.close(fd)
