@@ -98,6 +98,10 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+function newSandboxId(): string {
+  return `sq-${process.pid}-${randomBytes(6).toString("hex")}`;
+}
+
 function positiveInt(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v) && v > 0;
 }
@@ -129,6 +133,8 @@ export class LocalProvider implements SandboxProvider {
   /** Idle pre-started sandboxes per image, most recently used image last. */
   private readonly warm = new Map<string, LocalSandbox[]>();
   private filling: Promise<void> | null = null;
+  /** Ids of pool sandboxes being created and started. */
+  private readonly starting = new Set<string>();
 
   /** Throws CGROUP_UNAVAILABLE or PROVIDER_UNAVAILABLE when this machine cannot sandbox. */
   constructor(opts: LocalProviderOptions = {}) {
@@ -199,7 +205,7 @@ export class LocalProvider implements SandboxProvider {
     if (warm) return warm;
     // Resolved before anything is created: an unknown image costs nothing.
     const rootOps = spec.image === HOST_IMAGE ? this.hostOps : await dirImageOps(this.imagesDir, spec.image);
-    const sandbox = await this.create(spec.image, rootOps, spec.limits, spec.labels, opts.signal);
+    const sandbox = await this.create(newSandboxId(), spec.image, rootOps, spec.limits, spec.labels, opts.signal);
     this.scheduleFill(spec.image);
     return sandbox;
   }
@@ -251,10 +257,16 @@ export class LocalProvider implements SandboxProvider {
       const [image, idle] = entry;
       try {
         const rootOps = image === HOST_IMAGE ? this.hostOps : await dirImageOps(this.imagesDir, image);
-        const box = await this.create(image, rootOps, PRESTART_LIMITS, {});
-        await box.prestart();
-        if (this.closing || this.warm.get(image) !== idle) await box.release();
-        else idle.push(box);
+        const id = newSandboxId();
+        this.starting.add(id);
+        try {
+          const box = await this.create(id, image, rootOps, PRESTART_LIMITS, {});
+          await box.prestart();
+          if (this.closing || this.warm.get(image) !== idle) await box.release();
+          else idle.push(box);
+        } finally {
+          this.starting.delete(id);
+        }
       } catch {
         // The image vanished or the machine is short of something: jobs create their own sandboxes meanwhile.
         return;
@@ -263,6 +275,7 @@ export class LocalProvider implements SandboxProvider {
   }
 
   private async create(
+    id: string,
     image: string,
     rootOps: readonly string[],
     limits: { memoryMb: number; pids: number },
@@ -274,7 +287,6 @@ export class LocalProvider implements SandboxProvider {
         throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
       }
     };
-    const id = `sq-${process.pid}-${randomBytes(6).toString("hex")}`;
     const sandboxDir = path.join(this.workRoot, id);
     const workspaceHostDir = path.join(sandboxDir, "workspace");
     // Undone last-in-first-out when a later step fails.
@@ -335,14 +347,19 @@ export class LocalProvider implements SandboxProvider {
     return [...this.warm.values()].flat().map((b) => b.id);
   }
 
+  /** Pool sandboxes: waiting, or being started. */
+  private poolIds(): Set<string> {
+    return new Set([...this.idleSandboxes, ...this.starting]);
+  }
+
   /**
    * Host resources held right now by sandboxes other than the idle
    * pre-started ones (workspace directories and cgroup directories): what a
    * job left behind shows up here. For tests and operators.
    */
   async resources(): Promise<string[]> {
-    const idle = new Set(this.idleSandboxes);
-    const mine = (n: string) => SANDBOX_NAME.test(n) && !idle.has(n);
+    const pool = this.poolIds();
+    const mine = (n: string) => SANDBOX_NAME.test(n) && !pool.has(n);
     const dirs = (await readdir(this.workRoot).catch(() => [] as string[])).filter(mine);
     const cgroups = (await this.cgroups.list()).filter(mine);
     return [...dirs.map((n) => path.join(this.workRoot, n)), ...cgroups.flatMap((n) => this.cgroups.dirsOf(n).filter(existsSync))].sort();

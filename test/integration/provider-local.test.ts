@@ -5,7 +5,7 @@
  * when they are missing.
  */
 import { spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { mkdtemp, mkdir, readFile, rm, rmdir, writeFile, readdir, symlink, cp } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { describeProviderContract } from "../../providers/contract.js";
 import { LocalProvider, type LocalProviderOptions } from "../../providers/local/index.js";
 import type { ExecRequest, SandboxSpec } from "../../providers/provider.js";
+import { rawTar, streamOf } from "../unit/archive-helpers.js";
 
 const roots: string[] = [];
 const providers: LocalProvider[] = [];
@@ -40,6 +41,16 @@ describeProviderContract(
     return contractProvider;
   },
   { image: "host", listResources: () => contractProvider!.resources(), memoryMb: 256, pids: 64 },
+);
+
+let pooledProvider: LocalProvider | undefined;
+describeProviderContract(
+  "local (pre-start pool)",
+  async () => {
+    pooledProvider = await makeLocal({ prestart: 2 });
+    return pooledProvider;
+  },
+  { image: "host", listResources: () => pooledProvider!.resources(), memoryMb: 256, pids: 64 },
 );
 
 const spec = (limits: Partial<SandboxSpec["limits"]> = {}, image = "host"): SandboxSpec => ({
@@ -227,5 +238,95 @@ describe("local provider specifics", () => {
     expect(r.stdout.toString()).toBe("tiny image\nro\nno-python\n");
     await s.release();
     expect(await readdir(p.workRoot).then((e) => e.filter((n) => n.startsWith("sq-")))).toEqual([]);
+  });
+});
+
+/** Host processes whose command line contains `needle` (bwraps of a provider's sandboxes carry its work root). */
+function hostProcessesWith(needle: string): number[] {
+  const out: number[] = [];
+  for (const name of readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      if (readFileSync(`/proc/${name}/cmdline`, "utf8").includes(needle)) out.push(Number(name));
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return out;
+}
+
+async function eventually(check: () => boolean, ms = 5000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!check() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  return check();
+}
+
+describe("local provider: pre-start pool and spawn helper", () => {
+  it("keeps sandboxes started per image, hands each to one job with that job's limits, and refills", async () => {
+    const p = await makeLocal({ prestart: 2 });
+    await (await p.acquire(spec(), {})).release(); // the first acquire of an image starts its pool
+    expect(await eventually(() => p.idleSandboxes.length === 2)).toBe(true);
+    const pooled = new Set(p.idleSandboxes);
+
+    // Raised above the pool's own limits (64 MiB, 16 pids): 150 MiB fit.
+    const big = await p.acquire(spec({ memoryMb: 256, pids: 64 }), {});
+    expect(pooled.has(big.id)).toBe(true);
+    const fits = await big.exec({ ...req("true"), argv: ["python3", "-c", "b = bytearray(150 * 1024 * 1024); print(len(b) >> 20)"] });
+    expect(fits).toMatchObject({ exitCode: 0, limitHit: null });
+    expect(fits.stdout.toString()).toBe("150\n");
+    await big.release();
+
+    // Lowered: 4 processes at most.
+    const small = await p.acquire(spec({ memoryMb: 32, pids: 4 }), {});
+    expect(pooled.has(small.id)).toBe(true);
+    const forks = await small.exec(req("for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait"));
+    expect(forks.limitHit).toBe("pids");
+    await small.release();
+
+    // Each pooled sandbox served one job; the pool is full again with new ones.
+    expect(await eventually(() => p.idleSandboxes.length === 2 && p.idleSandboxes.every((id) => !pooled.has(id)))).toBe(true);
+    expect(await p.resources()).toEqual([]);
+    await p.close(); // its idle cgroups share the parent with the next tests' providers
+  });
+
+  it("a pooled sandbox starts with an empty workspace, sees archives put before its exec, and leaves nothing", async () => {
+    const p = await makeLocal({ prestart: 1 });
+    await (await p.acquire(spec(), {})).release();
+    expect(await eventually(() => p.idleSandboxes.length === 1)).toBe(true);
+    const s = await p.acquire(spec(), {});
+    await s.putArchive("/workspace", streamOf(await rawTar([{ name: "in.txt", body: "put before exec\n" }])));
+    const r = await s.exec(req("ls -A; cat in.txt; echo $(env | sort | tr '\\n' ' ')", { env: { PATH: "/usr/bin:/bin", ONLY: "this" } }));
+    expect(r.stdout.toString()).toBe("in.txt\nput before exec\nONLY=this PATH=/usr/bin:/bin PWD=/workspace\n");
+    await s.release();
+    expect(await p.resources()).toEqual([]);
+    await p.close();
+  });
+
+  it("close() stops the idle sandboxes and the helper: no process or directory is left", async () => {
+    const p = await makeLocal({ prestart: 2 });
+    await (await p.acquire(spec(), {})).release();
+    expect(await eventually(() => p.idleSandboxes.length === 2)).toBe(true);
+    expect(hostProcessesWith(p.workRoot).length).toBeGreaterThan(0);
+    await p.close();
+    expect(await eventually(() => hostProcessesWith(p.workRoot).length === 0)).toBe(true);
+    expect(readdirSync(p.workRoot).filter((n) => n.startsWith("sq-"))).toEqual([]);
+  });
+
+  it("a killed spawn helper fails the running exec as retryable and is replaced for the next one", async () => {
+    const p = await makeLocal();
+    const s = await p.acquire(spec(), {});
+    const running = s.exec(req("sleep 5; echo never"));
+    await new Promise((r) => setTimeout(r, 300));
+    const helper = hostProcessesWith("spawner.py").filter((pid) => readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")[1] === String(process.pid));
+    expect(helper.length).toBeGreaterThan(0);
+    for (const pid of helper) process.kill(pid, "SIGKILL");
+    const r = await running.catch((e: unknown) => e);
+    // The sandbox died with its parent (bwrap --die-with-parent): no output of the job, never a success.
+    if (r instanceof Error) expect(r).toMatchObject({ retryable: true });
+    else expect(r).not.toMatchObject({ exitCode: 0 });
+    await s.release();
+    const again = await p.acquire(spec(), {});
+    expect((await again.exec(req("echo back"))).stdout.toString()).toBe("back\n");
+    await again.release();
   });
 });
