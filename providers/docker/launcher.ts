@@ -28,7 +28,8 @@ const KILL_ALL = "kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; kill -9 -1 2>/
  * job runs in the background so the USR1 trap can run while the launcher
  * waits; a trapped signal interrupts `wait`, hence the loop (k marks an
  * interrupted wait; `2>/dev/null` keeps dash's "Killed" notice out of the
- * job's stderr). Leftovers are killed before the trailer, so no job process
+ * job's stderr). A kill that arrives while the request is still being read
+ * (an early abort) means the job never starts. Leftovers are killed before the trailer, so no job process
  * writes after it (one still dying may race it; the provider drops what
  * follows).
  *
@@ -40,10 +41,10 @@ const KILL_ALL = "kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; kill -9 -1 2>/
  * SIGKILL.
  */
 export const INIT_SCRIPT =
-  `trap 'k=1; ${KILL_ALL}' USR1; trap '' INT; ` +
-  'if read -r n tag; then req=$(/usr/bin/head -c "$n"); exec 3<&0; ' +
-  '( eval "$req" ) <&3 3<&- & pid=$!; unset req; ' +
-  'while :; do k=; wait "$pid" 2>/dev/null; st=$?; [ -z "$k" ] && break; done; ' +
+  `k=; trap 'k=1; ${KILL_ALL}' USR1; trap '' INT; ` +
+  'if read -r n tag; then req=$(/usr/bin/head -c "$n"); exec 3<&0; st=137; ' +
+  '[ -n "$k" ] || { ( eval "$req" ) <&3 3<&- & pid=$!; unset req; ' +
+  'while :; do k=; wait "$pid" 2>/dev/null; st=$?; [ -z "$k" ] && break; done; }; ' +
   `${KILL_ALL}; exec 3<&- 0</dev/null; ` +
   'printf "%s%03d\\n" "$tag" "$st"; printf "%s%03d\\n" "$tag" "$st" >&2; fi; ' +
   "while :; do sleep infinity & wait; done";
