@@ -3,7 +3,7 @@
  * real S3-compatible server, s3rver, on a random port in a temp directory).
  */
 import { createHash, randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -215,6 +215,68 @@ describe("file store integrity", () => {
       const put = await store.put(Readable.from([Buffer.from("original content")]));
       await writeFile(join(root, "sha256", `${put.id.slice(7)}.tar`), "tampered content");
       await expect(collect(await store.get(put.id))).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_STORE });
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  test("a damaged object (same size, one byte flipped) fails a hydrate and leaves no target", async () => {
+    const root = await mkdtemp(join(tmpdir(), "sq-snaps-"));
+    try {
+      const ws = join(root, "ws");
+      await mkdir(join(ws, "sub"), { recursive: true });
+      await writeFile(join(ws, "sub", "big.bin"), randomBytes(6 * 1024 * 1024));
+      await writeFile(join(ws, "small.txt"), "hello");
+      const store = openSnapshotStore(pathToFileURL(join(root, "store")).href);
+      const ref = await persistWorkspace(packDir(ws), store);
+      const object = join(root, "store", "sha256", `${ref.id.slice(7)}.tar`);
+      const bytes = await readFile(object);
+      bytes[bytes.length - 4096] ^= 1; // inside the last file's body or the trailer: the tar still parses
+      await writeFile(object, bytes);
+      const limits = { maxBytes: 1 << 30, maxEntries: 1000, maxDepth: 32 };
+      await expect(hydrateWorkspace(store, ref.id, join(root, "out"), { limits })).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_STORE, retryable: false });
+      expect(await readdir(root)).toEqual(["store", "ws"].sort()); // no target, no staging directory left
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  });
+
+  test("puts and gets running at once (and abandoned reads) keep their hashes apart", async () => {
+    const root = await mkdtemp(join(tmpdir(), "sq-snaps-"));
+    try {
+      const store = openSnapshotStore(pathToFileURL(root).href);
+      // Chunks of odd sizes: the ring wraps in the middle of chunks, blocks straddle chunks.
+      const datas = [0, 1, 2].map((i) => randomBytes(9 * 1024 * 1024 + 777 * i));
+      const chunked = (d: Buffer) => Readable.from(Array.from({ length: Math.ceil(d.length / 300_001) }, (_, k) => d.subarray(k * 300_001, (k + 1) * 300_001)));
+      const puts = await Promise.all(datas.map((d) => store.put(chunked(d))));
+      expect(puts.map((p) => p.id)).toEqual(datas.map(sha));
+      // A reader that stops early: its hash is dropped and must not disturb the others.
+      const early = await store.get(puts[0]!.id);
+      for await (const _ of early) break;
+      const got = await Promise.all(puts.map(async (p) => sha(await collect(await store.get(p.id)))));
+      expect(got).toEqual(datas.map(sha));
+      expect(await readdir(join(root, "tmp"))).toEqual([]);
+    } finally {
+      await rm(root, { recursive: true, force: true });
+    }
+  }, 60_000);
+
+  test("an aborted put leaves no temp data", async () => {
+    const root = await mkdtemp(join(tmpdir(), "sq-snaps-"));
+    try {
+      const store = openSnapshotStore(pathToFileURL(root).href);
+      const ac = new AbortController();
+      const slow = Readable.from(
+        (async function* () {
+          yield randomBytes(3 * 1024 * 1024);
+          ac.abort();
+          await new Promise((r) => setTimeout(r, 50));
+          yield randomBytes(1024);
+        })(),
+      );
+      await expect(store.put(slow, { signal: ac.signal })).rejects.toMatchObject({ name: "AbortError" });
+      expect(await readdir(join(root, "tmp"))).toEqual([]);
+      expect(await store.list()).toEqual([]);
     } finally {
       await rm(root, { recursive: true, force: true });
     }

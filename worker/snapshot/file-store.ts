@@ -9,16 +9,180 @@
  * refreshes it so prune does not remove a snapshot that was just produced.
  */
 import { randomUUID } from "node:crypto";
-import { createReadStream, createWriteStream } from "node:fs";
-import { mkdir, open, readdir, rename, rm, stat, unlink, utimes } from "node:fs/promises";
+import { mkdir, open, readdir, rename, rm, stat, unlink, utimes, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import type { Readable } from "node:stream";
+import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { isSandqueueError } from "../../errors/index.js";
-import { HashingPassThrough, VerifyingPassThrough, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
+import { ErrorCodes, SnapshotError, isSandqueueError } from "../../errors/index.js";
+import { ThreadedHash } from "./hash-thread.js";
+import { hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
 /** Temp files older than this are abandoned writes (a crashed worker). */
 const STALE_TEMP_MS = 3_600_000;
+/** Bytes per read(2)/write(2) and per message to the hash thread. */
+const IO_CHUNK = 1024 * 1024;
+/**
+ * With fsync on, a background fdatasync starts whenever this much has been
+ * written since the last one: the disk writes while we pack and hash, and
+ * the final fsync only has the tail left (the kernel would otherwise start
+ * writing back only at the final fsync, or after 30 s).
+ */
+const SYNC_EVERY = 32 * 1024 * 1024;
+
+const noop = () => {};
+
+async function writeAll(fh: FileHandle, data: Buffer, position: number): Promise<void> {
+  for (let off = 0; off < data.length; ) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
+    off += bytesWritten;
+  }
+}
+
+/**
+ * The sink of a put: gathers the tar's chunks (many are 512-byte headers
+ * or small files) into 1 MiB blocks; each full block goes to the hash
+ * thread and is written at its offset while the next one fills (one write
+ * in flight). Owns nothing: put() opens and closes the file.
+ */
+class ObjectWriter extends Writable {
+  private readonly hash = new ThreadedHash();
+  /** Set once the stream has finished: "sha256:<hex>" and the byte count. */
+  id = "";
+  bytes = 0;
+  private block = Buffer.allocUnsafe(IO_CHUNK);
+  /** The other block: written while `block` fills, then filled while `block` is written. */
+  private spare = Buffer.allocUnsafe(IO_CHUNK);
+  private used = 0;
+  private written = 0;
+  private syncedAt = 0;
+  /** The last write; each write starts after the previous one. */
+  private tail: Promise<void> = Promise.resolve();
+  private syncing: Promise<void> | null = null;
+  private syncError: unknown = null;
+
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly fsync: boolean,
+  ) {
+    super({ highWaterMark: IO_CHUNK });
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.take(chunk).then(() => cb(), cb);
+  }
+
+  override _final(cb: (err?: Error | null) => void): void {
+    this.finish().then(() => cb(), cb);
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.hash.abandon();
+    cb(err);
+  }
+
+  /** Resolves once no write or background sync is running any more (for put's cleanup). */
+  async settled(): Promise<void> {
+    await this.tail.catch(noop);
+    await this.syncing?.catch(noop);
+  }
+
+  private async take(chunk: Buffer): Promise<void> {
+    for (let off = 0; off < chunk.length; ) {
+      const n = Math.min(chunk.length - off, IO_CHUNK - this.used);
+      chunk.copy(this.block, this.used, off, off + n);
+      this.used += n;
+      off += n;
+      if (this.used === IO_CHUNK) await this.flushBlock();
+    }
+  }
+
+  private async flushBlock(): Promise<void> {
+    const data = this.block.subarray(0, this.used);
+    [this.block, this.spare] = [this.spare, this.block];
+    this.used = 0;
+    const position = this.written;
+    this.written += data.length;
+    const previous = this.tail;
+    this.tail = previous.then(() => writeAll(this.fh, data, position));
+    this.tail.catch(noop); // observed by the next flush or by finish()
+    await this.hash.update(data); // while the write runs
+    await previous; // its block (now this.block) is free again
+    if (this.fsync && this.syncing === null && this.written - this.syncedAt >= SYNC_EVERY) {
+      this.syncedAt = this.written;
+      this.syncing = this.fh.datasync().then(
+        () => {
+          this.syncing = null;
+        },
+        (err: unknown) => {
+          this.syncError ??= err; // fsync errors are reported once: the put must fail
+          this.syncing = null;
+        },
+      );
+    }
+  }
+
+  private async finish(): Promise<void> {
+    if (this.used > 0) await this.flushBlock();
+    await this.tail;
+    await this.syncing;
+    if (this.syncError !== null) throw this.syncError;
+    if (this.fsync) await this.fh.sync(); // the rename must not expose a file whose data is not on disk yet
+    this.id = await this.hash.digest();
+    this.bytes = this.written;
+  }
+}
+
+/**
+ * An object as a stream, hashed on the hash thread while the consumer works
+ * on the same bytes; fails at the end when they do not hash to the id.
+ * Consumers that act on the bytes (extractTar) must keep their effects
+ * invisible until the stream has ended.
+ */
+class VerifiedObjectStream extends Readable {
+  private readonly hash = new ThreadedHash();
+  private position = 0;
+
+  constructor(
+    private readonly fh: FileHandle,
+    private readonly size: number,
+    private readonly id: string,
+  ) {
+    super({ highWaterMark: 2 * IO_CHUNK });
+  }
+
+  // The stream does not call _read again before the push that ends readBlock.
+  override _read(): void {
+    this.readBlock().catch((err: unknown) => this.destroy(isSandqueueError(err) ? err : storeError(`cannot read snapshot ${this.id}`, err)));
+  }
+
+  /** Reads and pushes one block; push is its last step. */
+  private async readBlock(): Promise<void> {
+    const want = Math.min(IO_CHUNK, Math.max(this.size - this.position, 64 * 1024));
+    const block = Buffer.allocUnsafe(want);
+    const { bytesRead } = await this.fh.read(block, 0, want, this.position);
+    if (this.destroyed) return;
+    if (bytesRead === 0) {
+      const got = await this.hash.digest();
+      if (got !== this.id) {
+        throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${this.id} is corrupt in the store (content hashes to ${got})`, { retryable: false });
+      }
+      this.push(null);
+      return;
+    }
+    this.position += bytesRead;
+    const chunk = block.subarray(0, bytesRead);
+    await this.hash.update(chunk);
+    if (!this.destroyed) this.push(chunk);
+  }
+
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.hash.abandon();
+    this.fh.close().then(
+      () => cb(err),
+      () => cb(err),
+    );
+  }
+}
 
 export class FileSnapshotStore implements SnapshotStore {
   private readonly objects: string;
@@ -57,31 +221,32 @@ export class FileSnapshotStore implements SnapshotStore {
   async put(tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<PutResult> {
     await this.init();
     const tmpPath = join(this.tmp, `${randomUUID()}.part`);
-    const hasher = new HashingPassThrough();
+    let fh: FileHandle | null = null;
+    let writer: ObjectWriter | null = null;
     try {
-      await pipeline(tar, hasher, createWriteStream(tmpPath, { flags: "wx", mode: 0o644, highWaterMark: 1024 * 1024 }), opts.signal ? { signal: opts.signal } : {});
-      if (this.fsync) {
-        const fh = await open(tmpPath, "r");
-        try {
-          await fh.sync(); // the rename must not expose a file whose data is not on disk yet
-        } finally {
-          await fh.close();
-        }
-      }
-      const id = hasher.digestId();
+      fh = await open(tmpPath, "wx", 0o644);
+      writer = new ObjectWriter(fh, this.fsync);
+      await pipeline(tar, writer, opts.signal ? { signal: opts.signal } : {});
+      const { id, bytes } = writer;
+      await fh.close();
+      fh = null;
       const finalPath = this.pathOf(id);
       const existing = await stat(finalPath).catch(() => null);
       // Same id and same size: the stored object is this content. A size that
       // differs can only be a damaged object (lost writes): replace it.
-      if (existing && existing.size === hasher.bytes) {
+      if (existing && existing.size === bytes) {
         await unlink(tmpPath);
         const now = new Date();
         await utimes(finalPath, now, now);
       } else {
         await rename(tmpPath, finalPath);
+        if (this.fsync) await syncDir(this.objects); // the rename itself must survive a power loss
       }
-      return { id, bytes: hasher.bytes };
+      return { id, bytes };
     } catch (err) {
+      writer?.destroy();
+      await writer?.settled();
+      await fh?.close().catch(noop);
       await rm(tmpPath, { force: true });
       if (isSandqueueError(err) || (err as Error).name === "AbortError") throw err;
       throw storeError("cannot write a snapshot", err);
@@ -90,18 +255,19 @@ export class FileSnapshotStore implements SnapshotStore {
 
   async get(id: string): Promise<Readable> {
     const path = this.pathOf(id);
-    let fh;
+    let fh: FileHandle;
     try {
       fh = await open(path, "r");
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") throw notFound(id);
       throw storeError(`cannot open snapshot ${id}`, err);
     }
-    const src = createReadStream("", { fd: fh, highWaterMark: 1024 * 1024 });
-    const verify = new VerifyingPassThrough(id);
-    src.on("error", (e) => verify.destroy(e));
-    verify.on("close", () => src.destroy());
-    return src.pipe(verify);
+    try {
+      return new VerifiedObjectStream(fh, (await fh.stat()).size, id);
+    } catch (err) {
+      await fh.close().catch(noop);
+      throw storeError(`cannot open snapshot ${id}`, err);
+    }
   }
 
   async has(id: string): Promise<boolean> {
@@ -142,4 +308,13 @@ export class FileSnapshotStore implements SnapshotStore {
   }
 
   async close(): Promise<void> {}
+}
+
+async function syncDir(dir: string): Promise<void> {
+  const fh = await open(dir, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
