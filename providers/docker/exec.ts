@@ -1,7 +1,9 @@
 /**
  * One exec in a sandbox container under the request's limits: wall time,
  * output bytes per stream, abort; memory and pids limit events are read from
- * the container's cgroup counters afterwards.
+ * the container's cgroup counters afterwards. The request goes to the
+ * launcher (launcher.ts) on stdin: over attach to the container's waiting
+ * main process for the first exec, through an engine exec after that.
  */
 import os from "node:os";
 import type { Duplex, Readable } from "node:stream";
@@ -44,6 +46,10 @@ const COUNTERS_SCRIPT =
 /** How often an exec checks its container's OOM counter. */
 const OOM_POLL_MS = 100;
 
+/**
+ * `viaLauncher`: the container's main process still waits for its request
+ * (the sandbox's first exec); the exit status then comes from its trailers.
+ */
 export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = false): Promise<ExecResult> {
   const startedAt = performance.now();
   const out = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
