@@ -160,7 +160,8 @@ export function parseWorkerConfig(
     snapshotRetentionMs: parsed.snapshotRetention,
     dockerHost: parsed.dockerHost,
     // Local pre-started sandboxes are cheap (three sleeping processes): one per job slot.
-    pool: { minIdle: parsed.poolMinIdle ?? (provider === "local" ? concurrency : 1), maxSize: parsed.poolMaxSize ?? 4 },
+    // Docker: two ready containers doubled back-to-back throughput over one (docs/PERFORMANCE.md).
+    pool: { minIdle: parsed.poolMinIdle ?? (provider === "local" ? concurrency : 2), maxSize: parsed.poolMaxSize ?? 4 },
     metricsPort: parsed.metricsPort ?? 9464,
     metricsHost: parsed.metricsHost ?? "127.0.0.1",
     graceMs: parsed.graceMs ?? 30_000,
