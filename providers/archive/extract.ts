@@ -17,15 +17,21 @@
  * that is discarded on failure. The sandbox must not run while extracting.
  */
 import { closeSync, constants as fsc, fchmodSync, futimesSync, mkdirSync, openSync, symlinkSync, writeSync, writevSync } from "node:fs";
-import { lstat, mkdir, mkdtemp, open, readdir, readlink, realpath, rename, rm, unlink, utimes, chmod } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, open, readdir, readlink, realpath, rename, rm, unlink, utimes, chmod, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { ErrorCodes } from "../../errors/index.js";
 import { EntryRules, linkStaysInside, showPath, tarError } from "./entry-rules.js";
 import type { ArchiveLimits, ExtractStats } from "./index.js";
-import { bodyChunks, drain, readEntries } from "./tar-io.js";
+import { drain, readBody, readEntries, type TarEntry } from "./tar-io.js";
 
 const WRITE_BATCH_BYTES = 1 << 20;
+/**
+ * Writes of a large file in flight at once: the body keeps arriving (and
+ * the next entries are parsed) while the thread pool copies earlier
+ * batches into the page cache.
+ */
+const MAX_WRITES_IN_FLIGHT = 4;
 /**
  * Entries up to this size are buffered and written with synchronous calls
  * (each blocks the event loop for well under a millisecond; the loop runs
@@ -78,10 +84,10 @@ export async function extractTar(
         symlinkSync(entry.linkname!, dest);
       } else if (entry.size <= SMALL_FILE_MAX) {
         const chunks: Buffer[] = [];
-        for await (const c of bodyChunks(e, entry.size, showPath(entry.path))) chunks.push(c);
+        await readBody(e, entry.size, showPath(entry.path), (c) => void chunks.push(c));
         writeSmallFile(dest, fileMode(entry.mode), entry.mtime, chunks);
       } else {
-        await writeFile(dest, fileMode(entry.mode), entry.mtime, bodyChunks(e, entry.size, showPath(entry.path)));
+        await writeLargeFile(dest, fileMode(entry.mode), entry.mtime, e, entry.size, showPath(entry.path));
       }
     }
     // Deepest first, so setting a parent's mtime is not undone by its children.
@@ -118,27 +124,51 @@ function writeSmallFile(dest: string, mode: number, mtime: Date, chunks: Buffer[
   }
 }
 
-async function writeFile(dest: string, mode: number, mtime: Date, chunks: AsyncIterable<Buffer>): Promise<void> {
+async function writeLargeFile(dest: string, mode: number, mtime: Date, e: TarEntry, size: number, path: string): Promise<void> {
   // O_EXCL|O_NOFOLLOW: never write through a link or over something already there.
   const fh = await open(dest, CREATE_FLAGS, mode);
   try {
+    const inFlight = new Set<Promise<void>>();
+    let failure: unknown = null;
     let batch: Buffer[] = [];
     let batchBytes = 0;
-    for await (const chunk of chunks) {
-      batch.push(chunk);
-      batchBytes += chunk.length;
-      if (batchBytes >= WRITE_BATCH_BYTES) {
-        await fh.writev(batch);
-        batch = [];
-        batchBytes = 0;
-      }
+    let position = 0;
+    const flush = () => {
+      const w: Promise<void> = writevAt(fh, batch, position)
+        .catch((err: unknown) => void (failure ??= err))
+        .finally(() => inFlight.delete(w));
+      inFlight.add(w);
+      position += batchBytes;
+      batch = [];
+      batchBytes = 0;
+    };
+    try {
+      await readBody(e, size, path, (chunk) => {
+        if (failure !== null) throw failure;
+        batch.push(chunk);
+        batchBytes += chunk.length;
+        if (batchBytes >= WRITE_BATCH_BYTES) flush();
+        if (inFlight.size >= MAX_WRITES_IN_FLIGHT) return Promise.race(inFlight);
+      });
+      if (batchBytes > 0) flush();
+    } finally {
+      await Promise.all(inFlight);
     }
-    if (batch.length) await fh.writev(batch);
+    if (failure !== null) throw failure;
     if (needsChmod(mode)) await fh.chmod(mode); // the process umask must not decide
     await fh.utimes(mtime, mtime);
   } finally {
     await fh.close();
   }
+}
+
+/** writev at an offset, finishing a short write. */
+async function writevAt(fh: FileHandle, buffers: Buffer[], position: number): Promise<void> {
+  const total = buffers.reduce((n, b) => n + b.length, 0);
+  const { bytesWritten } = await fh.writev(buffers, position);
+  if (bytesWritten === total) return;
+  const rest = Buffer.concat(buffers).subarray(bytesWritten);
+  for (let off = 0; off < rest.length; ) off += (await fh.write(rest, off, rest.length - off, position + bytesWritten + off)).bytesWritten;
 }
 
 type Op = { kind: "move" | "replace"; from: string; to: string };

@@ -87,17 +87,84 @@ export async function* bodyChunks(e: TarEntry, expected: number, path: string): 
   } catch (err) {
     throw e.mapError(err);
   }
-  if (n !== expected) {
-    throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: ${path} has ${n} bytes, its header says ${expected}`, path);
-  }
+  if (n !== expected) throw sizeMismatch(path, n, expected);
 }
 
-export async function drain(e: TarEntry): Promise<void> {
-  try {
-    for await (const _ of e.body as AsyncIterable<Buffer>) void _;
-  } catch (err) {
-    throw e.mapError(err);
-  }
+function sizeMismatch(path: string, n: number, expected: number) {
+  return tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: ${path} has ${n} bytes, its header says ${expected}`, path);
+}
+
+/** The part of a streamx Readable (an entry body) readBody uses. */
+interface EntryBody {
+  readonly destroyed: boolean;
+  on(event: "data", fn: (chunk: Buffer) => void): unknown;
+  on(event: "end" | "close", fn: () => void): unknown;
+  on(event: "error", fn: (err: unknown) => void): unknown;
+  pause(): unknown;
+  resume(): unknown;
+}
+
+/**
+ * Hands an entry body to `onChunk` as it arrives and resolves once all of it
+ * was seen, checking the announced size. When `onChunk` returns a promise
+ * the body is paused until it settles (backpressure); a throw or rejection
+ * fails the read. Events and one promise per entry: the async iterators of
+ * bodyChunks cost about 50 us per small file, a tenth of a hydrate.
+ */
+export function readBody(e: TarEntry, expected: number, path: string, onChunk: (chunk: Buffer) => Promise<void> | void): Promise<void> {
+  const body = e.body as unknown as EntryBody;
+  return new Promise<void>((resolve, reject) => {
+    let n = 0;
+    let done = false;
+    const fail = (err: unknown) => {
+      if (done) return;
+      done = true;
+      reject(err);
+    };
+    body.on("data", (chunk) => {
+      if (done) return;
+      n += chunk.length;
+      if (n > expected) return fail(sizeMismatch(path, n, expected));
+      let wait: Promise<void> | void;
+      try {
+        wait = onChunk(chunk);
+      } catch (err) {
+        return fail(err);
+      }
+      if (wait) {
+        body.pause();
+        wait.then(() => void (done || body.resume()), fail);
+      }
+    });
+    body.on("end", () => {
+      if (done) return;
+      if (n !== expected) return fail(sizeMismatch(path, n, expected));
+      done = true;
+      resolve();
+    });
+    body.on("error", (err) => fail(e.mapError(err)));
+    // Destroyed without an error, or before we got here (the whole extract was torn down): a body cut short.
+    body.on("close", () => fail(e.mapError(new Error("unexpected end of data"))));
+    if (body.destroyed) fail(e.mapError(new Error("unexpected end of data")));
+  });
+}
+
+export function drain(e: TarEntry): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const body = e.body as unknown as EntryBody;
+    let done = false;
+    body.on("data", () => {});
+    body.on("end", () => {
+      done = true;
+      resolve();
+    });
+    body.on("error", (err) => {
+      done = true;
+      reject(e.mapError(err));
+    });
+    body.on("close", () => done || reject(e.mapError(new Error("unexpected end of data"))));
+    if (body.destroyed) reject(e.mapError(new Error("unexpected end of data")));
+  });
 }
 
 export function headerFor(e: CheckedEntry): Headers {

@@ -231,7 +231,8 @@ describe("file store integrity", () => {
       const ref = await persistWorkspace(packDir(ws), store);
       const object = join(root, "store", "sha256", `${ref.id.slice(7)}.tar`);
       const bytes = await readFile(object);
-      bytes[bytes.length - 4096] ^= 1; // inside the last file's body or the trailer: the tar still parses
+      const at = bytes.length - 4096; // inside the last file's body: the tar still parses
+      bytes.writeUInt8(bytes.readUInt8(at) ^ 1, at);
       await writeFile(object, bytes);
       const limits = { maxBytes: 1 << 30, maxEntries: 1000, maxDepth: 32 };
       await expect(hydrateWorkspace(store, ref.id, join(root, "out"), { limits })).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_STORE, retryable: false });
