@@ -3,9 +3,10 @@
  *
  * Layout: <root>/sha256/<hex>.tar for objects, <root>/tmp/ for writes in
  * progress. A put streams into a temp file in the same filesystem, fsyncs
- * it, then renames it to its id: rename is atomic, so a reader opens either
- * the whole object or nothing, and a crash leaves only a temp file (removed
- * by prune). createdAt is the file's mtime; storing existing content again
+ * it, then renames it to its id (and fsyncs the directory): rename is
+ * atomic, so a reader opens either the whole object or nothing, and a crash
+ * leaves only a temp file (removed by prune). Hashing, for puts and for the
+ * verifying reads, runs on the hash thread (hash-thread.ts). createdAt is the file's mtime; storing existing content again
  * refreshes it so prune does not remove a snapshot that was just produced.
  */
 import { randomUUID } from "node:crypto";
