@@ -144,7 +144,8 @@ export function readBody(e: TarEntry, expected: number, path: string, onChunk: (
     });
     body.on("error", (err) => fail(e.mapError(err)));
     // Destroyed without an error, or before we got here (the whole extract was torn down): a body cut short.
-    body.on("close", () => fail(e.mapError(new Error("unexpected end of data"))));
+    // 'close' follows every 'end': build the error only when it matters (an error and its stack per entry add up).
+    body.on("close", () => done || fail(e.mapError(new Error("unexpected end of data"))));
     if (body.destroyed) fail(e.mapError(new Error("unexpected end of data")));
   });
 }
