@@ -1,14 +1,11 @@
 /** Parsing of CLI values that carry units, with errors that name the flag. */
 import { ConfigError, ErrorCodes } from "../errors/index.js";
-
-const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)?$/;
-const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 } as const;
+import { parseDuration } from "../worker/duration.js";
 
 /** "10s", "500ms", "2m", "1h"; a bare number is seconds. */
 export function parseDurationMs(flag: string, value: string): number {
-  const m = DURATION.exec(value.trim());
-  if (!m) throw usage(`--${flag} ${JSON.stringify(value)}: expected a duration such as 500ms, 10s, 2m or 1h`);
-  const ms = Math.round(Number(m[1]) * UNIT_MS[(m[2] ?? "s") as keyof typeof UNIT_MS]);
+  const ms = parseDuration(value, "s");
+  if (ms === null) throw usage(`--${flag} ${JSON.stringify(value)}: expected a duration such as 500ms, 10s, 2m or 1h`);
   if (ms < 1) throw usage(`--${flag} ${JSON.stringify(value)}: expected a duration of at least 1ms`);
   return ms;
 }

@@ -9,6 +9,7 @@
 import { createHash, type Hash } from "node:crypto";
 import { Transform, type Readable, type TransformCallback } from "node:stream";
 import { ErrorCodes, SnapshotError } from "../../errors/index.js";
+import { parseDuration } from "../duration.js";
 
 export const SNAPSHOT_ID_RE = /^sha256:([0-9a-f]{64})$/;
 
@@ -88,13 +89,9 @@ export class VerifyingPassThrough extends Transform {
   }
 }
 
-/** Parses "7d", "12h", "30m", "45s", "500ms" or a bare number of milliseconds. */
+/** A snapshot age or retention ("12h", "7d"); a bare number is milliseconds. Null when invalid. */
 export function parseDurationMs(s: string): number | null {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)?$/.exec(s.trim());
-  if (!m) return null;
-  const n = Number(m[1]);
-  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 }[(m[2] ?? "ms") as "ms"];
-  return Math.round(n * unit);
+  return parseDuration(s, "ms");
 }
 
 /**
