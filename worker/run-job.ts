@@ -15,7 +15,6 @@ import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-s
 import { NO_OUTPUT, errorJobResult, type JobResult, type KillReason, type SnapshotRef, type Timings } from "../producer/job-result.js";
 import { WORKSPACE_DIR, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
 import type { ArchiveLimits } from "../providers/archive/index.js";
-import { SecretScanner } from "./secrets/scan.js";
 
 /** Resolves secret names to values; values never leave the worker process. */
 export interface SecretResolver {
@@ -26,8 +25,8 @@ export interface SecretResolver {
 export interface WorkspaceStore {
   /** Streams a stored snapshot (throws SNAPSHOT_NOT_FOUND). */
   open(id: string): Promise<Readable>;
-  /** Stores a workspace tar, hashing while streaming. */
-  save(tar: Readable): Promise<SnapshotRef>;
+  /** Stores a workspace tar, hashing while streaming; with `secrets`, refuses one that holds a value (SECRET_IN_WORKSPACE). */
+  save(tar: Readable, opts?: { secrets?: Record<string, string> }): Promise<SnapshotRef>;
 }
 
 /** How to put inline `files` into a sandbox workspace (a tar, validated like any other). */
@@ -145,7 +144,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
       try {
         snapshot = await timed("snapshotMs", async () => {
           const tar = await box.getArchive(WORKSPACE_DIR, { ...ctx.workspaceLimits, exclude: spec.workspace?.exclude ?? [] });
-          return store.save(spec.secrets.length ? scanned(tar, secretValues) : tar);
+          return store.save(tar, { secrets: secretValues });
         });
       } catch (err) {
         if (err instanceof SandqueueError && err.code === ErrorCodes.WORKSPACE_LIMIT) {
@@ -238,15 +237,6 @@ export function errorResult(
 }
 
 /** The workspace tar, failing if a secret value is in it; keeps the pack's file count. */
-function scanned(tar: Readable, secrets: Record<string, string>): Readable {
-  const scanner = new SecretScanner(secrets);
-  tar.on("error", (err) => scanner.destroy(err));
-  scanner.on("close", () => tar.destroy());
-  const out = tar.pipe(scanner);
-  if ("stats" in tar) Object.defineProperty(out, "stats", { get: () => (tar as Readable & { stats: unknown }).stats });
-  return out;
-}
-
 async function resolveSecrets(spec: JobSpec, ctx: RunContext): Promise<Record<string, string>> {
   if (!ctx.secrets) {
     throw new SandqueueError(ErrorCodes.SECRET_NOT_FOUND, `secret ${spec.secrets[0]} requested but this worker has no secret store`);

@@ -11,6 +11,7 @@ import { extractTar, validateTar, type ArchiveLimits, type ArchiveStream, type E
 import { FileSnapshotStore } from "./file-store.js";
 import { S3SnapshotStore, type S3StoreOptions } from "./s3-store.js";
 import type { SnapshotStore } from "./store.js";
+import { SecretScanner } from "../secrets/scan.js";
 
 export * from "./store.js";
 export { FileSnapshotStore } from "./file-store.js";
@@ -48,12 +49,21 @@ export function openSnapshotStore(url: string, opts: { s3?: S3StoreOptions } = {
 export async function persistWorkspace(
   tar: Readable,
   store: SnapshotStore,
-  opts: { limits?: ArchiveLimits; signal?: AbortSignal } = {},
+  opts: { limits?: ArchiveLimits; signal?: AbortSignal; secrets?: Record<string, string> } = {},
 ): Promise<SnapshotRef> {
   const counted: ArchiveStream =
     "stats" in tar ? (tar as ArchiveStream) : validateTar(tar, opts.limits ?? { maxBytes: Number.MAX_SAFE_INTEGER, maxEntries: Number.MAX_SAFE_INTEGER, maxDepth: 1024 });
-  const put = await store.put(counted, opts.signal ? { signal: opts.signal } : {});
+  // With secrets, the bytes go through the scanner: a tar holding a value fails with SECRET_IN_WORKSPACE and nothing is stored.
+  const body = opts.secrets && Object.keys(opts.secrets).length ? scanned(counted, opts.secrets) : counted;
+  const put = await store.put(body, opts.signal ? { signal: opts.signal } : {});
   return { id: put.id, bytes: put.bytes, files: counted.stats.files };
+}
+
+function scanned(tar: Readable, secrets: Record<string, string>): Readable {
+  const scanner = new SecretScanner(secrets);
+  tar.on("error", (err) => scanner.destroy(err));
+  scanner.on("close", () => tar.destroy());
+  return tar.pipe(scanner);
 }
 
 /**
@@ -79,9 +89,12 @@ export async function hydrateWorkspace(
 }
 
 /** The worker pipeline's WorkspaceStore shape (worker/run-job.ts) over a snapshot store. */
-export function workspaceStoreFor(store: SnapshotStore): { open(id: string): Promise<Readable>; save(tar: Readable): Promise<SnapshotRef> } {
+export function workspaceStoreFor(store: SnapshotStore): {
+  open(id: string): Promise<Readable>;
+  save(tar: Readable, opts?: { secrets?: Record<string, string> }): Promise<SnapshotRef>;
+} {
   return {
     open: (id) => store.get(id),
-    save: (tar) => persistWorkspace(tar, store),
+    save: (tar, opts) => persistWorkspace(tar, store, opts),
   };
 }
