@@ -55,9 +55,11 @@ export interface LocalProviderOptions {
   workspaceTmpfs?: boolean | { sizeMb?: number };
   /** Pre-started sandboxes kept per recently used image. Default 0 (none). */
   prestart?: number;
-  /** Runs the spawn helper (spawner.py). Default: `python3` found on PATH. */
+  /** Runs the spawn helper (spawner.py). Default: /usr/bin/python3, else `python3` on PATH. */
   pythonPath?: string;
 }
+
+const SYSTEM_PYTHON = "/usr/bin/python3";
 
 /** Images the pre-start pool keeps sandboxes for: the most recently used ones. */
 const PRESTART_IMAGES = 4;
@@ -147,7 +149,8 @@ export class LocalProvider implements SandboxProvider {
       );
     }
     this.bwrapPath = bwrap;
-    const python = opts.pythonPath ?? findOnPath("python3");
+    // The distribution's python first (what setup installs): a version manager's shim on PATH adds its own start-up.
+    const python = opts.pythonPath ?? (existsSync(SYSTEM_PYTHON) ? SYSTEM_PYTHON : findOnPath("python3"));
     if (!python || !existsSync(python)) {
       throw new ProviderError(
         ErrorCodes.PROVIDER_UNAVAILABLE,
