@@ -92,6 +92,8 @@ export interface SandboxProvider {
   check(): Promise<void>;
   /** Removes sandboxes left behind by dead workers; returns how many. */
   reap?(labels: Record<string, string>): Promise<number>;
+  /** Sandboxes created ahead of demand and ready now, per image (pools only). */
+  readySandboxes?(): Record<string, number>;
   /** Idempotent. */
   close(): Promise<void>;
 }

@@ -4,7 +4,8 @@
  * Everything job-related comes from the worker's events (job:start, job:phase,
  * job:finished, job:retry, job:requeued); the pipeline knows nothing about
  * metrics. Labels come only from small fixed sets (queue, kind, provider,
- * status, phase, state, operation, reason, code): never a job or sandbox id.
+ * status, phase, state, operation, reason, code), plus `image` on the pool
+ * gauge (the few images a provider's pool keeps): never a job or sandbox id.
  *
  * Queue gauges (backlog by state, oldest waiting job) are read from Redis at
  * scrape time, bounded by a short timeout and served from the last good read
@@ -70,6 +71,8 @@ export interface WorkerMetricsOptions {
   queueStatsMaxAgeMs?: number;
   /** Process and Node.js runtime metrics (default true). */
   defaultMetrics?: boolean;
+  /** The provider's ready pooled sandboxes per image (SandboxProvider.readySandboxes). */
+  readySandboxes?: () => Record<string, number>;
 }
 
 interface JobTrack {
@@ -183,6 +186,17 @@ export class WorkerMetrics {
       registers,
       collect() {
         this.set({ queue: self.queue }, self.worker.config.concurrency);
+      },
+    });
+    const ready = opts.readySandboxes;
+    new Gauge({
+      name: "sandqueue_sandboxes_ready",
+      help: "Sandboxes created ahead of demand and waiting for a job (the provider's pool), per image.",
+      labelNames: ["provider", "image"],
+      registers,
+      collect() {
+        this.reset();
+        for (const [image, n] of Object.entries(ready?.() ?? {})) this.set({ provider: self.provider, image }, n);
       },
     });
     new Gauge({

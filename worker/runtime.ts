@@ -50,7 +50,12 @@ export async function startWorkerRuntime(
     if (config.metricsPort > 0) {
       // Readiness follows worker.state (false from the start of draining); the
       // server itself closes last, after the worker has drained.
-      const metrics = new WorkerMetrics({ registry: new Registry(), worker, provider: provider.name });
+      const metrics = new WorkerMetrics({
+        registry: new Registry(),
+        worker,
+        provider: provider.name,
+        ...(provider.readySandboxes ? { readySandboxes: () => provider.readySandboxes!() } : {}),
+      });
       releasers.push(() => metrics.close());
       const server = await startHealthServer({
         host: config.metricsHost,

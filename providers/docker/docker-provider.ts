@@ -349,6 +349,12 @@ export class DockerProvider implements SandboxProvider {
   }
 
   /** Idempotent: drains the pool and removes every sandbox still handed out. */
+
+  readySandboxes(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const [key, n] of this.pool.idleByKey()) out[imageOfKey(key)] = (out[imageOfKey(key)] ?? 0) + n;
+    return out;
+  }
   close(): Promise<void> {
     this.closing ??= (async () => {
       const results = await Promise.allSettled([this.pool.drain(), ...[...this.live].map((b) => b.release())]);
@@ -465,6 +471,11 @@ class DockerSandbox implements Sandbox, ExecTarget {
     })();
     return this.released;
   }
+}
+
+/** The image part of a pool key. */
+function imageOfKey(key: string): string {
+  return key.split("\u0000")[0]!;
 }
 
 function poolKey(spec: Pick<SandboxSpec, "image" | "limits">): string {

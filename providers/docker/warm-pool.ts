@@ -116,6 +116,11 @@ export class WarmPool<T extends PoolMember> {
     this.refill();
   }
 
+  /** Ready containers per key. */
+  idleByKey(): Map<string, number> {
+    return new Map([...this.keys].map(([k, s]) => [k, s.idle.length]));
+  }
+
   /** Counts of ready containers per key (tests, metrics). */
   idleCount(key?: string): number {
     if (key !== undefined) return this.keys.get(key)?.idle.length ?? 0;

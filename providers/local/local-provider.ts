@@ -350,6 +350,10 @@ export class LocalProvider implements SandboxProvider {
     return [...this.warm.values()].flat().map((b) => b.id);
   }
 
+  readySandboxes(): Record<string, number> {
+    return Object.fromEntries([...this.warm].map(([image, idle]) => [image, idle.length]));
+  }
+
   /** Pool sandboxes: waiting, or being started. */
   private poolIds(): Set<string> {
     return new Set([...this.idleSandboxes, ...this.starting]);

@@ -50,7 +50,7 @@ describe("worker health endpoints", () => {
     const { base, queue } = await worker(redis.url);
     const client = testClient(queue, { redisUrl: redis.url });
     cleanups.push(() => client.close());
-    await client.enqueue({ kind: "shell", script: "true", limits: { timeoutMs: 5000 } });
+    const { id } = await client.enqueue({ kind: "shell", script: "true", limits: { timeoutMs: 5000 } });
 
     const ready = await get(`${base}/readyz`);
     expect(ready.status, ready.body).toBe(200);
@@ -58,6 +58,9 @@ describe("worker health endpoints", () => {
     const metrics = await get(`${base}/metrics`);
     expect(metrics.body).toMatch(new RegExp(`sandqueue_queue_jobs\\{queue="${queue}",state="(waiting|active|completed)"\\} 1`));
     expect(metrics.body).toContain(`sandqueue_redis_up{queue="${queue}"} 1`);
+    // After a job of an image the local provider keeps sandboxes of it started, and says so.
+    await client.waitForResult(id, { timeoutMs: 10_000 });
+    await expect.poll(async () => (await get(`${base}/metrics`)).body, { timeout: 5000 }).toMatch(/sandqueue_sandboxes_ready\{provider="local",image="host"\} [1-9]/);
 
     // Hung: the connection still looks ready but nothing answers.
     redis.proc.kill("SIGSTOP");

@@ -82,10 +82,18 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
 
-function setup(reader: QueueStatsReader = statsReader(STATS), timeoutMs = 100) {
+function setup(reader: QueueStatsReader = statsReader(STATS), timeoutMs = 100, readySandboxes?: () => Record<string, number>) {
   const worker = new FakeWorker();
   const registry = new Registry();
-  const metrics = new WorkerMetrics({ registry, worker, provider: "local", queueStats: reader, queueStatsTimeoutMs: timeoutMs, queueStatsMaxAgeMs: 0 });
+  const metrics = new WorkerMetrics({
+    registry,
+    worker,
+    provider: "local",
+    queueStats: reader,
+    queueStatsTimeoutMs: timeoutMs,
+    queueStatsMaxAgeMs: 0,
+    ...(readySandboxes ? { readySandboxes } : {}),
+  });
   cleanups.push(() => metrics.close());
   return { worker, registry, metrics };
 }
@@ -168,6 +176,16 @@ describe("WorkerMetrics", () => {
     expect(await value(registry, "sandqueue_sandboxes_in_use", { provider: "local" })).toBe(0);
   });
 
+  it("exports the provider's ready pooled sandboxes per image, dropping images the pool let go", async () => {
+    let ready: Record<string, number> = { host: 2, "py-3.11": 1 };
+    const { registry } = setup(statsReader(STATS), 100, () => ready);
+    expect(await value(registry, "sandqueue_sandboxes_ready", { provider: "local", image: "host" })).toBe(2);
+    expect(await value(registry, "sandqueue_sandboxes_ready", { provider: "local", image: "py-3.11" })).toBe(1);
+    ready = { host: 0 };
+    expect(await value(registry, "sandqueue_sandboxes_ready", { provider: "local", image: "host" })).toBe(0);
+    expect(await registry.metrics()).not.toContain("py-3.11");
+  });
+
   it("exports queue backlog and the oldest waiting job's age from the stats reader", async () => {
     const { registry } = setup();
     for (const [state, n] of Object.entries(STATS.counts)) {
@@ -215,7 +233,8 @@ describe("WorkerMetrics", () => {
     const text = await registry.metrics();
     expect(text).not.toContain(JOB_ID);
 
-    const allowed = new Set(["queue", "kind", "provider", "status", "phase", "state", "operation", "reason", "code", "le"]);
+    // image: only on the pool gauge, whose images are the few a pool keeps.
+    const allowed = new Set(["queue", "kind", "provider", "status", "phase", "state", "operation", "reason", "code", "le", "image"]);
     const json = await registry.getMetricsAsJSON();
     const ours = json.filter((m) => m.name.startsWith("sandqueue_"));
     expect(ours.map((m) => m.name).sort()).toEqual(
@@ -231,6 +250,7 @@ describe("WorkerMetrics", () => {
         "sandqueue_queue_oldest_waiting_age_seconds",
         "sandqueue_redis_up",
         "sandqueue_sandboxes_in_use",
+        "sandqueue_sandboxes_ready",
         "sandqueue_snapshot_bytes_total",
         "sandqueue_snapshots_total",
         "sandqueue_worker_concurrency",
