@@ -105,3 +105,5 @@ export function toSandqueueError(err: unknown): SandqueueError {
   const message = err instanceof Error ? err.message : String(err);
   return new SandqueueError(ErrorCodes.INTERNAL, message, { retryable: true, cause: err });
 }
+
+export { withTimeout } from "./timeout.js";

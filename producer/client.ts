@@ -9,7 +9,7 @@
 import { createHash, randomUUID } from "node:crypto";
 import { Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
-import { ClientError, ErrorCodes, SpecError, isSandqueueError } from "../errors/index.js";
+import { ClientError, ErrorCodes, SpecError, isSandqueueError, withTimeout } from "../errors/index.js";
 import { DEFAULT_SPEC_SIZE_LIMITS, parseJobSpec, type JobSpec, type SpecSizeLimits } from "./job-spec.js";
 import { JobResultSchema, errorJobResult, type JobResult } from "./job-result.js";
 import {
@@ -363,14 +363,5 @@ function safeJson(s: string): unknown {
     return JSON.parse(s);
   } catch {
     return undefined;
-  }
-}
-
-async function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([p, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(onTimeout()), ms)))]);
-  } finally {
-    clearTimeout(timer);
   }
 }

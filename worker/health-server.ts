@@ -11,7 +11,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
-import { ConfigError, ErrorCodes } from "../errors/index.js";
+import { ConfigError, ErrorCodes, withTimeout } from "../errors/index.js";
 import type { SandboxProvider } from "../providers/provider.js";
 import type { SandqueueWorker } from "./worker.js";
 
@@ -162,14 +162,4 @@ function singleFlight<T>(fn: () => Promise<T>): () => Promise<T> {
         inflight = undefined;
       }
     })());
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }

@@ -17,7 +17,7 @@ import type { EventEmitter } from "node:events";
 import { Queue } from "bullmq";
 import type { Redis } from "ioredis";
 import { Counter, Gauge, Histogram, collectDefaultMetrics, type Registry } from "prom-client";
-import { ErrorCodes } from "../errors/index.js";
+import { ErrorCodes, withTimeout } from "../errors/index.js";
 import type { JobSpec } from "../producer/job-spec.js";
 import { JOB_STATUSES, KILL_REASONS, type JobResult } from "../producer/job-result.js";
 import type { WorkerConfig } from "./config.js";
@@ -416,14 +416,4 @@ function kindOf(spec: JobSpec): string {
 function operationOf(track: JobTrack | undefined): ProviderOperation {
   const phase = track?.lastPhase;
   return phase && (PROVIDER_OPERATIONS as readonly string[]).includes(phase) ? (phase as ProviderOperation) : "other";
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
 }
