@@ -12,6 +12,7 @@ import path from "node:path";
 import { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { shellRequest } from "../support/harness.js";
 import { describeProviderContract } from "../../providers/contract.js";
 import { filesToTar } from "../../providers/archive/index.js";
 import {
@@ -24,7 +25,7 @@ import {
   type DockerProviderOptions,
 } from "../../providers/docker/index.js";
 import { aptMirror, listImages } from "../../providers/images/index.js";
-import type { ExecRequest, SandboxSpec } from "../../providers/provider.js";
+import type { SandboxSpec } from "../../providers/provider.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const DOCKER_HOST = process.env.DOCKER_HOST ?? `unix://${path.join(ROOT, ".sandqueue/podman/podman.sock")}`;
@@ -103,13 +104,7 @@ const spec = (limits: Partial<SandboxSpec["limits"]> = {}, labels: Record<string
   network: "none",
   labels: { "sandqueue.test-run": RUN, ...labels },
 });
-const req = (script: string, over: Partial<ExecRequest> = {}): ExecRequest => ({
-  argv: ["/bin/sh", "-c", script],
-  env: { PATH: "/usr/bin:/bin" },
-  timeoutMs: 15_000,
-  maxOutputBytes: 1 << 20,
-  ...over,
-});
+const req = shellRequest;
 
 describe("docker provider specifics", () => {
   beforeAll(requireEngine);

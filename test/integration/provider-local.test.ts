@@ -10,9 +10,10 @@ import { mkdtemp, mkdir, readFile, rm, rmdir, writeFile, readdir, symlink, cp } 
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { shellRequest } from "../support/harness.js";
 import { describeProviderContract } from "../../providers/contract.js";
 import { LocalProvider, type LocalProviderOptions } from "../../providers/local/index.js";
-import type { ExecRequest, SandboxSpec } from "../../providers/provider.js";
+import type { SandboxSpec } from "../../providers/provider.js";
 import { rawTar, streamOf } from "../unit/archive-helpers.js";
 
 const roots: string[] = [];
@@ -59,13 +60,7 @@ const spec = (limits: Partial<SandboxSpec["limits"]> = {}, image = "host"): Sand
   network: "none",
   labels: { "sandqueue.test": "local" },
 });
-const req = (script: string, over: Partial<ExecRequest> = {}): ExecRequest => ({
-  argv: ["/bin/sh", "-c", script],
-  env: { PATH: "/usr/bin:/bin" },
-  timeoutMs: 15_000,
-  maxOutputBytes: 1 << 20,
-  ...over,
-});
+const req = shellRequest;
 
 async function subdirsOf(dir: string): Promise<string[]> {
   return (await readdir(dir, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => path.join(dir, e.name));

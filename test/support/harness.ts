@@ -13,6 +13,7 @@ import { SandqueueClient, type ClientOptions } from "../../producer/client.js";
 import { parseWorkerConfig, type WorkerConfig } from "../../worker/config.js";
 import { silentLogger } from "../../worker/log.js";
 import { startWorkerRuntime, type WorkerRuntime } from "../../worker/runtime.js";
+import type { ExecRequest } from "../../providers/provider.js";
 
 export const REDIS_URL = process.env.REDIS_URL ?? "redis://127.0.0.1:6379";
 
@@ -105,4 +106,9 @@ export async function startRedis(extraArgs: string[] = []): Promise<{ url: strin
         proc.kill("SIGKILL");
       }),
   };
+}
+
+/** An exec request running `script` under /bin/sh with a plain PATH (provider tests). */
+export function shellRequest(script: string, over: Partial<ExecRequest> = {}): ExecRequest {
+  return { argv: ["/bin/sh", "-c", script], env: { PATH: "/usr/bin:/bin" }, timeoutMs: 15_000, maxOutputBytes: 1 << 20, ...over };
 }
