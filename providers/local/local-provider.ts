@@ -26,6 +26,7 @@ import { detectCgroups, type CgroupManager, type SandboxCgroup } from "./cgroups
 import { HOST_IMAGE, dirImageOps, hostImageOps } from "./image-root.js";
 import { LocalSandbox } from "./local-sandbox.js";
 import { Spawner } from "./spawner.js";
+import { seccompProgram } from "./seccomp.js";
 import { mountWorkRootTmpfs, type WorkRootMount } from "./workspace-mount.js";
 
 export interface LocalProviderOptions {
@@ -71,7 +72,8 @@ export const BWRAP_OVERHEAD_PIDS = 2;
 
 const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 1024 ** 3, maxEntries: 100_000, maxDepth: 64 };
 const SANDBOX_NAME = /^sq-(\d+)-[0-9a-f]{12}$/;
-const HOST_ETC_NAME = /^\.host-etc-(\d+)-[0-9a-f]{12}$/;
+/** Files of one provider instance in the work root: the host image's /etc and the seccomp program. */
+const PROVIDER_FILE_NAME = /^\.(?:host-etc|seccomp)-(\d+)-[0-9a-f]{12}$/;
 const MiB = 1024 * 1024;
 const MAX_MEMORY_MB = 1024 * 1024 * 1024;
 /** pids.max accepts at most PID_MAX_LIMIT + 1 (4194305), bwrap's own processes included. */
@@ -123,6 +125,8 @@ export class LocalProvider implements SandboxProvider {
   private readonly cgroups: CgroupManager;
   private readonly hostOps: string[];
   private readonly hostEtcDir: string;
+  /** The compiled seccomp program, written once; bwrap reads it from fd 4 at every start. */
+  private readonly seccompFile: string;
   private readonly uid: number;
   private readonly gid: number;
   private readonly tmpSizeBytes: number | undefined;
@@ -168,9 +172,12 @@ export class LocalProvider implements SandboxProvider {
     this.workMount = tmpfs === false ? null : mountWorkRootTmpfs(this.workRoot, tmpfs === true ? {} : tmpfs);
     this.imagesDir = opts.imagesDir === undefined ? undefined : path.resolve(opts.imagesDir);
     // Per provider instance (several may share a work root); removed by close(), or by reap() once the owner is dead.
-    this.hostEtcDir = path.join(this.workRoot, `.host-etc-${process.pid}-${randomBytes(6).toString("hex")}`);
+    const instance = `${process.pid}-${randomBytes(6).toString("hex")}`;
+    this.hostEtcDir = path.join(this.workRoot, `.host-etc-${instance}`);
+    this.seccompFile = path.join(this.workRoot, `.seccomp-${instance}`);
     try {
       this.hostOps = hostImageOps(this.hostEtcDir);
+      writeFileSync(this.seccompFile, seccompProgram(), { mode: 0o600 });
     } catch (err) {
       this.workMount?.close(); // a no-op unless the tmpfs is still empty
       throw err;
@@ -313,6 +320,7 @@ export class LocalProvider implements SandboxProvider {
         rootOps,
         cgroup,
         spawner: this.spawner,
+        seccompFile: this.seccompFile,
         bwrapPath: this.bwrapPath,
         uid: this.uid,
         gid: this.gid,
@@ -384,9 +392,9 @@ export class LocalProvider implements SandboxProvider {
     ]);
     let count = 0;
     for (const name of names) {
-      const etc = HOST_ETC_NAME.exec(name);
-      // Not a sandbox, not counted: just the /etc copy of a dead provider.
-      if (etc && Number(etc[1]) !== process.pid && !pidAlive(Number(etc[1]))) {
+      const own = PROVIDER_FILE_NAME.exec(name);
+      // Not a sandbox, not counted: the /etc copy or seccomp file of a dead provider.
+      if (own && Number(own[1]) !== process.pid && !pidAlive(Number(own[1]))) {
         await rm(path.join(this.workRoot, name), { recursive: true, force: true });
       }
       const m = SANDBOX_NAME.exec(name);
@@ -413,6 +421,7 @@ export class LocalProvider implements SandboxProvider {
       const results = await Promise.allSettled([
         ...[...this.live.values()].map((s) => s.release()),
         rm(this.hostEtcDir, { recursive: true, force: true }),
+        rm(this.seccompFile, { force: true }),
       ]);
       this.spawner.close();
       this.workMount?.close();

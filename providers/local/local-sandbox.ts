@@ -19,7 +19,6 @@ import { buildBwrapArgs } from "./bwrap-args.js";
 import type { CgroupLimits, ExecCgroup, SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
 import { hostDirFor } from "./workspace-path.js";
-import { seccompProgram } from "./seccomp.js";
 import { isListed, killAllExcept, waitFor } from "./sandbox-kill.js";
 import { LAUNCHER_ARGV, REQUEST_FD, launchScript } from "./launch-request.js";
 import type { Spawner, SpawnedProcess } from "./spawner.js";
@@ -51,6 +50,8 @@ export interface LocalSandboxContext {
   rootOps: readonly string[];
   cgroup: SandboxCgroup;
   spawner: Spawner;
+  /** The provider's compiled seccomp program (written once). */
+  seccompFile: string;
   bwrapPath: string;
   uid: number;
   gid: number;
@@ -124,8 +125,6 @@ export class LocalSandbox implements Sandbox {
       const n = ++this.launches;
       const f = (name: string) => path.join(ctx.sandboxDir, `x${n}.${name}`);
       const fifos = { stdin: f("in"), stdout: f("out"), stderr: f("err"), request: f("req") };
-      const seccompFile = f("seccomp");
-      writeFileSync(seccompFile, seccompProgram(), { mode: 0o600 });
       const args = buildBwrapArgs({
         rootOps: ctx.rootOps,
         workspaceHostDir: ctx.workspaceHostDir,
@@ -147,11 +146,10 @@ export class LocalSandbox implements Sandbox {
           [0, fifos.stdin, "r"],
           [1, fifos.stdout, "rw"],
           [2, fifos.stderr, "rw"],
-          [SECCOMP_FD, seccompFile, "r"],
+          [SECCOMP_FD, ctx.seccompFile, "r"],
           [REQUEST_FD, fifos.request, "rw"],
         ],
       });
-      unlinkSync(seccompFile); // bwrap holds it open; nothing else needs the name
       return { proc, cg, fifos, procsFile: join.procs.at(-1) };
     } catch (err) {
       await cg.remove().catch(() => undefined);
