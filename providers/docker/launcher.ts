@@ -14,7 +14,7 @@
 import { randomBytes } from "node:crypto";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import type { ExecRequest } from "../provider.js";
-import { WORKSPACE_DIR } from "../provider.js";
+import { requestPrelude, shellQuote } from "../request-script.js";
 
 /** Kills every process of the sandbox user but PID 1 itself; builtins only, so it works at the pids limit. */
 const KILL_ALL = "kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null";
@@ -74,18 +74,6 @@ export function newTag(): string {
   return TAG_PREFIX + randomBytes(16).toString("hex");
 }
 
-const NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-
-function quote(value: string): string {
-  return `'${value.replace(/'/g, "'\\''")}'`;
-}
-
-function checkString(what: string, value: string): void {
-  if (value.includes("\u0000")) {
-    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what} contains a NUL byte`, { retryable: false });
-  }
-}
-
 /**
  * The shell text the launcher evals for `req`: cd, then exactly the
  * request's environment (dash exports PWD and OLDPWD itself, so they go
@@ -95,19 +83,8 @@ function checkString(what: string, value: string): void {
  * an argv goes through `sh -c 'exec "$@"'`.
  */
 export function requestScript(req: Pick<ExecRequest, "argv" | "env" | "cwd">): string {
-  const cwd = req.cwd ?? WORKSPACE_DIR;
-  checkString("cwd", cwd);
-  const lines = [`cd -- ${quote(cwd)} || exit 126`, "unset PWD OLDPWD"];
-  for (const [k, v] of Object.entries(req.env)) {
-    if (!NAME.test(k)) {
-      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `environment variable name "${k}" is not a shell identifier`, { retryable: false });
-    }
-    checkString(`environment variable ${k}`, v);
-    lines.push(`export ${k}=${quote(v)}`);
-  }
-  if (req.argv.length === 0) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "empty argv", { retryable: false });
-  req.argv.forEach((a, i) => checkString(`argv[${i}]`, a));
-  lines.push(`set -- ${req.argv.map(quote).join(" ")}`);
+  const lines = requestPrelude(req);
+  lines.push(`set -- ${req.argv.map(shellQuote).join(" ")}`);
   const viaShell = req.argv[0]!.includes("=") ? `/bin/sh -c 'exec "$@"' sh ` : "";
   lines.push(`exec /usr/bin/env --default-signal -- ${viaShell}"$@"`);
   return lines.join("\n") + "\n";
