@@ -14,7 +14,7 @@ import { ErrorCodes } from "../../errors/index.js";
 import { EngineClient } from "../../providers/docker/index.js";
 import { requireCommand, tempDir } from "../support/harness.js";
 import { rawTar } from "../unit/archive-helpers.js";
-import { eventuallyEmpty, FORK_BOMB, hostProcessesWith, MEMORY_BOMB, nonce, startRig, type Rig } from "./support.js";
+import { eventuallyEmpty, FORK_BOMB, hostProcessesWith, inodeFlood, MEMORY_BOMB, SPREAD_MEMORY_BOMB, nonce, startRig, type Rig } from "./support.js";
 
 requireCommand("redis-server", "redis-server");
 
@@ -68,22 +68,13 @@ describe("security: hostile jobs (docker provider)", () => {
   });
 
   it("memory bomb spread over many processes: killed/memory", async () => {
-    const code = [
-      "import os, time",
-      "for _ in range(8):",
-      "    if os.fork() == 0:",
-      "        b = bytearray(24 * 1024 * 1024)",
-      "        for i in range(0, len(b), 4096): b[i] = 1",
-      "        time.sleep(30); os._exit(0)",
-      "for _ in range(8): os.wait()",
-    ].join("\n");
-    const r = await rig.run({ kind: "python", code, limits: { memoryMb: 96, timeoutMs: 8000 } });
+    const r = await rig.run({ kind: "python", code: SPREAD_MEMORY_BOMB, limits: { memoryMb: 96, timeoutMs: 8000 } });
     expect(r).toMatchObject({ status: "killed", reason: "memory" });
   });
 
   it("inode exhaustion (empty files in a loop) in the workspace and /tmp: bounded", async () => {
     for (const dir of ["/workspace/many", "/tmp/many"]) {
-      const code = `import os\nos.makedirs('${dir}')\nfor i in range(10**8): open(f'${dir}/{i}', 'w').close()`;
+      const code = inodeFlood(dir);
       const r = await rig.run({ kind: "python", code, limits: { memoryMb: 48, timeoutMs: 6000 } });
       // Dentries and inodes of the tmpfs are charged to the container's memory,
       // unless the tmpfs's own inode cap says ENOSPC first.

@@ -8,7 +8,7 @@
 import { statfsSync } from "node:fs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { requireCommand } from "../support/harness.js";
-import { eventuallyEmpty, FORK_BOMB, hostProcessesWith, MEMORY_BOMB, nextHostPid, nonce, orphanZombiesBetween, startRig, type Rig } from "./support.js";
+import { eventuallyEmpty, FORK_BOMB, hostProcessesWith, inodeFlood, MEMORY_BOMB, SPREAD_MEMORY_BOMB, nextHostPid, nonce, orphanZombiesBetween, startRig, type Rig } from "./support.js";
 
 requireCommand("bwrap", "bubblewrap");
 requireCommand("redis-server", "redis-server");
@@ -75,16 +75,7 @@ describe("security: resource abuse (local provider)", () => {
   });
 
   it("memory bomb spread over many processes: killed/memory for the whole sandbox", async () => {
-    const code = [
-      "import os, time",
-      "for _ in range(8):",
-      "    if os.fork() == 0:",
-      "        b = bytearray(24 * 1024 * 1024)",
-      "        for i in range(0, len(b), 4096): b[i] = 1",
-      "        time.sleep(30); os._exit(0)",
-      "for _ in range(8): os.wait()",
-    ].join("\n");
-    const r = await rig.run({ kind: "python", code, limits: { memoryMb: 96, timeoutMs: 8000 } });
+    const r = await rig.run({ kind: "python", code: SPREAD_MEMORY_BOMB, limits: { memoryMb: 96, timeoutMs: 8000 } });
     expect(r).toMatchObject({ status: "killed", reason: "memory" });
   });
 
@@ -113,7 +104,7 @@ describe("security: resource abuse (local provider)", () => {
 
   it("inode exhaustion (empty files in a loop) in the workspace and /tmp: killed/memory", async () => {
     for (const dir of ["/workspace/many", "/tmp/many"]) {
-      const code = `import os\nos.makedirs('${dir}')\nfor i in range(10**8): open(f'${dir}/{i}', 'w').close()`;
+      const code = inodeFlood(dir);
       const r = await rig.run({ kind: "python", code, limits: { memoryMb: 48, timeoutMs: 4000 } });
       // Inodes and dentries of a tmpfs are charged to the writer's memory cgroup like its pages.
       expect(r, dir).toMatchObject({ status: "killed", reason: "memory" });

@@ -143,3 +143,19 @@ export const FORK_BOMB = "f() { f | f & }; f; sleep 2";
 
 /** Python memory bomb: 8 MiB at a time until the memory limit stops it. */
 export const MEMORY_BOMB = "b = []\nwhile True: b.append(bytearray(8 * 1024 * 1024))";
+
+/** Eight processes of 24 MiB each: only the sandbox-wide limit stops it, no single process is large. */
+export const SPREAD_MEMORY_BOMB = [
+  "import os, time",
+  "for _ in range(8):",
+  "    if os.fork() == 0:",
+  "        b = bytearray(24 * 1024 * 1024)",
+  "        for i in range(0, len(b), 4096): b[i] = 1",
+  "        time.sleep(30); os._exit(0)",
+  "for _ in range(8): os.wait()",
+].join("\n");
+
+/** Python creating empty files in `dir` until something stops it (inodes and dentries, no data). */
+export function inodeFlood(dir: string): string {
+  return `import os\nos.makedirs('${dir}')\nfor i in range(10**8): open(f'${dir}/{i}', 'w').close()`;
+}
