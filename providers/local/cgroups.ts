@@ -36,8 +36,18 @@ export interface ExecCgroup {
    * `limits`, moves itself into `procs` (one cgroup.procs per hierarchy),
    * spawns, and moves back to `home`. The child starts inside the limits
    * without a wrapper process of its own.
+   *
+   * `oom` (cgroup v1 only): the files through which the helper asks the
+   * kernel for an eventfd notification of each OOM in the leaf. v1 has no
+   * memory.oom.group, so the worker ends the whole exec on the first one;
+   * on v2 the kernel kills the whole leaf itself.
    */
-  readonly join: { limits: readonly CgroupWrite[]; procs: readonly string[]; home: readonly string[] };
+  readonly join: {
+    limits: readonly CgroupWrite[];
+    procs: readonly string[];
+    home: readonly string[];
+    oom?: { control: string; eventControl: string };
+  };
   counters(): Promise<CgroupCounters>;
   /** SIGKILLs every process in the cgroup until it is empty (or gives up). */
   killAll(): Promise<void>;
@@ -298,7 +308,12 @@ class SandboxCgroupImpl implements SandboxCgroup {
           ]),
       w(h.pids, "pids.max", String(this.limits.pids)),
     ];
-    leaf.join = { limits, procs: uniqueDirs(h).map((d) => path.join(d, "cgroup.procs")), home: this.home };
+    leaf.join = {
+      limits,
+      procs: uniqueDirs(h).map((d) => path.join(d, "cgroup.procs")),
+      home: this.home,
+      ...(h.v2 ? {} : { oom: { control: path.join(h.mem, "memory.oom_control"), eventControl: path.join(h.mem, "cgroup.event_control") } }),
+    };
     try {
       await mkdirAll(h);
       this.newest = h;

@@ -26,9 +26,6 @@ import type { Spawner, SpawnedProcess } from "./spawner.js";
 /** bwrap reads the seccomp program from this fd. */
 const SECCOMP_FD = 4;
 
-/** How often the memory cgroup's OOM-kill counter is read while an exec runs. */
-const OOM_POLL_MS = 200;
-
 /** Order in which simultaneous limit hits are reported. */
 const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output", "memory", "pids"];
 
@@ -141,6 +138,7 @@ export class LocalSandbox implements Sandbox {
       const proc = await ctx.spawner.start({
         argv: [ctx.bwrapPath, ...args],
         cgroup: { limits: join.limits.map((w) => [w.file, w.value, w.optional]), procs: join.procs, home: join.home },
+        ...(join.oom ? { oom: { control: join.oom.control, event_control: join.oom.eventControl } } : {}),
         mkfifo: [fifos.stdin, fifos.stdout, fifos.stderr, fifos.request],
         fds: [
           [0, fifos.stdin, "r"],
@@ -273,11 +271,13 @@ export class LocalSandbox implements Sandbox {
     if (earlyKill) kill(earlyKill);
 
     const timer = setTimeout(() => kill("timeout"), req.timeoutMs);
-    // cgroup v1 has no memory.oom.group: the first OOM kill ends the whole
+    // cgroup v1 has no memory.oom.group: the first OOM event ends the whole
     // exec, as on v2, instead of leaving survivors to run into the timeout.
-    const oomPoll = setInterval(() => {
-      void cg.counters().then((c) => (c.oomKills > 0 ? kill("memory") : undefined), () => undefined);
-    }, OOM_POLL_MS);
+    // The helper reports it from a kernel eventfd (sent as the kernel declares
+    // the OOM, before its kill: no counter to confirm yet).
+    void proc.oom.then(() => {
+      if (this.running?.kill === kill) kill("memory");
+    });
     const onAbort = (): void => kill("aborted");
     req.signal?.addEventListener("abort", onAbort, { once: true });
 
@@ -321,7 +321,6 @@ export class LocalSandbox implements Sandbox {
       this.leafRemovals.add(removal);
       void removal.then(() => this.leafRemovals.delete(removal));
       clearTimeout(timer);
-      clearInterval(oomPoll);
       req.signal?.removeEventListener("abort", onAbort);
       this.running = null;
     }

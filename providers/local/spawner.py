@@ -9,8 +9,10 @@ costs well under a millisecond, and it runs beside the worker's event loop.
 Protocol: one JSON object per line on stdin, one per line on stdout.
   -> {"op": "start", "id": S, "argv": [...], "mkfifo": [path...],
       "fds": [[target_fd, path, "r" | "rw"], ...],
-      "cgroup": {"limits": [[file, value, optional]...], "procs": [file...], "home": [file...]}}
+      "cgroup": {"limits": [[file, value, optional]...], "procs": [file...], "home": [file...]},
+      "oom": {"control": path, "event_control": path}}
   <- {"op": "started", "id": S, "pid": N}
+  <- {"op": "oom", "id": S}
   <- {"op": "exit", "id": S, "code": N | null, "signal": N | null}
   <- {"op": "error", "id": S, "message": "..."}
 FIFOs are opened without blocking ("r": read-only, "rw": read-write) and
@@ -20,6 +22,11 @@ inherited. The environment of every child is empty.
 cgroup: the helper writes the limits, moves itself into the target cgroup
 (`procs`, one per hierarchy), spawns, and moves back (`home`): the child
 starts inside its limits before it can fork, with no wrapper process.
+
+oom (cgroup v1): the helper registers an eventfd for the leaf's
+memory.oom_control (cgroup.event_control) and reports the first OOM event
+while the process lives, so the worker ends the whole exec at once (v1 has
+no memory.oom.group) instead of polling a counter.
 
 When stdin closes (the worker is gone) every child is SIGKILLed and the
 helper exits; the children's bwrap --die-with-parent ends their sandboxes.
@@ -74,6 +81,7 @@ def spawn_in_cgroup(argv, actions, cgroup):
 
 def start(msg, children, sel):
     opened = []
+    watch = None
     try:
         for path in msg.get("mkfifo", []):
             os.mkfifo(path, 0o600)
@@ -82,27 +90,77 @@ def start(msg, children, sel):
             fd = open_fd(path, mode)
             opened.append(fd)
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+        # Watching before the spawn: an OOM in the first instant is not missed.
+        watch = watch_oom(msg["oom"], msg["id"], sel) if msg.get("oom") else None
         argv = msg["argv"]
         pid = spawn_in_cgroup(argv, actions, msg.get("cgroup"))
+    except BaseException:
+        if watch:
+            unwatch(watch, sel)
+        raise
     finally:
         for fd in opened:
             os.close(fd)
     pidfd = os.pidfd_open(pid)
-    children[pid] = (msg["id"], pidfd)
+    children[pid] = (msg["id"], pidfd, watch)
     sel.register(pidfd, selectors.EVENT_READ, pid)
     send({"op": "started", "id": msg["id"], "pid": pid})
 
 
+def watch_oom(oom, ident, sel):
+    """eventfd signalled by the kernel on each OOM in the memcg (cgroup v1 notification API)."""
+    efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    try:
+        control = os.open(oom["control"], os.O_RDONLY | os.O_CLOEXEC)
+    except BaseException:
+        os.close(efd)
+        raise
+    try:
+        write_file(oom["event_control"], f"{efd} {control}")
+    except BaseException:
+        os.close(efd)
+        os.close(control)
+        raise
+    sel.register(efd, selectors.EVENT_READ, ("oom", ident))
+    return (efd, control)
+
+
+def on_oom(efd, ident, sel):
+    try:
+        os.eventfd_read(efd)
+    except BlockingIOError:
+        return
+    # Reported once per exec: the worker kills the whole tree on the first.
+    sel.unregister(efd)
+    send({"op": "oom", "id": ident})
+
+
+def unwatch(watch, sel):
+    efd, control = watch
+    try:
+        sel.unregister(efd)
+    except KeyError:
+        pass  # already reported
+    os.close(efd)
+    os.close(control)
+
+
 def reap(pid, children, sel):
-    ident, pidfd = children.pop(pid)
+    ident, pidfd, watch = children.pop(pid)
     sel.unregister(pidfd)
     os.close(pidfd)
+    # Closed before the exit is reported: the leaf's removal (after the exit)
+    # also signals the eventfd, and nobody listens any more.
+    if watch:
+        unwatch(watch, sel)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     send({"op": "exit", "id": ident, "code": code if code >= 0 else None, "signal": -code if code < 0 else None})
 
 
 def main():
+    if not hasattr(os, "eventfd"):
+        sys.exit("spawner.py needs Python 3.10 or newer (os.eventfd)")
     # Whatever the worker inherited without close-on-exec stops here.
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -113,6 +171,9 @@ def main():
     pending = b""
     while True:
         for key, _ in sel.select():
+            if isinstance(key.data, tuple):
+                on_oom(key.fd, key.data[1], sel)
+                continue
             if key.data is not None:
                 reap(key.data, children, sel)
                 continue

@@ -24,6 +24,8 @@ export interface SpawnRequest {
   fds: Array<[number, string, "r" | "rw"]>;
   /** Starts the process inside this cgroup (see ExecCgroup.join). */
   cgroup?: { limits: Array<[string, string, boolean]>; procs: readonly string[]; home: readonly string[] };
+  /** cgroup v1: report OOM events of this memory cgroup (see ExecCgroup.join). */
+  oom?: { control: string; event_control: string };
 }
 
 export interface ExitStatus {
@@ -37,12 +39,15 @@ export interface SpawnedProcess {
   exited: Promise<ExitStatus>;
   /** True once `exited` has resolved. */
   readonly hasExited: boolean;
+  /** Resolves on the first OOM event the helper reports for it (requests with `oom` only); may never resolve. */
+  oom: Promise<void>;
 }
 
 interface Pending {
   started: (pid: number) => void;
   failed: (err: Error) => void;
   exited?: (s: ExitStatus) => void;
+  oom?: () => void;
 }
 
 /** spawner.py sits next to this module in the sources; dist/ has only the compiled JS. */
@@ -98,6 +103,7 @@ export class Spawner {
     const p = this.pending.get(msg.id);
     if (!p) return;
     if (msg.op === "started") p.started(msg.pid!);
+    else if (msg.op === "oom") p.oom?.();
     else if (msg.op === "error") {
       this.pending.delete(msg.id);
       p.failed(new ProviderError(ErrorCodes.PROVIDER_FAILED, `could not start bwrap: ${msg.message}`, { retryable: true }));
@@ -114,9 +120,12 @@ export class Spawner {
       let done = false;
       let resolveExit!: (s: ExitStatus) => void;
       const exited = new Promise<ExitStatus>((r) => (resolveExit = r));
+      let resolveOom!: () => void;
+      const oom = new Promise<void>((r) => (resolveOom = r));
       const entry: Pending = {
+        oom: () => resolveOom(),
         started: (pid) => {
-          const proc = { pid, exited, hasExited: false };
+          const proc = { pid, exited, hasExited: false, oom };
           void exited.then(() => (proc.hasExited = true));
           entry.exited = resolveExit;
           done = true;
