@@ -7,7 +7,7 @@
  * machine.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
@@ -32,12 +32,26 @@ function rawSpawn(args: string[]): Promise<void> {
   });
 }
 
+/**
+ * CPU time the whole machine spent (user, nice, system, irq, softirq, steal;
+ * ms). Per job at concurrency = cores it says what the throughput ratio can
+ * be at most once the CPU is the limit: everything of a job counts, Redis,
+ * the spawn helper, bwrap, kernel work, and also other tenants' noise.
+ */
+function machineCpuMs(): number {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).map(Number);
+  const [user, nice, system, , , irq, softirq, steal] = f.slice(1);
+  return (((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) * 1000) / 100; // USER_HZ = 100
+}
+
 export interface QueueBenchResult {
   cores: number;
   raw1: RunStats;
   rawN: RunStats;
   queued1: RunStats;
   queuedN: RunStats;
+  /** Machine CPU per job at concurrency = cores (ms). */
+  cpuPerJob: { rawN: number; queuedN: number };
 }
 
 export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), rounds = Number(process.env.BENCH_ROUNDS ?? 5)): Promise<QueueBenchResult> {
@@ -70,6 +84,7 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
   // Interleaved rounds: a shared, noisy machine slows every series alike.
   const acc = { raw1: [] as number[], rawN: [] as number[], q1: [] as number[], qN: [] as number[] };
   const wall = { raw1: 0, rawN: 0, q1: 0, qN: 0 };
+  const cpu = { raw1: 0, rawN: 0, q1: 0, qN: 0 };
   const per = Math.max(1, Math.floor(n / rounds));
   for (let r = 0; r < rounds; r++) {
     for (const [key, c, fn] of [
@@ -78,7 +93,9 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
       ["rawN", cores, raw],
       ["qN", cores, qN.once],
     ] as const) {
+      const cpu0 = machineCpuMs();
       const run = await timedPool(per, c, () => fn());
+      cpu[key] += machineCpuMs() - cpu0;
       acc[key].push(...run.latencies);
       wall[key] += run.wallMs;
     }
@@ -92,6 +109,7 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
     rawN: stats(acc.rawN, wall.rawN),
     queued1: stats(acc.q1, wall.q1),
     queuedN: stats(acc.qN, wall.qN),
+    cpuPerJob: { rawN: cpu.rawN / acc.rawN.length, queuedN: cpu.qN / acc.qN.length },
   };
 }
 
@@ -106,5 +124,7 @@ export function reportQueueBench(r: QueueBenchResult): string {
     `through queue  c=${r.cores}        ${fmt(r.queuedN)}`,
     `throughput ratio at c=${r.cores}: ${thr.toFixed(2)}x raw (target >= 0.85x) ${thr >= 0.85 ? "OK" : "BELOW TARGET"}`,
     `p50 latency at c=1: +${p50delta.toFixed(2)}ms over raw (target <= 3ms) ${p50delta <= 3 ? "OK" : "ABOVE TARGET"}`,
+    `machine CPU per job at c=${r.cores}: raw ${r.cpuPerJob.rawN.toFixed(1)}ms, queued ${r.cpuPerJob.queuedN.toFixed(1)}ms ` +
+      `(CPU-bound, the throughput ratio can reach at most ${(r.cpuPerJob.rawN / r.cpuPerJob.queuedN).toFixed(2)}x; includes other tenants' load)`,
   ].join("\n");
 }
