@@ -18,6 +18,7 @@ import { parseWorkerConfig } from "../worker/config.js";
 import { silentLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
 import { fmt, stats, timedPool, type RunStats } from "./stats.js";
+import { startBullmqBaseline } from "./bullmq-baseline.js";
 
 const ARGV = ["/bin/sh", "-c", "true"];
 const ENV = { PATH: "/usr/local/bin:/usr/bin:/bin", HOME: "/workspace", LANG: "C.UTF-8" };
@@ -50,8 +51,10 @@ export interface QueueBenchResult {
   rawN: RunStats;
   queued1: RunStats;
   queuedN: RunStats;
+  /** Raw BullMQ (add, a processor that returns at once, completion event) at concurrency = cores. */
+  bullmqN: RunStats;
   /** Machine CPU per job at concurrency = cores (ms). */
-  cpuPerJob: { rawN: number; queuedN: number };
+  cpuPerJob: { rawN: number; queuedN: number; bullmqN: number };
 }
 
 export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), rounds = Number(process.env.BENCH_ROUNDS ?? 5)): Promise<QueueBenchResult> {
@@ -76,15 +79,16 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
   };
   const q1 = await queued(1);
   const qN = await queued(cores);
+  const bull = await startBullmqBaseline(parseWorkerConfig(process.env, {}, {}).redisUrl, cores);
   const raw = (): Promise<void> => rawSpawn(args);
 
   // Warm-up: page cache, bwrap binary, Redis connections, JIT.
-  for (let i = 0; i < 20; i++) await Promise.all([raw(), q1.once(), qN.once()]);
+  for (let i = 0; i < 20; i++) await Promise.all([raw(), q1.once(), qN.once(), bull.once()]);
 
   // Interleaved rounds: a shared, noisy machine slows every series alike.
-  const acc = { raw1: [] as number[], rawN: [] as number[], q1: [] as number[], qN: [] as number[] };
-  const wall = { raw1: 0, rawN: 0, q1: 0, qN: 0 };
-  const cpu = { raw1: 0, rawN: 0, q1: 0, qN: 0 };
+  const acc = { raw1: [] as number[], rawN: [] as number[], q1: [] as number[], qN: [] as number[], bN: [] as number[] };
+  const wall = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0 };
+  const cpu = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0 };
   const per = Math.max(1, Math.floor(n / rounds));
   for (let r = 0; r < rounds; r++) {
     for (const [key, c, fn] of [
@@ -92,6 +96,7 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
       ["q1", 1, q1.once],
       ["rawN", cores, raw],
       ["qN", cores, qN.once],
+      ["bN", cores, bull.once],
     ] as const) {
       const cpu0 = machineCpuMs();
       const run = await timedPool(per, c, () => fn());
@@ -102,6 +107,7 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
   }
   await q1.close();
   await qN.close();
+  await bull.close();
   rmSync(dir, { recursive: true, force: true });
   return {
     cores,
@@ -109,7 +115,8 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
     rawN: stats(acc.rawN, wall.rawN),
     queued1: stats(acc.q1, wall.q1),
     queuedN: stats(acc.qN, wall.qN),
-    cpuPerJob: { rawN: cpu.rawN / acc.rawN.length, queuedN: cpu.qN / acc.qN.length },
+    bullmqN: stats(acc.bN, wall.bN),
+    cpuPerJob: { rawN: cpu.rawN / acc.rawN.length, queuedN: cpu.qN / acc.qN.length, bullmqN: cpu.bN / acc.bN.length },
   };
 }
 
@@ -122,9 +129,12 @@ export function reportQueueBench(r: QueueBenchResult): string {
     `raw bwrap      c=${r.cores}        ${fmt(r.rawN)}`,
     `through queue  c=1        ${fmt(r.queued1)}`,
     `through queue  c=${r.cores}        ${fmt(r.queuedN)}`,
+    `raw BullMQ     c=${r.cores}        ${fmt(r.bullmqN)}  (no sandbox: add, worker, completion event)`,
     `throughput ratio at c=${r.cores}: ${thr.toFixed(2)}x raw (target >= 0.85x) ${thr >= 0.85 ? "OK" : "BELOW TARGET"}`,
     `p50 latency at c=1: +${p50delta.toFixed(2)}ms over raw (target <= 3ms) ${p50delta <= 3 ? "OK" : "ABOVE TARGET"}`,
-    `machine CPU per job at c=${r.cores}: raw ${r.cpuPerJob.rawN.toFixed(1)}ms, queued ${r.cpuPerJob.queuedN.toFixed(1)}ms ` +
-      `(CPU-bound, the throughput ratio can reach at most ${(r.cpuPerJob.rawN / r.cpuPerJob.queuedN).toFixed(2)}x; includes other tenants' load)`,
+    `machine CPU per job at c=${r.cores}: raw bwrap ${r.cpuPerJob.rawN.toFixed(1)}ms, queued ${r.cpuPerJob.queuedN.toFixed(1)}ms, raw BullMQ ${r.cpuPerJob.bullmqN.toFixed(1)}ms ` +
+      `(includes other tenants' load)`,
+    `  CPU-bound, the throughput ratio is at most ${(r.cpuPerJob.rawN / r.cpuPerJob.queuedN).toFixed(2)}x; ` +
+      `raw bwrap + raw BullMQ alone would allow ${(r.cpuPerJob.rawN / (r.cpuPerJob.rawN + r.cpuPerJob.bullmqN)).toFixed(2)}x`,
   ].join("\n");
 }
