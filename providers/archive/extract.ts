@@ -16,30 +16,26 @@
  * leaves some entries moved), which is acceptable for a sandbox workspace
  * that is discarded on failure. The sandbox must not run while extracting.
  */
-import { closeSync, constants as fsc, fchmodSync, futimesSync, mkdirSync, openSync, symlinkSync, writeSync, writevSync } from "node:fs";
-import { lstat, mkdir, mkdtemp, open, readdir, readlink, realpath, rename, rm, unlink, utimes, chmod, type FileHandle } from "node:fs/promises";
+import { closeSync, constants as fsc, fchmodSync, chmodSync, futimesSync, mkdirSync, openSync, symlinkSync, utimesSync, writeSync } from "node:fs";
+import { lstat, mkdir, mkdtemp, readdir, readlink, realpath, rename, rm, unlink, chmod } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Readable } from "node:stream";
+import { setImmediate as nextTurn } from "node:timers/promises";
 import { ErrorCodes } from "../../errors/index.js";
-import { EntryRules, linkStaysInside, showPath, tarError } from "./entry-rules.js";
+import { claimBlockSource, type BlockSource } from "./block-source.js";
+import { EntryRules, linkStaysInside, showPath, tarError, type CheckedEntry } from "./entry-rules.js";
 import type { ArchiveLimits, ExtractStats } from "./index.js";
-import { drain, readBody, readEntries, type TarEntry } from "./tar-io.js";
+import { DATA, HEADER, NEED, TarReader } from "./tar-reader.js";
+import type { Headers } from "./tar-io.js";
 
-const WRITE_BATCH_BYTES = 1 << 20;
 /**
- * Writes of a large file in flight at once: the body keeps arriving (and
- * the next entries are parsed) while the thread pool copies earlier
- * batches into the page cache.
+ * The extraction loop is synchronous (reads are handed to it, every
+ * create/write/close is a sync syscall: a thread-pool round trip per small
+ * file made hydrating many small files 2-3x slower than `tar -x`). It
+ * gives the event loop a turn whenever it has run this long, so timers and
+ * other jobs' I/O wait at most about this much (plus one syscall).
  */
-const MAX_WRITES_IN_FLIGHT = 4;
-/**
- * Entries up to this size are buffered and written with synchronous calls
- * (each blocks the event loop for well under a millisecond; the loop runs
- * between entries). Thread-pool round trips per small file (open, write,
- * utimes, close) made hydrating a tree of small files 2-3x slower than
- * `tar -x`, and running several at once did not help: creates serialise.
- */
-const SMALL_FILE_MAX = 256 * 1024;
+const SLICE_MS = 10;
 
 /** Files: permission bits minus group/other write, owner can always read and write. */
 function fileMode(mode: number): number {
@@ -56,49 +52,25 @@ export async function extractTar(
 ): Promise<ExtractStats> {
   const { signal, ...caps } = limits;
   const rules = new EntryRules({ mode: "strict", limits: caps });
-  await mkdir(dirname(hostDir), { recursive: true });
-  const staging = await mkdtemp(join(dirname(hostDir), `.${basename(hostDir)}.extract-`));
-  const dirs: { path: string; mode: number; mtime: Date }[] = [];
-  const made = new Set<string>();
+  // Claimed before the first await: nothing else may start reading the stream meanwhile.
+  const blocks = claimBlockSource(tar);
+  let staging: string | null = null;
+  let x: Extraction | null = null;
   try {
-    for await (const e of readEntries(tar, signal)) {
-      const entry = await rules.check(e.header);
-      if (entry === null) {
-        await drain(e);
-        continue;
-      }
-      const dest = join(staging, entry.path);
-      // Parents are known-good: the rules refused any path through a symlink or a file.
-      const parent = dirname(dest);
-      if (parent !== staging && !made.has(parent)) {
-        mkdirSync(parent, { recursive: true, mode: 0o755 });
-        made.add(parent);
-      }
-      if (entry.kind === "directory") {
-        await drain(e);
-        if (!made.has(dest)) mkdirSync(dest, { recursive: true, mode: 0o700 });
-        made.add(dest);
-        dirs.push({ path: dest, mode: dirMode(entry.mode), mtime: entry.mtime });
-      } else if (entry.kind === "symlink") {
-        await drain(e);
-        symlinkSync(entry.linkname!, dest);
-      } else if (entry.size <= SMALL_FILE_MAX) {
-        const chunks: Buffer[] = [];
-        await readBody(e, entry.size, showPath(entry.path), (c) => void chunks.push(c));
-        writeSmallFile(dest, fileMode(entry.mode), entry.mtime, chunks);
-      } else {
-        await writeLargeFile(dest, fileMode(entry.mode), entry.mtime, e, entry.size, showPath(entry.path));
-      }
-    }
-    // Deepest first, so setting a parent's mtime is not undone by its children.
-    for (const d of dirs.reverse()) {
-      await chmod(d.path, d.mode);
-      await utimes(d.path, d.mtime, d.mtime);
-    }
+    signal?.throwIfAborted();
+    await mkdir(dirname(hostDir), { recursive: true });
+    staging = await mkdtemp(join(dirname(hostDir), `.${basename(hostDir)}.extract-`));
+    x = new Extraction(staging, rules);
+    if (blocks) await x.fromBlocks(blocks, signal);
+    else await x.fromStream(tar, signal);
+    x.finishDirs();
     await commit(staging, hostDir, rules);
     return { files: rules.stats.files, bytes: rules.stats.bytes };
   } finally {
-    await rm(staging, { recursive: true, force: true });
+    x?.abandon();
+    if (blocks) await blocks.close();
+    else if (!tar.readableEnded && !tar.destroyed) tar.destroy();
+    if (staging !== null) await rm(staging, { recursive: true, force: true });
   }
 }
 
@@ -107,68 +79,125 @@ const CREATE_FLAGS = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
 const UMASK = process.umask();
 const needsChmod = (mode: number) => (mode & ~UMASK) !== mode;
 
-function writeSmallFile(dest: string, mode: number, mtime: Date, chunks: Buffer[]): void {
-  const fd = openSync(dest, CREATE_FLAGS, mode);
-  try {
-    const total = chunks.reduce((n, c) => n + c.length, 0);
-    const done = chunks.length ? writevSync(fd, chunks) : 0;
-    if (done < total) {
-      // A short write (rare for regular files): finish with plain writes.
-      const rest = Buffer.concat(chunks).subarray(done);
-      for (let off = 0; off < rest.length; ) off += writeSync(fd, rest, off);
-    }
-    if (needsChmod(mode)) fchmodSync(fd, mode);
-    futimesSync(fd, mtime, mtime);
-  } finally {
-    closeSync(fd);
-  }
-}
+/**
+ * One archive being written into a staging directory: input chunks go
+ * through the tar reader, each header through the rules, each body from
+ * the input chunk straight to write(2).
+ */
+class Extraction {
+  private readonly reader = new TarReader();
+  private readonly dirs: { path: string; mode: number; mtime: Date }[] = [];
+  private readonly made = new Set<string>();
+  /** The file whose body is being written, or -1. */
+  private fd = -1;
+  private fileMode = 0;
+  private fileMtime = new Date(0);
+  private lastTurn = performance.now();
 
-async function writeLargeFile(dest: string, mode: number, mtime: Date, e: TarEntry, size: number, path: string): Promise<void> {
-  // O_EXCL|O_NOFOLLOW: never write through a link or over something already there.
-  const fh = await open(dest, CREATE_FLAGS, mode);
-  try {
-    const inFlight = new Set<Promise<void>>();
-    let failure: unknown = null;
-    let batch: Buffer[] = [];
-    let batchBytes = 0;
-    let position = 0;
-    const flush = () => {
-      const w: Promise<void> = writevAt(fh, batch, position)
-        .catch((err: unknown) => void (failure ??= err))
-        .finally(() => inFlight.delete(w));
-      inFlight.add(w);
-      position += batchBytes;
-      batch = [];
-      batchBytes = 0;
-    };
+  constructor(
+    private readonly staging: string,
+    private readonly rules: EntryRules,
+  ) {}
+
+  async fromBlocks(src: BlockSource, signal?: AbortSignal): Promise<void> {
+    for (;;) {
+      signal?.throwIfAborted();
+      const block = await src.next();
+      if (block === null) break;
+      await this.consume(block);
+      await this.maybeYield();
+    }
+    this.reader.end();
+  }
+
+  async fromStream(tar: Readable, signal?: AbortSignal): Promise<void> {
+    // The input's own error (a broken connection, an abort) is rethrown as it is, so a retryable fault stays retryable.
+    const onAbort = () => tar.destroy((signal?.reason as Error | undefined) ?? new Error("aborted"));
+    signal?.addEventListener("abort", onAbort, { once: true });
     try {
-      await readBody(e, size, path, (chunk) => {
-        if (failure !== null) throw failure;
-        batch.push(chunk);
-        batchBytes += chunk.length;
-        if (batchBytes >= WRITE_BATCH_BYTES) flush();
-        if (inFlight.size >= MAX_WRITES_IN_FLIGHT) return Promise.race(inFlight);
-      });
-      if (batchBytes > 0) flush();
+      signal?.throwIfAborted();
+      for await (const chunk of tar) {
+        await this.consume(typeof chunk === "string" ? Buffer.from(chunk) : (chunk as Buffer));
+        await this.maybeYield();
+      }
     } finally {
-      await Promise.all(inFlight);
+      signal?.removeEventListener("abort", onAbort);
     }
-    if (failure !== null) throw failure;
-    if (needsChmod(mode)) await fh.chmod(mode); // the process umask must not decide
-    await fh.utimes(mtime, mtime);
-  } finally {
-    await fh.close();
+    this.reader.end();
   }
-}
 
-/** writev at an offset, finishing a short write. */
-async function writevAt(fh: FileHandle, buffers: Buffer[], position: number): Promise<void> {
-  const total = buffers.reduce((n, b) => n + b.length, 0);
-  const { bytesWritten } = await fh.writev(buffers, position);
-  if (bytesWritten === total) return;
-  const rest = Buffer.concat(buffers).subarray(bytesWritten);
-  for (let off = 0; off < rest.length; ) off += (await fh.write(rest, off, rest.length - off, position + bytesWritten + off)).bytesWritten;
+  private async maybeYield(): Promise<void> {
+    if (performance.now() - this.lastTurn < SLICE_MS) return;
+    await nextTurn();
+    this.lastTurn = performance.now();
+  }
+
+  /** Everything in `chunk`; the chunk may be reused once this resolves. */
+  private async consume(chunk: Buffer): Promise<void> {
+    const r = this.reader;
+    r.feed(chunk);
+    for (;;) {
+      const ev = r.next();
+      if (ev === NEED) return;
+      if (ev === HEADER) {
+        await this.begin(r.header);
+      } else if (ev === DATA && this.fd >= 0) {
+        const data = r.data;
+        for (let off = 0; off < data.length; ) off += writeSync(this.fd, data, off, data.length - off);
+        if (r.bodyLeft === 0) this.finishFile();
+      }
+    }
+  }
+
+  private async begin(h: Headers): Promise<void> {
+    const entry: CheckedEntry | null = await this.rules.check(h);
+    if (entry === null) return; // skipped: its body (if any) is read past
+    const dest = join(this.staging, entry.path);
+    // Parents are known-good: the rules refused any path through a symlink or a file.
+    const parent = dirname(dest);
+    if (parent !== this.staging && !this.made.has(parent)) {
+      mkdirSync(parent, { recursive: true, mode: 0o755 });
+      this.made.add(parent);
+    }
+    if (entry.kind === "directory") {
+      if (!this.made.has(dest)) mkdirSync(dest, { recursive: true, mode: 0o700 });
+      this.made.add(dest);
+      this.dirs.push({ path: dest, mode: dirMode(entry.mode), mtime: entry.mtime });
+    } else if (entry.kind === "symlink") {
+      symlinkSync(entry.linkname!, dest);
+    } else {
+      // O_EXCL|O_NOFOLLOW: never write through a link or over something already there.
+      this.fileMode = fileMode(entry.mode);
+      this.fileMtime = entry.mtime;
+      this.fd = openSync(dest, CREATE_FLAGS, this.fileMode);
+      if (entry.size === 0) this.finishFile();
+    }
+  }
+
+  private finishFile(): void {
+    const fd = this.fd;
+    this.fd = -1;
+    try {
+      if (needsChmod(this.fileMode)) fchmodSync(fd, this.fileMode); // the process umask must not decide
+      futimesSync(fd, this.fileMtime, this.fileMtime);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Modes and mtimes of directories, deepest first, so setting a parent's mtime is not undone by its children. */
+  finishDirs(): void {
+    for (const d of this.dirs.reverse()) {
+      chmodSync(d.path, d.mode);
+      utimesSync(d.path, d.mtime, d.mtime);
+    }
+  }
+
+  /** Closes a file left open by a failure. */
+  abandon(): void {
+    if (this.fd >= 0) closeSync(this.fd);
+    this.fd = -1;
+  }
 }
 
 type Op = { kind: "move" | "replace"; from: string; to: string };

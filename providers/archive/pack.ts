@@ -186,7 +186,7 @@ function retar(tar: Readable, mode: RuleMode, limits: ArchiveLimits, extra: { ex
         await drain(e);
         continue;
       }
-      if (entry.kind === "file") await packEntry(pack, headerFor(entry), bodyChunks(e, entry.size, showPath(entry.path)));
+      if (entry.kind === "file") await packEntry(pack, headerFor(entry), bodyChunks(e));
       else {
         await drain(e);
         await packEntry(pack, headerFor(entry));

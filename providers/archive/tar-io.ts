@@ -1,171 +1,84 @@
 /**
- * Thin streaming layer over tar-stream: reading entries from a node Readable
- * with errors mapped to SnapshotError codes, and writing entries into a pack
- * with backpressure. tar-stream uses streamx streams; everything that leaves
- * this folder is a plain node Readable.
+ * Reading side: entries of an incoming tar stream through the one tar
+ * reader (tar-reader.ts), for the re-encoders (validateTar, normalizeTar).
+ * Writing side: tar-stream's pack, with backpressure. tar-stream uses
+ * streamx streams; everything that leaves this folder is a plain node
+ * Readable.
  */
 import { once } from "node:events";
 import { Readable } from "node:stream";
 import tarStream from "tar-stream";
-import type { Extract, Pack } from "tar-stream";
+import type { Pack } from "tar-stream";
+import type { CheckedEntry } from "./entry-rules.js";
+import { DATA, HEADER, NEED, TarReader } from "./tar-reader.js";
 
-/** A header as tar-stream reads and writes it (fields may be missing in hostile archives). */
+/** A header as the reader produces it and tar-stream's pack writes it (fields may be missing in hostile archives). */
 export type Headers = Parameters<Pack["entry"]>[0];
-type Entry = Extract extends AsyncIterable<infer S> ? S : never;
-import { ErrorCodes, isSandqueueError } from "../../errors/index.js";
-import { tarError, type CheckedEntry } from "./entry-rules.js";
 
 export interface TarEntry {
-  header: Headers;
-  body: Entry;
-  /** Maps an error met while reading this entry's body (see readEntries). */
-  mapError: (err: unknown) => unknown;
+  header: Headers & { size: number };
+  /** The body: exactly header.size bytes, or a TAR_SIZE_MISMATCH error if the archive ends first. */
+  body: AsyncIterable<Buffer>;
 }
 
 /**
  * Yields the entries of a tar stream one at a time; the caller consumes (or
- * drains) each body before asking for the next. Input errors (a network
- * stream that broke) are rethrown as they are, so a retryable fault stays
- * retryable; parse errors become TAR_CORRUPT, a body cut short TAR_SIZE_MISMATCH.
+ * drains) each body before asking for the next (a body left unread is
+ * skipped). Input errors (a network stream that broke, an abort) are
+ * rethrown as they are, so a retryable fault stays retryable; malformed
+ * archives fail with the reader's SANDQ_ERR_TAR_* errors.
  */
 export async function* readEntries(input: Readable, signal?: AbortSignal): AsyncGenerator<TarEntry> {
-  const extract = tarStream.extract();
-  let inputError: unknown = null;
-  let inBody = false;
-  const onInputError = (err: unknown) => {
-    inputError = err;
-    extract.destroy(err as Error);
-  };
-  input.on("error", onInputError);
-  const onAbort = () => {
-    inputError = signal?.reason ?? new Error("aborted");
-    extract.destroy(inputError as Error);
-  };
+  const onAbort = () => input.destroy((signal?.reason as Error | undefined) ?? new Error("aborted"));
   signal?.addEventListener("abort", onAbort, { once: true });
   if (signal?.aborted) onAbort();
-  input.pipe(extract as unknown as NodeJS.WritableStream);
-  let parseError: unknown = null;
-  extract.on("error", (err: unknown) => {
-    parseError ??= err;
-  });
-  const mapError = (err: unknown): unknown => {
-    if (inputError !== null) return inputError;
-    if (isSandqueueError(err)) return err;
-    const cause = parseError ?? err;
-    const msg = cause instanceof Error ? cause.message : String(cause);
-    if (inBody || /unexpected end/i.test(msg)) {
-      return tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: it ends inside an entry (${msg})`);
+  const chunks = input[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const reader = new TarReader();
+  let ended = false;
+  /** Feeds the next input chunk; false once the input is exhausted (and the archive checked complete). */
+  const pull = async (): Promise<boolean> => {
+    if (ended) return false;
+    const r = await chunks.next();
+    if (r.done) {
+      ended = true;
+      reader.end();
+      return false;
     }
-    return tarError(ErrorCodes.TAR_CORRUPT, `archive rejected: not a valid tar stream (${msg})`);
+    reader.feed(typeof r.value === "string" ? Buffer.from(r.value) : r.value);
+    return true;
   };
-  try {
-    for await (const body of extract) {
-      inBody = true;
-      yield { header: body.header, body, mapError };
-      inBody = false;
+  async function* body(): AsyncGenerator<Buffer> {
+    while (reader.bodyLeft > 0) {
+      const ev = reader.next();
+      if (ev === DATA) yield reader.data;
+      else if (ev === NEED) await pull();
     }
-  } catch (err) {
-    throw mapError(err);
+  }
+  try {
+    for (;;) {
+      const ev = reader.next();
+      if (ev === NEED) {
+        if (!(await pull())) return;
+      } else if (ev === HEADER) {
+        yield { header: reader.header, body: body() };
+        // Whatever the consumer left of the body is skipped.
+        while (reader.bodyLeft > 0) if (reader.next() === NEED) await pull();
+      }
+    }
   } finally {
     signal?.removeEventListener("abort", onAbort);
-    input.off("error", onInputError);
-    if (!extract.destroyed) extract.destroy();
-    input.unpipe(extract as unknown as NodeJS.WritableStream);
-    if (!input.readableEnded) input.destroy();
+    if (!ended) await chunks.return?.();
   }
 }
 
-/** Drains an entry body, checking it has exactly the announced size. */
-export async function* bodyChunks(e: TarEntry, expected: number, path: string): AsyncGenerator<Buffer> {
-  let n = 0;
-  try {
-    for await (const chunk of e.body as AsyncIterable<Buffer>) {
-      n += chunk.length;
-      if (n > expected) break;
-      yield chunk;
-    }
-  } catch (err) {
-    throw e.mapError(err);
-  }
-  if (n !== expected) throw sizeMismatch(path, n, expected);
+/** An entry's body chunks (the reader guarantees exactly the announced size). */
+export function bodyChunks(e: TarEntry): AsyncIterable<Buffer> {
+  return e.body;
 }
 
-function sizeMismatch(path: string, n: number, expected: number) {
-  return tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: ${path} has ${n} bytes, its header says ${expected}`, path);
-}
-
-/** The part of a streamx Readable (an entry body) readBody uses. */
-interface EntryBody {
-  readonly destroyed: boolean;
-  on(event: "data", fn: (chunk: Buffer) => void): unknown;
-  on(event: "end" | "close", fn: () => void): unknown;
-  on(event: "error", fn: (err: unknown) => void): unknown;
-  pause(): unknown;
-  resume(): unknown;
-}
-
-/**
- * Hands an entry body to `onChunk` as it arrives and resolves once all of it
- * was seen, checking the announced size. When `onChunk` returns a promise
- * the body is paused until it settles (backpressure); a throw or rejection
- * fails the read. Events and one promise per entry: the async iterators of
- * bodyChunks cost about 50 us per small file, a tenth of a hydrate.
- */
-export function readBody(e: TarEntry, expected: number, path: string, onChunk: (chunk: Buffer) => Promise<void> | void): Promise<void> {
-  const body = e.body as unknown as EntryBody;
-  return new Promise<void>((resolve, reject) => {
-    let n = 0;
-    let done = false;
-    const fail = (err: unknown) => {
-      if (done) return;
-      done = true;
-      reject(err);
-    };
-    body.on("data", (chunk) => {
-      if (done) return;
-      n += chunk.length;
-      if (n > expected) return fail(sizeMismatch(path, n, expected));
-      let wait: Promise<void> | void;
-      try {
-        wait = onChunk(chunk);
-      } catch (err) {
-        return fail(err);
-      }
-      if (wait) {
-        body.pause();
-        wait.then(() => void (done || body.resume()), fail);
-      }
-    });
-    body.on("end", () => {
-      if (done) return;
-      if (n !== expected) return fail(sizeMismatch(path, n, expected));
-      done = true;
-      resolve();
-    });
-    body.on("error", (err) => fail(e.mapError(err)));
-    // Destroyed without an error, or before we got here (the whole extract was torn down): a body cut short.
-    // 'close' follows every 'end': build the error only when it matters (an error and its stack per entry add up).
-    body.on("close", () => done || fail(e.mapError(new Error("unexpected end of data"))));
-    if (body.destroyed) fail(e.mapError(new Error("unexpected end of data")));
-  });
-}
-
-export function drain(e: TarEntry): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const body = e.body as unknown as EntryBody;
-    let done = false;
-    body.on("data", () => {});
-    body.on("end", () => {
-      done = true;
-      resolve();
-    });
-    body.on("error", (err) => {
-      done = true;
-      reject(e.mapError(err));
-    });
-    body.on("close", () => done || reject(e.mapError(new Error("unexpected end of data"))));
-    if (body.destroyed) reject(e.mapError(new Error("unexpected end of data")));
-  });
+/** Reads and discards an entry's body. */
+export async function drain(e: TarEntry): Promise<void> {
+  for await (const _ of e.body) void _;
 }
 
 export function headerFor(e: CheckedEntry): Headers {

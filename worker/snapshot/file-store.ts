@@ -15,7 +15,8 @@ import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { ErrorCodes, SnapshotError, isSandqueueError } from "../../errors/index.js";
-import { ThreadedHash } from "./hash-thread.js";
+import { BLOCK_SOURCE, type BlockSource, type OffersBlockSource } from "../../providers/archive/block-source.js";
+import { ThreadedFileRead, ThreadedHash } from "./hash-thread.js";
 import { hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
 /** Temp files older than this are abandoned writes (a crashed worker). */
@@ -138,10 +139,22 @@ class ObjectWriter extends Writable {
  * on the same bytes; fails at the end when they do not hash to the id.
  * Consumers that act on the bytes (extractTar) must keep their effects
  * invisible until the stream has ended.
+ *
+ * It also offers the block path (providers/archive/block-source.ts) to a
+ * consumer that claims it before reading: the hash thread then reads the
+ * object itself into its shared ring and hashes each block in place while
+ * the consumer (extractTar) parses and writes from the same memory: one
+ * read(2) per MiB off the main thread, no copy, and the same verification
+ * (the end of the blocks comes only once the bytes handed out hashed to
+ * the id).
  */
-class VerifiedObjectStream extends Readable {
-  private readonly hash = new ThreadedHash();
+class VerifiedObjectStream extends Readable implements OffersBlockSource {
+  /** Created on the first read: a consumer taking the block path never needs it. */
+  private hash: ThreadedHash | null = null;
   private position = 0;
+  private claimed = false;
+  /** The block path's read, once claimed. */
+  private fileRead: ThreadedFileRead | null = null;
 
   constructor(
     private readonly fh: FileHandle,
@@ -151,19 +164,44 @@ class VerifiedObjectStream extends Readable {
     super({ highWaterMark: 2 * IO_CHUNK });
   }
 
+  [BLOCK_SOURCE](): BlockSource | null {
+    if (this.claimed || this.hash !== null || this.destroyed) return null;
+    this.claimed = true;
+    const read = (this.fileRead = new ThreadedFileRead(this.fh.fd));
+    const id = this.id;
+    let closing: Promise<void> | null = null;
+    return {
+      next: async () => {
+        const block = await read.next();
+        if (block === null && read.digest !== id) {
+          throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${id} is corrupt in the store (content hashes to ${read.digest})`, { retryable: false });
+        }
+        return block;
+      },
+      // The fd is closed (by destroying this stream) only once the thread no longer reads from it.
+      close: () => (closing ??= read.close().then(() => void this.destroy())),
+    };
+  }
+
   // The stream does not call _read again before the push that ends readBlock.
   override _read(): void {
+    if (this.claimed) {
+      this.destroy(new Error("snapshot stream: read after its blocks were claimed"));
+      return;
+    }
+    this.hash ??= new ThreadedHash();
     this.readBlock().catch((err: unknown) => this.destroy(isSandqueueError(err) ? err : storeError(`cannot read snapshot ${this.id}`, err)));
   }
 
   /** Reads and pushes one block; push is its last step. */
   private async readBlock(): Promise<void> {
+    const hash = this.hash!;
     const want = Math.min(IO_CHUNK, Math.max(this.size - this.position, 64 * 1024));
     const block = Buffer.allocUnsafe(want);
     const { bytesRead } = await this.fh.read(block, 0, want, this.position);
     if (this.destroyed) return;
     if (bytesRead === 0) {
-      const got = await this.hash.digest();
+      const got = await hash.digest();
       if (got !== this.id) {
         throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${this.id} is corrupt in the store (content hashes to ${got})`, { retryable: false });
       }
@@ -172,16 +210,20 @@ class VerifiedObjectStream extends Readable {
     }
     this.position += bytesRead;
     const chunk = block.subarray(0, bytesRead);
-    await this.hash.update(chunk);
+    await hash.update(chunk);
     if (!this.destroyed) this.push(chunk);
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.hash.abandon();
-    this.fh.close().then(
-      () => cb(err),
-      () => cb(err),
-    );
+    this.hash?.abandon();
+    // The hash thread may still be reading this fd: close it only once the thread has let go.
+    const stopped = this.fileRead ? this.fileRead.close() : Promise.resolve();
+    stopped
+      .then(() => this.fh.close())
+      .then(
+        () => cb(err),
+        () => cb(err),
+      );
   }
 }
 

@@ -25,11 +25,13 @@ const RING_BYTES = 4 * 1024 * 1024;
 const THREAD_SOURCE = `
 const { parentPort } = require("node:worker_threads");
 const { createHash } = require("node:crypto");
+const { readSync } = require("node:fs");
 const rings = new Map();
 const jobs = new Map();
+const reads = new Map();
 parentPort.on("message", (m) => {
+  if (m.sab) rings.set(m.ring, new Uint8Array(m.sab));
   if (m.op === "open") {
-    if (m.sab) rings.set(m.ring, new Uint8Array(m.sab));
     jobs.set(m.job, { hash: createHash("sha256"), ring: rings.get(m.ring) });
   } else if (m.op === "update") {
     const j = jobs.get(m.job);
@@ -42,11 +44,77 @@ parentPort.on("message", (m) => {
     parentPort.postMessage({ job: m.job, op: "digest", hex: j.hash.digest("hex") });
   } else if (m.op === "drop") {
     jobs.delete(m.job);
+  } else if (m.op === "read") {
+    const slots = m.slots;
+    const r = { job: m.job, fd: m.fd, ring: rings.get(m.ring), block: m.block, pos: 0, eof: false,
+      hash: createHash("sha256"), free: [], flags: new Uint8Array(slots), unhashed: [], scheduled: false };
+    for (let i = 0; i < slots; i++) r.free.push(i);
+    reads.set(m.job, r);
+    pump(r);
+  } else if (m.op === "release") {
+    const r = reads.get(m.job);
+    if (r === undefined) return;
+    if ((r.flags[m.slot] |= 2) === 3) {
+      r.free.push(m.slot);
+      if (!r.scheduled) {
+        r.scheduled = true;
+        setImmediate(pump, r);
+      }
+    }
+  } else if (m.op === "stop") {
+    // Always answered: the ring may only be reused once this thread no longer reads into it.
+    reads.delete(m.job);
+    parentPort.postMessage({ job: m.job, op: "stopped" });
   }
 });
+// A read job: fills free slots of its ring from the file (reading ahead), hands each block
+// out at once, hashes blocks one per turn (releases and other jobs' messages come in
+// between); a slot is free again once it is hashed (1) and released by the reader (2).
+function pump(r) {
+  r.scheduled = false;
+  if (reads.get(r.job) !== r) return;
+  try {
+    while (!r.eof && r.free.length > 0) {
+      const slot = r.free.shift();
+      const off = slot * r.block;
+      const n = readSync(r.fd, r.ring, off, r.block, r.pos);
+      if (n === 0) {
+        r.eof = true;
+        r.free.unshift(slot);
+        break;
+      }
+      r.pos += n;
+      r.flags[slot] = 0;
+      r.unhashed.push({ slot, off, n });
+      parentPort.postMessage({ job: r.job, op: "block", slot, off, len: n });
+    }
+  } catch (err) {
+    reads.delete(r.job);
+    parentPort.postMessage({ job: r.job, op: "error", message: String(err && err.message), code: err && err.code });
+    return;
+  }
+  const b = r.unhashed.shift();
+  if (b !== undefined) {
+    r.hash.update(r.ring.subarray(b.off, b.off + b.n));
+    if ((r.flags[b.slot] |= 1) === 3) r.free.push(b.slot);
+    if (!r.scheduled) {
+      r.scheduled = true;
+      setImmediate(pump, r);
+    }
+  } else if (r.eof) {
+    reads.delete(r.job);
+    parentPort.postMessage({ job: r.job, op: "end", hex: r.hash.digest("hex"), bytes: r.pos });
+  }
+}
 `;
 
-type Reply = { job: number; op: "ack"; len: number } | { job: number; op: "digest"; hex: string };
+type Reply =
+  | { job: number; op: "ack"; len: number }
+  | { job: number; op: "digest"; hex: string }
+  | { job: number; op: "block"; slot: number; off: number; len: number }
+  | { job: number; op: "end"; hex: string; bytes: number }
+  | { job: number; op: "error"; message: string; code?: string }
+  | { job: number; op: "stopped" };
 
 interface Listener {
   reply(r: Reply): void;
@@ -79,18 +147,26 @@ class HashThread {
     this.worker.on("exit", (code) => die(new Error(`hash thread exited (code ${code})`)));
   }
 
-  open(l: Listener): { job: number; ring: Ring } {
+  /** A new job with a ring of its own: a hash fed by `update`s ("open"), or a file read ("read"). */
+  open(l: Listener, start: { op: "open" } | { op: "read"; fd: number; slots: number; block: number } = { op: "open" }): { job: number; ring: Ring } {
     const job = this.nextJob++;
     if (this.listeners.size === 0) this.worker.ref(); // a pending digest must keep the process alive
     this.listeners.set(job, l);
     let ring = this.freeRings.pop();
     if (ring === undefined) {
       ring = { id: ++this.rings, bytes: new Uint8Array(new SharedArrayBuffer(RING_BYTES)) };
-      this.worker.postMessage({ op: "open", job, ring: ring.id, sab: ring.bytes.buffer });
+      this.worker.postMessage({ ...start, job, ring: ring.id, sab: ring.bytes.buffer });
     } else {
-      this.worker.postMessage({ op: "open", job, ring: ring.id });
+      this.worker.postMessage({ ...start, job, ring: ring.id });
     }
     return { job, ring };
+  }
+
+  /** Ends a read job whose thread side is over (ended, failed, or confirmed stopped): its ring is free again. */
+  release(job: number, ring: Ring): void {
+    if (!this.listeners.delete(job)) return;
+    this.freeRings.push(ring);
+    if (this.listeners.size === 0) this.worker.unref();
   }
 
   /** Ends a job. Its ring is reused at once: the thread skips the job's queued updates after the drop. */
@@ -130,7 +206,7 @@ export class ThreadedHash {
         if (r.op === "ack") {
           this.free += r.len;
           this.wake();
-        } else {
+        } else if (r.op === "digest") {
           this.thread.close(this.job, this.ring, false);
           this.digestWaiter?.resolve(r.hex);
         }
@@ -192,5 +268,109 @@ export class ThreadedHash {
     this.finished = true;
     this.thread.close(this.job, this.ring, true);
     this.wake();
+  }
+}
+
+/** Bytes per read(2) of a ThreadedFileRead, and per block it hands out. */
+const READ_BLOCK = 1024 * 1024;
+
+/**
+ * A file read on the hash thread: the thread reads the file (from an fd of
+ * this process, by position) into the ring a block at a time, up to a ring
+ * ahead of the consumer, hands each block out at once and hashes it in
+ * place, so the consumer works on exactly the bytes that are hashed,
+ * without copying them, and the read(2)s and the hashing run off the main
+ * thread. `next()` returns the blocks in file order, then null at the end
+ * of the file; `digest` is known from then on. `close()` must be called
+ * once (it resolves when the thread no longer touches the ring; only then
+ * may the fd be closed).
+ */
+export class ThreadedFileRead {
+  private readonly thread: HashThread;
+  private readonly job: number;
+  private readonly ring: Ring;
+  private readonly ready: { slot: number; off: number; len: number }[] = [];
+  private current = -1;
+  private waiter: (() => void) | null = null;
+  private failure: Error | null = null;
+  /** The thread is done with this job: ended, failed, or stopped. */
+  private threadDone = false;
+  private stopped: Promise<void> | null = null;
+  private onStopped: (() => void) | null = null;
+  private closed = false;
+  /** "sha256:<hex>" of the whole file, once next() returned null. */
+  digest: string | null = null;
+  bytes = 0;
+
+  constructor(fd: number) {
+    thread ??= new HashThread();
+    this.thread = thread;
+    const opened = this.thread.open(
+      {
+        reply: (r) => {
+          if (r.op === "block") this.ready.push(r);
+          else if (r.op === "end") {
+            this.threadDone = true;
+            this.digest = `sha256:${r.hex}`;
+            this.bytes = r.bytes;
+          } else if (r.op === "error") {
+            this.threadDone = true;
+            this.failure = storeError("cannot read the snapshot object", Object.assign(new Error(r.message), { code: r.code }));
+          } else if (r.op === "stopped") {
+            this.threadDone = true;
+            this.onStopped?.();
+          }
+          this.wake();
+        },
+        fail: (err) => {
+          this.threadDone = true;
+          this.failure = storeError("the snapshot hash thread failed", err);
+          this.wake();
+          this.onStopped?.();
+        },
+      },
+      { op: "read", fd, slots: RING_BYTES / READ_BLOCK, block: READ_BLOCK },
+    );
+    this.job = opened.job;
+    this.ring = opened.ring;
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  /** The next block (valid until the next call), or null at the end of the file. */
+  async next(): Promise<Buffer | null> {
+    if (this.closed) throw new Error("ThreadedFileRead: next after close");
+    if (this.current >= 0) {
+      if (!this.threadDone) this.thread.post({ op: "release", job: this.job, slot: this.current });
+      this.current = -1;
+    }
+    for (;;) {
+      if (this.failure) throw this.failure;
+      const b = this.ready.shift();
+      if (b !== undefined) {
+        this.current = b.slot;
+        return Buffer.from(this.ring.bytes.buffer, b.off, b.len);
+      }
+      if (this.digest !== null) return null;
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+    }
+  }
+
+  /** Stops the read (if still running) and frees the ring once the thread has let go of it. */
+  close(): Promise<void> {
+    if (this.closed) return this.stopped ?? Promise.resolve();
+    this.closed = true;
+    if (this.threadDone) {
+      this.thread.release(this.job, this.ring);
+      this.stopped = Promise.resolve();
+    } else {
+      this.stopped = new Promise<void>((resolve) => (this.onStopped = resolve)).then(() => this.thread.release(this.job, this.ring));
+      this.thread.post({ op: "stop", job: this.job });
+    }
+    return this.stopped;
   }
 }
