@@ -190,6 +190,37 @@ probe("docker", lambda: unix("/var/run/docker.sock"))
     expect(r.stdout).not.toMatch(/^unshare-r 0$/m);
   });
 
+  // The profile lists only the native architecture (seccomp-profile.ts): a
+  // syscall through the i386 table (int 0x80 from a 64-bit process) kills
+  // the process (SIGSYS) instead of running. A 136-byte static ELF that calls
+  // getpid that way and exits with the result.
+  it("syscalls through the 32-bit table (int 0x80) are refused", async () => {
+    const code = [0xb8, 0x14, 0, 0, 0, 0xcd, 0x80, 0x89, 0xc7, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
+    const elf = Buffer.alloc(120 + code.length);
+    elf.write("\x7fELF\x02\x01\x01", 0, "latin1");
+    elf.writeUInt16LE(2, 16); // ET_EXEC
+    elf.writeUInt16LE(0x3e, 18); // x86-64
+    elf.writeUInt32LE(1, 20);
+    elf.writeBigUInt64LE(0x400078n, 24); // entry: right after the headers
+    elf.writeBigUInt64LE(64n, 32); // program headers at 64
+    elf.writeUInt16LE(64, 52);
+    elf.writeUInt16LE(56, 54);
+    elf.writeUInt16LE(1, 56);
+    elf.writeUInt32LE(1, 64); // PT_LOAD
+    elf.writeUInt32LE(5, 68); // R+X
+    elf.writeBigUInt64LE(0x400000n, 80);
+    elf.writeBigUInt64LE(0x400000n, 88);
+    elf.writeBigUInt64LE(BigInt(elf.length), 96);
+    elf.writeBigUInt64LE(BigInt(elf.length), 104);
+    elf.writeBigUInt64LE(0x1000n, 112);
+    Buffer.from(code).copy(elf, 120);
+    const octal = [...elf].map((b) => `\\${b.toString(8).padStart(3, "0")}`).join("");
+    const script = `printf '${octal}' > int80 && chmod +x int80 && ./int80; echo "rc $?"; uname -m`;
+    const r = await rig.run({ kind: "shell", script });
+    expect(r.stdout, r.stderr).toMatch(/^x86_64$/m); // the ELF is x86-64 code
+    expect(r.stdout, r.stderr).toMatch(/^rc 159$/m); // 128 + SIGSYS
+  });
+
   it("a snapshot never holds the host's files behind planted symlinks", async () => {
     const shadowHead = readFileSync("/etc/shadow", "utf8").split("\n")[0]!;
     const r = await rig.run({ kind: "shell", script: "ln -s /etc/shadow shadow; ln -s / root; echo ok > plain; ln -s plain inlink", workspace: { persist: true } });

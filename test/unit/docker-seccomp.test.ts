@@ -25,4 +25,10 @@ describe("docker provider seccomp profile", () => {
     const clone = out.syscalls.find((r) => r.names.includes("clone") && r.action === "SCMP_ACT_ALLOW");
     expect(clone?.args).toEqual([{ index: 0, value: 0x7e020000, valueTwo: 0, op: "SCMP_CMP_MASKED_EQ" }]);
   });
+  it("keeps only the host's native architecture (no x86/x32 syscall tables), or the base archMap on an unknown one", () => {
+    const withArch = { ...base, archMap: [{ architecture: "SCMP_ARCH_X86_64", subArchitectures: ["SCMP_ARCH_X86", "SCMP_ARCH_X32"] }] };
+    expect((tightenProfile(withArch, "x64") as { archMap: unknown }).archMap).toEqual([{ architecture: "SCMP_ARCH_X86_64", subArchitectures: [] }]);
+    expect((tightenProfile(withArch, "arm64") as { archMap: unknown }).archMap).toEqual([{ architecture: "SCMP_ARCH_AARCH64", subArchitectures: [] }]);
+    expect((tightenProfile(withArch, "mips") as { archMap: unknown }).archMap).toEqual(withArch.archMap);
+  });
 });
