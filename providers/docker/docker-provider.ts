@@ -200,6 +200,8 @@ export class DockerProvider implements SandboxProvider {
     };
     // A name of our own: when create fails or is aborted mid-flight the
     // engine may still have made the container, and the name finds it.
+    // The `sandqueue-` prefix also tells scripts/setup.d/podman.sh's conmon
+    // wrapper that the container is always force-removed (cheap exit command).
     const name = `sandqueue-${randomUUID()}`;
     try {
       const created = await this.call({ op: "create container", image: t.image }, () =>

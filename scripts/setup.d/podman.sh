@@ -46,12 +46,17 @@ mkdir -p "$PODMAN_DIR" "$IMAGES_DIR"
 if [[ $(id -u) -eq 0 ]]; then
   mkdir -p /var/lib/containers/storage /run/containers/storage /run/libpod
 fi
-# conmon, with a cheap exit command. Podman has conmon run an exit command
-# (`podman container cleanup`, a full podman CLI start: ~40 ms of CPU) after
-# every container exits, also when the container exits because it is being
-# force-removed, which already does the cleanup. The wrapper hands conmon
-# `exit-command` instead: it waits a second and runs the real cleanup only
-# if the container still exists then (docs/PERFORMANCE.md, "Docker provider").
+# conmon, with a cheap exit command for sandqueue's containers. Podman has
+# conmon run an exit command (`podman container cleanup`, a full podman CLI
+# start: ~40 ms of CPU) after every container exits, also when it exits
+# because it is being force-removed, which cleans up itself. The docker
+# provider's containers (named `sandqueue-<uuid>`, providers/docker) only
+# ever exit that way: their init never exits on its own. For those the
+# wrapper hands conmon `exit-command` instead, which waits a second and runs
+# the real cleanup only if the container still exists then
+# (docs/PERFORMANCE.md, "Docker provider"). Other containers keep Podman's
+# exit command as is: conmon waits for it, and an attached `podman run`
+# waits for conmon, so a delay there would show.
 REAL_CONMON=""
 for c in /usr/libexec/podman/conmon /usr/local/libexec/podman/conmon /usr/bin/conmon /usr/sbin/conmon /usr/local/bin/conmon; do
   [[ -x "$c" ]] && { REAL_CONMON="$c"; break; }
@@ -87,8 +92,15 @@ exit 0
 SH
 cat >"$PODMAN_DIR/conmon.tmp" <<SH
 #!/bin/sh
-# Written by scripts/setup.d/podman.sh: conmon with exit-command (next to
-# this file) in front of the exit command Podman asks for.
+# Written by scripts/setup.d/podman.sh: conmon, with exit-command (next to
+# this file) in front of the exit command Podman asks for when the
+# container is one of sandqueue's (named sandqueue-*).
+prev=; name=
+for a do
+  [ "\$prev" = -n ] && name=\$a
+  prev=\$a
+done
+case \$name in sandqueue-*) ;; *) exec "$REAL_CONMON" "\$@" ;; esac
 first=1; prev=
 for a do
   if [ \$first = 1 ]; then set --; first=0; fi
