@@ -1,19 +1,33 @@
 /**
- * SHA-256 on a worker thread, so hashing a snapshot (about 1 ms per MiB on
- * the development machine) overlaps with packing or extracting it on the
+ * SHA-256 on a worker thread, so hashing a snapshot (about 0.7-1 ms per MiB
+ * on the development machine) overlaps with packing or extracting it on the
  * main thread instead of adding to it.
  *
- * Bytes travel through a ring: a 4 MiB SharedArrayBuffer per open hash,
- * taken from a pool the thread keeps. `update` copies a chunk into free ring
- * space (a memcpy, far cheaper than the hash) and posts its offset; the
- * thread acknowledges each piece once hashed, which frees that space. So the
- * memory this adds is fixed (ring size x hashes open at once), and `update`
- * waiting for space is the backpressure. Fresh SharedArrayBuffers per chunk
- * were tried and dropped: the thread's heap keeps them alive until its own
- * garbage collection, which rarely runs (RSS grew by 200 MiB per hydrate).
+ * Two kinds of jobs, each with a SharedArrayBuffer ring of its own taken
+ * from a pool the thread keeps:
+ * - a hash (ThreadedHash, 4 MiB ring: puts, and gets read as a stream):
+ *   `update` copies a chunk into free ring space (a memcpy, far cheaper than
+ *   the hash) and posts its offset; the thread acknowledges each piece once
+ *   hashed, which frees that space. `update` waiting for space is the
+ *   backpressure.
+ * - a file read (ThreadedFileRead, 16 MiB ring: the file store's block path
+ *   for hydrates): the thread itself reads the object (pread on the
+ *   process's fd) into the ring a MiB at a time, hands each block to the
+ *   main thread at once and hashes it in place; a slot is reused once it is
+ *   hashed and the main thread has released it. The main thread works on
+ *   exactly the bytes that are hashed, without copying them, and the
+ *   read(2)s run here. The ring lets the thread run up to 16 MiB ahead while
+ *   the main thread is slow (a stretch of small files) and the main thread
+ *   catch up while the thread is slow (hashing a large file): with 4 MiB the
+ *   two stalled each other, and a hydrate into tmpfs took 10-30% longer.
+ * The memory this adds is therefore fixed (ring size x jobs open at once).
+ * Fresh SharedArrayBuffers per chunk were tried and dropped: the thread's
+ * heap keeps them alive until its own garbage collection, which rarely runs
+ * (RSS grew by 200 MiB per hydrate). A ring is only reused once the thread
+ * can no longer write into it (a read job's end, failure or confirmed stop).
  *
  * One thread per process, started on first use and kept (unref'd while no
- * hash is open, so it never holds the process alive). Its code is evaluated
+ * job is open, so it never holds the process alive). Its code is evaluated
  * from a string, so it runs the same from dist/ and from the TypeScript
  * sources the tests load.
  */
@@ -129,7 +143,8 @@ interface Ring {
 class HashThread {
   private readonly worker: Worker;
   private readonly listeners = new Map<number, Listener>();
-  private readonly freeRings: Ring[] = [];
+  /** Free rings by size (hash rings and read rings differ). */
+  private readonly freeRings = new Map<number, Ring[]>();
   private rings = 0;
   private nextJob = 1;
 
@@ -148,13 +163,13 @@ class HashThread {
   }
 
   /** A new job with a ring of its own: a hash fed by `update`s ("open"), or a file read ("read"). */
-  open(l: Listener, start: { op: "open" } | { op: "read"; fd: number; slots: number; block: number } = { op: "open" }): { job: number; ring: Ring } {
+  open(l: Listener, start: { op: "open" } | { op: "read"; fd: number; slots: number; block: number } = { op: "open" }, size = RING_BYTES): { job: number; ring: Ring } {
     const job = this.nextJob++;
     if (this.listeners.size === 0) this.worker.ref(); // a pending digest must keep the process alive
     this.listeners.set(job, l);
-    let ring = this.freeRings.pop();
+    let ring = this.freeRings.get(size)?.pop();
     if (ring === undefined) {
-      ring = { id: ++this.rings, bytes: new Uint8Array(new SharedArrayBuffer(RING_BYTES)) };
+      ring = { id: ++this.rings, bytes: new Uint8Array(new SharedArrayBuffer(size)) };
       this.worker.postMessage({ ...start, job, ring: ring.id, sab: ring.bytes.buffer });
     } else {
       this.worker.postMessage({ ...start, job, ring: ring.id });
@@ -165,7 +180,7 @@ class HashThread {
   /** Ends a read job whose thread side is over (ended, failed, or confirmed stopped): its ring is free again. */
   release(job: number, ring: Ring): void {
     if (!this.listeners.delete(job)) return;
-    this.freeRings.push(ring);
+    this.pool(ring);
     if (this.listeners.size === 0) this.worker.unref();
   }
 
@@ -173,8 +188,14 @@ class HashThread {
   close(job: number, ring: Ring, drop: boolean): void {
     if (!this.listeners.delete(job)) return;
     if (drop) this.worker.postMessage({ op: "drop", job });
-    this.freeRings.push(ring);
+    this.pool(ring);
     if (this.listeners.size === 0) this.worker.unref();
+  }
+
+  private pool(ring: Ring): void {
+    const free = this.freeRings.get(ring.bytes.length);
+    if (free) free.push(ring);
+    else this.freeRings.set(ring.bytes.length, [ring]);
   }
 
   post(msg: object): void {
@@ -273,6 +294,8 @@ export class ThreadedHash {
 
 /** Bytes per read(2) of a ThreadedFileRead, and per block it hands out. */
 const READ_BLOCK = 1024 * 1024;
+/** A ThreadedFileRead's ring: how far the thread may read and hash ahead of the consumer. */
+const READ_RING_BYTES = 16 * 1024 * 1024;
 
 /**
  * A file read on the hash thread: the thread reads the file (from an fd of
@@ -329,7 +352,8 @@ export class ThreadedFileRead {
           this.onStopped?.();
         },
       },
-      { op: "read", fd, slots: RING_BYTES / READ_BLOCK, block: READ_BLOCK },
+      { op: "read", fd, slots: READ_RING_BYTES / READ_BLOCK, block: READ_BLOCK },
+      READ_RING_BYTES,
     );
     this.job = opened.job;
     this.ring = opened.ring;
