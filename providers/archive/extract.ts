@@ -15,6 +15,11 @@
  * tree. The moves themselves are not atomic as a group (a crash half-way
  * leaves some entries moved), which is acceptable for a sandbox workspace
  * that is discarded on failure. The sandbox must not run while extracting.
+ *
+ * Reading: the one tar reader (tar-reader.ts), fed either the stream's
+ * chunks or, for a file-store object, the blocks the hash thread reads and
+ * verifies (block-source.ts); bodies go from that memory to write(2). See
+ * docs/SNAPSHOTS.md ("Reading", "Block path").
  */
 import { closeSync, constants as fsc, fchmodSync, chmodSync, futimesSync, mkdirSync, openSync, symlinkSync, utimesSync, write, writeSync } from "node:fs";
 import { lstat, mkdir, mkdtemp, readdir, readlink, realpath, rename, rm, unlink, chmod } from "node:fs/promises";
