@@ -323,8 +323,9 @@ export class TarReader {
     let linkname: string | undefined = b[at + 157] === 0 ? undefined : str(b, at + 157, 100);
 
     let entrySize = size;
-    if (this.longName !== null) name = this.longName;
-    if (this.longLink !== null) linkname = this.longLink;
+    // Empty long names are ignored, like empty pax values (an empty name would read as the archive root).
+    if (this.longName) name = this.longName;
+    if (this.longLink) linkname = this.longLink;
     const pax = this.pax;
     if (pax) {
       if (pax.path) name = pax.path;

@@ -244,6 +244,9 @@ describe("tar reader", () => {
       Buffer.concat([block({ name: "././@LongLink", type: "L", size: L.length, magic: "gnu" }), padded(L), block({ name: "fine", size: 0, magic: "gnu" }), END]),
       ErrorCodes.TAR_ABSOLUTE_PATH,
     );
+    // An empty long name does not turn the entry into the (skipped) archive root.
+    const emptyL = Buffer.concat([block({ name: "././@LongLink", type: "L", size: 1, magic: "gnu" }), padded("\0"), block({ name: "/etc/cron.d/x", size: 0, magic: "gnu" }), END]);
+    await rejects(emptyL, ErrorCodes.TAR_ABSOLUTE_PATH);
     // Unknown typeflags (GNU sparse 'S', volume 'V') are special entries.
     await rejects(Buffer.concat([block({ name: "sparse", type: "S", size: 0 }), END]), ErrorCodes.TAR_SPECIAL_FILE);
   });
