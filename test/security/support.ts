@@ -104,7 +104,8 @@ export function orphanZombiesBetween(lo: number, hi: number): string[] {
     const pid = Number(name);
     if (!(pid > lo && pid < hi)) continue;
     const f = statFields(name);
-    if (f && f[2] === "Z" && f[3] === "1") out.push(`${name} ${f[1]}`);
+    // conmon (the container engine's monitor, daemonized to pid 1) is not ours: another suite's or tenant's.
+    if (f && f[2] === "Z" && f[3] === "1" && f[1] !== "conmon") out.push(`${name} ${f[1]}`);
   }
   return out;
 }
