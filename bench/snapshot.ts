@@ -100,10 +100,18 @@ export async function runSnapshotBench(): Promise<void> {
     let stallMs = 0;
     let id = "";
     for (let rep = 0; rep < REPS; rep++) {
+      // Untimed `sync` before each persist: the previous round's extractions
+      // and removals leave writeback and journal work behind on this
+      // filesystem, which a durable put's fsync would otherwise pay for (the
+      // baseline writes nothing). In a worker, sandbox workspaces live on a
+      // tmpfs, not on the store's filesystem.
+      await sh("sync");
       base.persist.push((await measure(() => sh(`tar -cf - -C ${q(src)} . | sha256sum`))).ms);
+      await sh("sync");
       const p = await measure(async () => (id = (await persistWorkspace(packDir(src), store)).id));
       ours.persist.push(p.ms);
       rss = Math.max(rss, p.rssGrowth);
+      await sh("sync");
       const pn = await measure(() => persistWorkspace(packDir(src), storeNoSync));
       ours.persistNoSync.push(pn.ms);
       rss = Math.max(rss, pn.rssGrowth);
