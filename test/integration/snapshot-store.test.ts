@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { pathToFileURL } from "node:url";
-import { ListObjectsV2Command, S3Client } from "@aws-sdk/client-s3";
+import { ListObjectsV2Command, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "vitest";
 import { ErrorCodes } from "../../errors/index.js";
 import { packDir } from "../../providers/archive/index.js";
@@ -286,5 +286,18 @@ describe("file store integrity", () => {
   test("bad store URLs are CONFIG_INVALID", () => {
     expect(() => openSnapshotStore("ftp://x/y")).toThrow(expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID }));
     expect(() => openSnapshotStore("not a url")).toThrow(expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID }));
+  });
+});
+
+describe("s3 store integrity", () => {
+  test("an object tampered with in the bucket fails the read instead of returning wrong bytes", async () => {
+    const prefix = `run-${process.pid}-tamper/snapshots`;
+    const store = openSnapshotStore(`s3://snaps/${prefix}`, { s3: { endpoint, credentials: CREDS, region: "us-east-1", env: {} } });
+    const content = Buffer.from("original content");
+    const put = await store.put(Readable.from([content]));
+    expect(put.id).toBe(sha(content));
+    const client = new S3Client({ endpoint, credentials: CREDS, region: "us-east-1", forcePathStyle: true });
+    await client.send(new PutObjectCommand({ Bucket: "snaps", Key: `${prefix}/sha256/${put.id.slice(7)}.tar`, Body: "tampered content" }));
+    await expect(collect(await store.get(put.id))).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_STORE });
   });
 });

@@ -36,7 +36,8 @@ import {
   type S3ClientConfig,
 } from "@aws-sdk/client-s3";
 import { isSandqueueError } from "../../errors/index.js";
-import { HashingPassThrough, VerifyingPassThrough, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
+import { HashingPassThrough, VerifyingPassThrough } from "./hashing-streams.js";
+import { hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
 const PART_BYTES = 8 * 1024 * 1024;
 /** S3's limit for a single CopyObject; larger objects are copied part by part. */
@@ -130,7 +131,7 @@ export class S3SnapshotStore implements SnapshotStore {
         uploadId = undefined;
       }
       tmpWritten = true;
-      const id = hasher.digestId();
+      const id = await hasher.digestId();
       const key = this.keyOf(id);
       // Existing content: keep the stored object (same bytes by construction).
       if (!(await this.has(id))) await this.copy(tmpKey, key, hasher.bytes, signal);

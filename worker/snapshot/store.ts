@@ -6,8 +6,7 @@
  * reader sees a whole object or none, and a crash mid-write leaves nothing
  * under a snapshot id (only temp data that prune removes).
  */
-import { createHash, type Hash } from "node:crypto";
-import { Transform, type Readable, type TransformCallback } from "node:stream";
+import type { Readable } from "node:stream";
 import { ErrorCodes, SnapshotError } from "../../errors/index.js";
 import { parseDuration } from "../duration.js";
 
@@ -59,36 +58,6 @@ export function storeError(message: string, cause: unknown, retryable = true): S
 }
 
 /** Counts and hashes what flows through it. */
-export class HashingPassThrough extends Transform {
-  private readonly hash: Hash = createHash("sha256");
-  bytes = 0;
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.hash.update(chunk);
-    this.bytes += chunk.length;
-    cb(null, chunk);
-  }
-  digestId(): string {
-    return `sha256:${this.hash.digest("hex")}`;
-  }
-}
-
-/** Passes bytes through and fails at the end if they do not hash to `id` (corrupt storage). */
-export class VerifyingPassThrough extends Transform {
-  private readonly hash: Hash = createHash("sha256");
-  constructor(private readonly id: string) {
-    super();
-  }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    this.hash.update(chunk);
-    cb(null, chunk);
-  }
-  override _flush(cb: TransformCallback): void {
-    const got = `sha256:${this.hash.digest("hex")}`;
-    if (got === this.id) cb();
-    else cb(new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${this.id} is corrupt in the store (content hashes to ${got})`, { retryable: false }));
-  }
-}
-
 /** A snapshot age or retention ("12h", "7d"); a bare number is milliseconds. Null when invalid. */
 export function parseDurationMs(s: string): number | null {
   return parseDuration(s, "ms");
