@@ -21,7 +21,6 @@ import { fmt, stats, timedPool, type RunStats } from "./stats.js";
 import { startBullmqBaseline } from "./bullmq-baseline.js";
 
 const ARGV = ["/bin/sh", "-c", "true"];
-const ENV = { PATH: "/usr/local/bin:/usr/bin:/bin", HOME: "/workspace", LANG: "C.UTF-8" };
 
 function rawSpawn(args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -62,7 +61,7 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
   const dir = mkdtempSync(join(tmpdir(), "sandq-bench-"));
   const ws = join(dir, "ws");
   mkdirSync(ws);
-  const args = buildBwrapArgs({ rootOps: hostImageOps(join(dir, "etc")), workspaceHostDir: ws, argv: ARGV, env: ENV, uid: 1000, gid: 1000 });
+  const args = buildBwrapArgs({ rootOps: hostImageOps(join(dir, "etc")), workspaceHostDir: ws, argv: ARGV, uid: 1000, gid: 1000 });
 
   // One worker per concurrency level, kept for the whole run.
   const queued = async (concurrency: number) => {

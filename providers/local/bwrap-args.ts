@@ -11,8 +11,8 @@ export interface BwrapArgsInput {
   /** Root filesystem operations from image-root.ts. */
   rootOps: readonly string[];
   workspaceHostDir: string;
+  /** The launcher (launch-request.ts): the job's environment and command arrive on its request FIFO, never here. */
   argv: readonly string[];
-  env: Readonly<Record<string, string>>;
   cwd?: string;
   uid: number;
   gid: number;
@@ -49,14 +49,9 @@ export function buildBwrapArgs(input: BwrapArgsInput): string[] {
     // setsid: no TIOCSTI on the worker's terminal; die-with-parent: killing bwrap ends all.
     "--new-session",
     "--die-with-parent",
+    // Nothing of the worker's environment: the launcher sets the job's own.
     "--clearenv",
   ];
-  for (const [name, value] of Object.entries(input.env)) {
-    if (name === "" || name.includes("=") || name.includes("\0") || value.includes("\0")) {
-      throw invalid(`invalid environment variable name or value for '${name.replace(/\0/g, "\\0")}'`);
-    }
-    args.push("--setenv", name, value);
-  }
   // Loaded last, just before the command runs: bwrap's own setup is not filtered.
   if (input.seccompFd !== undefined) args.push("--seccomp", String(input.seccompFd));
   args.push("--tmpfs", "/", ...input.rootOps);

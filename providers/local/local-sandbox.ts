@@ -126,7 +126,6 @@ export class LocalSandbox implements Sandbox {
         rootOps: ctx.rootOps,
         workspaceHostDir: ctx.workspaceHostDir,
         argv: LAUNCHER_ARGV,
-        env: {},
         cwd: "/",
         uid: ctx.uid,
         gid: ctx.gid,

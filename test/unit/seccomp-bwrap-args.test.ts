@@ -6,7 +6,7 @@ import { describe, expect, it } from "vitest";
 import { buildBwrapArgs } from "../../providers/local/bwrap-args.js";
 import { procMaskOps } from "../../providers/local/proc-mask.js";
 
-const base = { rootOps: ["--ro-bind", "/usr", "/usr"], workspaceHostDir: "/host/ws", argv: ["sh", "-c", "true"], env: {}, uid: 1000, gid: 1000 };
+const base = { rootOps: ["--ro-bind", "/usr", "/usr"], workspaceHostDir: "/host/ws", argv: ["sh", "-c", "true"], uid: 1000, gid: 1000 };
 
 describe("buildBwrapArgs: seccomp and /proc", () => {
   it("passes the seccomp fd when given, and only then", () => {
