@@ -236,7 +236,6 @@ export function errorResult(
   });
 }
 
-/** The workspace tar, failing if a secret value is in it; keeps the pack's file count. */
 async function resolveSecrets(spec: JobSpec, ctx: RunContext): Promise<Record<string, string>> {
   if (!ctx.secrets) {
     throw new SandqueueError(ErrorCodes.SECRET_NOT_FOUND, `secret ${spec.secrets[0]} requested but this worker has no secret store`);

@@ -54,7 +54,7 @@ export async function startWorkerRuntime(
         registry: new Registry(),
         worker,
         provider: provider.name,
-        ...(provider.readySandboxes ? { readySandboxes: () => provider.readySandboxes!() } : {}),
+        readySandboxes: provider.readySandboxes?.bind(provider),
       });
       releasers.push(() => metrics.close());
       const server = await startHealthServer({

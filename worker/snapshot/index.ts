@@ -12,6 +12,7 @@ import { FileSnapshotStore } from "./file-store.js";
 import { S3SnapshotStore, type S3StoreOptions } from "./s3-store.js";
 import type { SnapshotStore } from "./store.js";
 import { SecretScanner } from "../secrets/scan.js";
+import type { WorkspaceStore } from "../run-job.js";
 
 export * from "./store.js";
 export { FileSnapshotStore } from "./file-store.js";
@@ -89,10 +90,7 @@ export async function hydrateWorkspace(
 }
 
 /** The worker pipeline's WorkspaceStore shape (worker/run-job.ts) over a snapshot store. */
-export function workspaceStoreFor(store: SnapshotStore): {
-  open(id: string): Promise<Readable>;
-  save(tar: Readable, opts?: { secrets?: Record<string, string> }): Promise<SnapshotRef>;
-} {
+export function workspaceStoreFor(store: SnapshotStore): WorkspaceStore {
   return {
     open: (id) => store.get(id),
     save: (tar, opts) => persistWorkspace(tar, store, opts),
