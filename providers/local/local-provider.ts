@@ -22,7 +22,7 @@ import path from "node:path";
 import type { ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
 import type { ArchiveLimits } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
-import { detectCgroups, type CgroupManager, type SandboxCgroup } from "./cgroups.js";
+import { detectCgroups, type CgroupLimits, type CgroupManager, type SandboxCgroup } from "./cgroups.js";
 import { HOST_IMAGE, dirImageOps, hostImageOps } from "./image-root.js";
 import { LocalSandbox } from "./local-sandbox.js";
 import { Spawner } from "./spawner.js";
@@ -100,6 +100,15 @@ function pidAlive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM";
   }
+}
+
+/** A sandbox's limits as its cgroup holds them: bwrap's own processes come on top of the job's pids. */
+function cgroupLimits(limits: { memoryMb: number; pids: number }): CgroupLimits {
+  return { memoryBytes: limits.memoryMb * MiB, pids: limits.pids + BWRAP_OVERHEAD_PIDS };
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
 }
 
 function newSandboxId(): string {
@@ -208,9 +217,7 @@ export class LocalProvider implements SandboxProvider {
     if (spec.network !== "none") {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode '${String(spec.network)}' is not supported`, { retryable: false });
     }
-    if (opts.signal?.aborted) {
-      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: opts.signal.reason });
-    }
+    throwIfAborted(opts.signal);
     const warm = this.takeWarm(spec);
     if (warm) return warm;
     // Resolved before anything is created: an unknown image costs nothing.
@@ -232,7 +239,7 @@ export class LocalProvider implements SandboxProvider {
     for (let box = idle.shift(); box; box = idle.shift()) {
       try {
         box.adopt(
-          { memoryBytes: spec.limits.memoryMb * MiB, pids: spec.limits.pids + BWRAP_OVERHEAD_PIDS },
+          cgroupLimits(spec.limits),
           JSON.stringify({ pid: process.pid, labels: spec.labels, image: spec.image }),
         );
         return box;
@@ -292,11 +299,6 @@ export class LocalProvider implements SandboxProvider {
     labels: Record<string, string>,
     signal?: AbortSignal,
   ): Promise<LocalSandbox> {
-    const throwIfAborted = (): void => {
-      if (signal?.aborted) {
-        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
-      }
-    };
     const sandboxDir = path.join(this.workRoot, id);
     const workspaceHostDir = path.join(sandboxDir, "workspace");
     // Undone last-in-first-out when a later step fails.
@@ -307,12 +309,9 @@ export class LocalProvider implements SandboxProvider {
       releasers.push(() => rm(sandboxDir, { recursive: true, force: true }));
       writeFileSync(path.join(sandboxDir, "owner.json"), JSON.stringify({ pid: process.pid, labels, image }));
       mkdirSync(workspaceHostDir, { mode: 0o755 });
-      const cgroup: SandboxCgroup = await this.cgroups.create(id, {
-        memoryBytes: limits.memoryMb * MiB,
-        pids: limits.pids + BWRAP_OVERHEAD_PIDS,
-      });
+      const cgroup: SandboxCgroup = await this.cgroups.create(id, cgroupLimits(limits));
       releasers.push(() => cgroup.remove());
-      throwIfAborted();
+      throwIfAborted(signal);
       const sandbox = new LocalSandbox({
         id,
         sandboxDir,
