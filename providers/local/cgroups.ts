@@ -232,6 +232,28 @@ function rmdirAll(dirs: string[]): boolean {
   return ok;
 }
 
+/**
+ * The writes that give a leaf its limits, in order. `resize`: the leaf has
+ * limits already (v1 needs memory <= memory+swap at every step, so memsw is
+ * lifted first, then memory set, then memsw matched).
+ */
+function limitWrites(h: Hierarchies, limits: CgroupLimits, resize: boolean): CgroupWrite[] {
+  const bytes = String(limits.memoryBytes);
+  const w = (dir: string, file: string, value: string, optional = false): CgroupWrite => ({ file: path.join(dir, file), value, optional });
+  return [
+    ...(h.v2
+      ? [w(h.mem, "memory.max", bytes), w(h.mem, "memory.swap.max", "0", true), w(h.mem, "memory.oom.group", "1", true)]
+      : [
+          ...(resize ? [w(h.mem, "memory.memsw.limit_in_bytes", "-1", true)] : []),
+          w(h.mem, "memory.limit_in_bytes", bytes),
+          // memsw = memory + swap: equal to the memory limit means no swap (absent without swap accounting).
+          w(h.mem, "memory.memsw.limit_in_bytes", bytes, true),
+          w(h.mem, "memory.swappiness", "0", true),
+        ]),
+    w(h.pids, "pids.max", String(limits.pids)),
+  ];
+}
+
 class LeafCgroup implements ExecCgroup {
   join: ExecCgroup["join"] = { limits: [], procs: [], home: [] };
   /** `leaf`: nobody can create cgroups below it (sandbox code has no access), so no recursion. */
@@ -295,21 +317,8 @@ class SandboxCgroupImpl implements SandboxCgroup {
     const name = `x${++this.seq}`;
     const h: Hierarchies = { mem: path.join(this.h.mem, name), pids: path.join(this.h.pids, name), v2: this.h.v2 };
     const leaf = new LeafCgroup(h, true);
-    const bytes = String(this.limits.memoryBytes);
-    const w = (dir: string, file: string, value: string, optional = false): CgroupWrite => ({ file: path.join(dir, file), value, optional });
-    const limits = [
-      ...(h.v2
-        ? [w(h.mem, "memory.max", bytes), w(h.mem, "memory.swap.max", "0", true), w(h.mem, "memory.oom.group", "1", true)]
-        : [
-            w(h.mem, "memory.limit_in_bytes", bytes),
-            // memsw = memory + swap: equal to the memory limit means no swap (absent without swap accounting).
-            w(h.mem, "memory.memsw.limit_in_bytes", bytes, true),
-            w(h.mem, "memory.swappiness", "0", true),
-          ]),
-      w(h.pids, "pids.max", String(this.limits.pids)),
-    ];
     leaf.join = {
-      limits,
+      limits: limitWrites(h, this.limits, false),
       procs: uniqueDirs(h).map((d) => path.join(d, "cgroup.procs")),
       home: this.home,
       ...(h.v2 ? {} : { oom: { control: path.join(h.mem, "memory.oom_control"), eventControl: path.join(h.mem, "cgroup.event_control") } }),
@@ -326,25 +335,14 @@ class SandboxCgroupImpl implements SandboxCgroup {
 
   setLimits(limits: CgroupLimits): void {
     this.limits = limits;
-    const h = this.newest;
-    if (!h) return;
-    const bytes = String(limits.memoryBytes);
-    const optional = (file: string, value: string): void => {
+    if (!this.newest) return;
+    for (const w of limitWrites(this.newest, limits, true)) {
       try {
-        writeFileSync(file, value);
-      } catch {
-        // absent without swap accounting
+        writeFileSync(w.file, w.value);
+      } catch (err) {
+        if (!(w.optional && (err as NodeJS.ErrnoException).code === "ENOENT")) throw err;
       }
-    };
-    if (h.v2) {
-      writeFileSync(path.join(h.mem, "memory.max"), bytes);
-    } else {
-      // memory <= memory+swap at every step: lift memsw, set memory, then memsw to match.
-      optional(path.join(h.mem, "memory.memsw.limit_in_bytes"), "-1");
-      writeFileSync(path.join(h.mem, "memory.limit_in_bytes"), bytes);
-      optional(path.join(h.mem, "memory.memsw.limit_in_bytes"), bytes);
     }
-    writeFileSync(path.join(h.pids, "pids.max"), String(limits.pids));
   }
 
   killAll(): Promise<void> {
