@@ -132,12 +132,10 @@ export class LocalSandbox implements Sandbox {
         tmpSizeBytes: ctx.tmpSizeBytes,
         seccompFd: SECCOMP_FD,
       });
-      const { join } = cg;
       // Nothing of a request is in these arguments: environment and command come through the request FIFO.
       const proc = await ctx.spawner.start({
         argv: [ctx.bwrapPath, ...args],
-        cgroup: { limits: join.limits.map((w) => [w.file, w.value, w.optional]), procs: join.procs, home: join.home },
-        ...(join.oom ? { oom: { control: join.oom.control, event_control: join.oom.eventControl } } : {}),
+        cgroup: cg.join,
         mkfifo: [fifos.stdin, fifos.stdout, fifos.stderr, fifos.request],
         fds: [
           [0, fifos.stdin, "r"],
@@ -147,7 +145,7 @@ export class LocalSandbox implements Sandbox {
           [REQUEST_FD, fifos.request, "rw"],
         ],
       });
-      return { proc, cg, fifos, procsFile: join.procs.at(-1) };
+      return { proc, cg, fifos, procsFile: cg.join.procs.at(-1) };
     } catch (err) {
       await cg.remove().catch(() => undefined);
       if (isSandqueueError(err)) throw err;

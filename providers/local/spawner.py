@@ -9,8 +9,9 @@ costs well under a millisecond, and it runs beside the worker's event loop.
 Protocol: one JSON object per line on stdin, one per line on stdout.
   -> {"op": "start", "id": S, "argv": [...], "mkfifo": [path...],
       "fds": [[target_fd, path, "r" | "rw"], ...],
-      "cgroup": {"limits": [[file, value, optional]...], "procs": [file...], "home": [file...]},
-      "oom": {"control": path, "event_control": path}}
+      "cgroup": {"limits": [{"file": F, "value": V, "optional": B}...],
+                 "procs": [file...], "home": [file...],
+                 "oom": {"control": path, "eventControl": path}}}
   <- {"op": "started", "id": S, "pid": N}
   <- {"op": "oom", "id": S}
   <- {"op": "exit", "id": S, "code": N | null, "signal": N | null}
@@ -68,8 +69,8 @@ def write_file(path, value, optional=False):
 def spawn_in_cgroup(argv, actions, cgroup):
     if not cgroup:
         return os.posix_spawn(argv[0], argv, {}, file_actions=actions)
-    for path, value, optional in cgroup["limits"]:
-        write_file(path, value, optional)
+    for w in cgroup["limits"]:
+        write_file(w["file"], w["value"], w["optional"])
     try:
         for path in cgroup["procs"]:
             write_file(path, "0")  # "0": the writing process itself
@@ -91,7 +92,8 @@ def start(msg, children, sel):
             opened.append(fd)
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
         # Watching before the spawn: an OOM in the first instant is not missed.
-        watch = watch_oom(msg["oom"], msg["id"], sel) if msg.get("oom") else None
+        oom = (msg.get("cgroup") or {}).get("oom")
+        watch = watch_oom(oom, msg["id"], sel) if oom else None
         argv = msg["argv"]
         pid = spawn_in_cgroup(argv, actions, msg.get("cgroup"))
     except BaseException:
@@ -116,7 +118,7 @@ def watch_oom(oom, ident, sel):
         os.close(efd)
         raise
     try:
-        write_file(oom["event_control"], f"{efd} {control}")
+        write_file(oom["eventControl"], f"{efd} {control}")
     except BaseException:
         os.close(efd)
         os.close(control)

@@ -14,6 +14,7 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { createInterface } from "node:readline";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import type { ExecCgroup } from "./cgroups.js";
 
 export interface SpawnRequest {
   /** argv[0] must be an absolute path (no PATH lookup). */
@@ -22,10 +23,8 @@ export interface SpawnRequest {
   mkfifo: string[];
   /** [target fd, path, mode]: 0, 1 and 2 must be among them. */
   fds: Array<[number, string, "r" | "rw"]>;
-  /** Starts the process inside this cgroup (see ExecCgroup.join). */
-  cgroup?: { limits: Array<[string, string, boolean]>; procs: readonly string[]; home: readonly string[] };
-  /** cgroup v1: report OOM events of this memory cgroup (see ExecCgroup.join). */
-  oom?: { control: string; event_control: string };
+  /** Starts the process inside this cgroup, and reports its OOM events on v1 (see ExecCgroup.join). */
+  cgroup?: ExecCgroup["join"];
 }
 
 export interface ExitStatus {
@@ -39,7 +38,7 @@ export interface SpawnedProcess {
   exited: Promise<ExitStatus>;
   /** True once `exited` has resolved. */
   readonly hasExited: boolean;
-  /** Resolves on the first OOM event the helper reports for it (requests with `oom` only); may never resolve. */
+  /** Resolves on the first OOM event the helper reports for it (cgroup v1 requests with `cgroup.oom`); may never resolve. */
   oom: Promise<void>;
 }
 
