@@ -18,7 +18,7 @@ import { ErrorCodes, SnapshotError } from "../../errors/index.js";
 import { EntryRules, showPath, tarError, type RuleMode } from "./entry-rules.js";
 import { compileExcludes } from "./glob.js";
 import type { ArchiveLimits, PackOptions } from "./index.js";
-import { bodyChunks, drain, headerFor, packEntry, packStream, readEntries, type ArchiveStream, type Headers } from "./tar-io.js";
+import { headerFor, packEntry, packStream, readEntries, type ArchiveStream, type Headers } from "./tar-io.js";
 
 /** Used when PackOptions leave a limit out. */
 export const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = {
@@ -181,16 +181,10 @@ function retar(tar: Readable, mode: RuleMode, limits: ArchiveLimits, extra: { ex
   const stats = { files: 0, bytes: 0, entries: 0, skipped: 0 };
   return packStream(stats, async (pack) => {
     for await (const e of readEntries(tar)) {
+      // readEntries skips whatever of a body is not read: dropped entries and non-files need nothing.
       const entry = await rules.check(e.header);
-      if (entry === null) {
-        await drain(e);
-        continue;
-      }
-      if (entry.kind === "file") await packEntry(pack, headerFor(entry), bodyChunks(e));
-      else {
-        await drain(e);
-        await packEntry(pack, headerFor(entry));
-      }
+      if (entry === null) continue;
+      await packEntry(pack, headerFor(entry), entry.kind === "file" ? e.body : undefined);
     }
     Object.assign(stats, rules.stats);
   });

@@ -71,16 +71,6 @@ export async function* readEntries(input: Readable, signal?: AbortSignal): Async
   }
 }
 
-/** An entry's body chunks (the reader guarantees exactly the announced size). */
-export function bodyChunks(e: TarEntry): AsyncIterable<Buffer> {
-  return e.body;
-}
-
-/** Reads and discards an entry's body. */
-export async function drain(e: TarEntry): Promise<void> {
-  for await (const _ of e.body) void _;
-}
-
 export function headerFor(e: CheckedEntry): Headers {
   const h: Headers = {
     name: e.kind === "directory" ? `${e.path}/` : e.path,
