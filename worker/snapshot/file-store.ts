@@ -14,10 +14,10 @@ import { mkdir, open, readdir, rename, rm, stat, unlink, utimes, type FileHandle
 import { join } from "node:path";
 import { Readable, Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
-import { ErrorCodes, SnapshotError, isSandqueueError } from "../../errors/index.js";
+import { isSandqueueError } from "../../errors/index.js";
 import { BLOCK_SOURCE, type BlockSource, type OffersBlockSource } from "../../providers/archive/block-source.js";
 import { ThreadedFileRead, ThreadedHash } from "./hash-thread.js";
-import { hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
+import { corruptSnapshot, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
 /** Temp files older than this are abandoned writes (a crashed worker). */
 const STALE_TEMP_MS = 3_600_000;
@@ -174,7 +174,7 @@ class VerifiedObjectStream extends Readable implements OffersBlockSource {
       next: async () => {
         const block = await read.next();
         if (block === null && read.digest !== id) {
-          throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${id} is corrupt in the store (content hashes to ${read.digest})`, { retryable: false });
+          throw corruptSnapshot(id, read.digest);
         }
         return block;
       },
@@ -203,7 +203,7 @@ class VerifiedObjectStream extends Readable implements OffersBlockSource {
     if (bytesRead === 0) {
       const got = await hash.digest();
       if (got !== this.id) {
-        throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${this.id} is corrupt in the store (content hashes to ${got})`, { retryable: false });
+        throw corruptSnapshot(this.id, got);
       }
       this.push(null);
       return;

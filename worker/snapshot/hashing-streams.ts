@@ -5,8 +5,8 @@
  * itself (~1 ms per MiB here) runs beside it, as for the file store.
  */
 import { Transform, type TransformCallback } from "node:stream";
-import { ErrorCodes, SnapshotError } from "../../errors/index.js";
 import { ThreadedHash } from "./hash-thread.js";
+import { corruptSnapshot } from "./store.js";
 
 /** Hashes the bytes passing through; `digestId()` once the stream has ended. */
 export class HashingPassThrough extends Transform {
@@ -55,7 +55,7 @@ export class VerifyingPassThrough extends Transform {
     this.hash.digest().then(
       (got) => {
         if (got === this.id) cb();
-        else cb(new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${this.id} is corrupt in the store (content hashes to ${got})`, { retryable: false }));
+        else cb(corruptSnapshot(this.id, got));
       },
       (err: Error) => cb(err),
     );

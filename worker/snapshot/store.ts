@@ -52,6 +52,11 @@ export function notFound(id: string): SnapshotError {
   return new SnapshotError(ErrorCodes.SNAPSHOT_NOT_FOUND, `snapshot ${id} not found`, { retryable: false, details: { id } });
 }
 
+/** A stored object whose bytes do not hash to its id (damaged storage): never retried, never served. */
+export function corruptSnapshot(id: string, got: string | null): SnapshotError {
+  return new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `snapshot ${id} is corrupt in the store (content hashes to ${got})`, { retryable: false });
+}
+
 export function storeError(message: string, cause: unknown, retryable = true): SnapshotError {
   const detail = cause instanceof Error ? `: ${cause.message}` : "";
   return new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `${message}${detail}`, { retryable, cause });
