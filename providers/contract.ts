@@ -117,6 +117,25 @@ export function describeProviderContract(
         expect(r.durationMs).toBeGreaterThanOrEqual(0);
       });
 
+      it("runs a shell script as `sh -c` does: $0, PWD, quoting, syntax errors, set -e, traps, exec", async () => {
+        const s = await sandbox();
+        const r = await sh(s, `echo "$0|$PWD|$(printenv PWD)"; echo 'it''s "quoted"'\ntrap 'echo bye' EXIT; echo "$(pwd)"`, { cwd: "/tmp" });
+        expect(r).toMatchObject({ exitCode: 0, stderr: Buffer.alloc(0) });
+        expect(r.stdout.toString()).toBe(`/bin/sh|/tmp|/tmp\nits "quoted"\n/tmp\nbye\n`);
+        // Commands before a syntax error run; the shell then exits 2, as dash -c does.
+        const bad = await sh(s, "echo before\nif then fi");
+        expect(bad.exitCode).toBe(2);
+        expect(bad.stdout.toString()).toBe("before\n");
+        expect(bad.stderr.toString()).toMatch(/Syntax error/);
+        const errexit = await sh(s, "set -e; echo a; false; echo b");
+        expect([errexit.exitCode, errexit.stdout.toString()]).toEqual([1, "a\n"]);
+        const replaced = await sh(s, "exec echo replaced; echo not reached");
+        expect([replaced.exitCode, replaced.stdout.toString()]).toEqual([0, "replaced\n"]);
+        const missing = await sh(s, "no-such-command-here");
+        expect(missing.exitCode).toBe(127);
+        expect(missing.stderr.toString()).toMatch(/no-such-command-here: not found/);
+      });
+
       it("runs python3 with /workspace as the working directory", async () => {
         const s = await sandbox();
         const r = await py(s, "import os, sys; print(os.getcwd()); print(sys.version_info[0])");

@@ -7,23 +7,38 @@
  * pre-start pool), and the request's environment, secrets included, never
  * appears on a command line, in a file or in bwrap's arguments: it crosses a
  * kernel pipe buffer once. dash executes sourced commands as it parses them,
- * so the final `exec` runs without waiting for an end of file.
+ * so the final command runs without waiting for an end of file.
  */
+import { WORKSPACE_DIR } from "../provider.js";
 import { requestPrelude, shellQuote, type RequestParts } from "../request-script.js";
 
 /** The fd of the request FIFO inside the sandbox. */
 export const REQUEST_FD = 5;
 
-export const LAUNCHER_ARGV: readonly string[] = ["/bin/sh", "-c", `. /proc/self/fd/${REQUEST_FD}`];
+export const LAUNCHER_SHELL = "/bin/sh";
+
+export const LAUNCHER_ARGV: readonly string[] = [LAUNCHER_SHELL, "-c", `. /proc/self/fd/${REQUEST_FD}`];
 
 /**
  * The script the launcher sources: the request fd is closed first (the job
- * must not inherit it), then the shared prelude, then exec of the command.
+ * must not inherit it), then the shared prelude, then the command.
+ *
+ * A plain `/bin/sh -c SCRIPT` (every shell job) runs in the launcher's own
+ * shell, the same /bin/sh started with -c, instead of exec'ing a second one:
+ * one exec less per job (~0.9 ms of CPU, measured in docs/PERFORMANCE.md).
+ * `eval` parses and runs the script as `sh -c` does, one command at a time,
+ * with line numbers from 1; what that shell would set up itself, an exported
+ * PWD, is set here. The one visible difference: the shell's own error
+ * messages read `/bin/sh: 1: eval: …` instead of `/bin/sh: 1: …`.
  */
 export function launchScript(req: RequestParts): string {
   const lines = [`exec ${REQUEST_FD}<&-`, ...requestPrelude(req)];
-  // A command name starting with '-' would read as an option of exec.
   const [cmd, ...rest] = req.argv;
-  lines.push(`exec ${cmd!.startsWith("-") ? "./" : ""}${[cmd!, ...rest].map(shellQuote).join(" ")}`);
+  if (rest.length === 2 && cmd === LAUNCHER_SHELL && rest[0] === "-c") {
+    lines.push(`export PWD=${shellQuote(req.cwd ?? WORKSPACE_DIR)}`, `eval ${shellQuote(rest[1]!)}`);
+  } else {
+    // A command name starting with '-' would read as an option of exec.
+    lines.push(`exec ${cmd!.startsWith("-") ? "./" : ""}${[cmd!, ...rest].map(shellQuote).join(" ")}`);
+  }
   return `${lines.join("\n")}\n`;
 }
