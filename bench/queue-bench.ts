@@ -7,13 +7,14 @@
  * machine.
  */
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { randomBytes } from "node:crypto";
 import { SandqueueClient } from "../producer/client.js";
 import { buildBwrapArgs } from "../providers/local/bwrap-args.js";
 import { hostImageOps } from "../providers/local/image-root.js";
+import { seccompProgram } from "../providers/local/seccomp.js";
 import { parseWorkerConfig } from "../worker/config.js";
 import { silentLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
@@ -21,12 +22,16 @@ import { fmt, stats, timedPool, type RunStats } from "./stats.js";
 import { startBullmqBaseline } from "./bullmq-baseline.js";
 
 const ARGV = ["/bin/sh", "-c", "true"];
+/** bwrap reads the seccomp program from this fd, as in the provider. */
+const SECCOMP_FD = 4;
 
-function rawSpawn(args: string[]): Promise<void> {
+function rawSpawn(args: string[], seccompFile: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn("bwrap", args, { stdio: ["ignore", "pipe", "pipe"] });
-    child.stdout.resume();
-    child.stderr.resume();
+    const seccomp = openSync(seccompFile, "r");
+    const child = spawn("bwrap", args, { stdio: ["ignore", "pipe", "pipe", "ignore", seccomp] });
+    closeSync(seccomp);
+    child.stdout?.resume();
+    child.stderr?.resume();
     child.on("error", reject);
     child.on("close", (code) => (code === 0 ? resolve() : reject(new Error(`bwrap exited ${code}`))));
   });
@@ -61,7 +66,10 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
   const dir = mkdtempSync(join(tmpdir(), "sandq-bench-"));
   const ws = join(dir, "ws");
   mkdirSync(ws);
-  const args = buildBwrapArgs({ rootOps: hostImageOps(join(dir, "etc")), workspaceHostDir: ws, argv: ARGV, uid: 1000, gid: 1000 });
+  // The provider's flags, its seccomp filter included.
+  const args = buildBwrapArgs({ rootOps: hostImageOps(join(dir, "etc")), workspaceHostDir: ws, argv: ARGV, uid: 1000, gid: 1000, seccompFd: SECCOMP_FD });
+  const seccompFile = join(dir, "seccomp");
+  writeFileSync(seccompFile, seccompProgram());
 
   // One worker per concurrency level, kept for the whole run.
   const queued = async (concurrency: number) => {
@@ -79,7 +87,7 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
   const q1 = await queued(1);
   const qN = await queued(cores);
   const bull = await startBullmqBaseline(parseWorkerConfig(process.env, {}, {}).redisUrl, cores);
-  const raw = (): Promise<void> => rawSpawn(args);
+  const raw = (): Promise<void> => rawSpawn(args, seccompFile);
 
   // Warm-up: page cache, bwrap binary, Redis connections, JIT.
   for (let i = 0; i < 20; i++) await Promise.all([raw(), q1.once(), qN.once(), bull.once()]);
@@ -130,7 +138,7 @@ export function reportQueueBench(r: QueueBenchResult): string {
     `through queue  c=${r.cores}        ${fmt(r.queuedN)}`,
     `raw BullMQ     c=${r.cores}        ${fmt(r.bullmqN)}  (no sandbox: add, worker, completion event)`,
     `throughput ratio at c=${r.cores}: ${thr.toFixed(2)}x raw (target >= 0.85x) ${thr >= 0.85 ? "OK" : "BELOW TARGET"}`,
-    `p50 latency at c=1: +${p50delta.toFixed(2)}ms over raw (target <= 3ms) ${p50delta <= 3 ? "OK" : "ABOVE TARGET"}`,
+    `p50 latency at c=1: ${p50delta >= 0 ? "+" : ""}${p50delta.toFixed(2)}ms over raw (target <= 3ms) ${p50delta <= 3 ? "OK" : "ABOVE TARGET"}`,
     `machine CPU per job at c=${r.cores}: raw bwrap ${r.cpuPerJob.rawN.toFixed(1)}ms, queued ${r.cpuPerJob.queuedN.toFixed(1)}ms, raw BullMQ ${r.cpuPerJob.bullmqN.toFixed(1)}ms ` +
       `(includes other tenants' load)`,
     `  CPU-bound, the throughput ratio is at most ${(r.cpuPerJob.rawN / r.cpuPerJob.queuedN).toFixed(2)}x; ` +
