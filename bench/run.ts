@@ -8,11 +8,35 @@ import { runDockerQueueBench } from "./docker-queue.js";
 import { reportQueueBench, runQueueBench } from "./queue-bench.js";
 import { runSnapshotBench } from "./snapshot.js";
 import { fmt } from "./stats.js";
+import { connectOrFail, createRedis } from "../producer/redis.js";
+import { parseWorkerConfig } from "../worker/config.js";
+
+/**
+ * The queue benchmarks start in-process workers, whose connections wait for
+ * Redis forever: without this check a bench run with Redis down would hang
+ * without a word.
+ */
+async function requireRedis(): Promise<void> {
+  const url = parseWorkerConfig(process.env, {}, {}).redisUrl;
+  const client = createRedis(url, "producer");
+  try {
+    await connectOrFail(client, url);
+  } catch (err) {
+    console.error(`${(err as Error).message}; start it with: npm run setup`);
+    process.exit(1);
+  } finally {
+    client.disconnect();
+  }
+}
 
 const BENCHES: Record<string, () => Promise<void>> = {
-  queue: async () => console.log(reportQueueBench(await runQueueBench())),
+  queue: async () => {
+    await requireRedis();
+    console.log(reportQueueBench(await runQueueBench()));
+  },
   snapshot: () => runSnapshotBench(),
   docker: async () => {
+    await requireRedis();
     const direct = await runDockerBench();
     console.log(reportDockerBench(direct));
     const q = await runDockerQueueBench();

@@ -102,6 +102,7 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     try {
       this.connection = createRedis(this.config.redisUrl, "worker");
       releasers.push(() => this.connection!.quit());
+      reportOutages(this.connection, this.config.redisUrl, this.log);
       await assertNoEviction(this.connection, this.config.redisUrl);
 
       await this.reap();
@@ -295,6 +296,33 @@ function auditFields(result: JobResult, spec: JobSpec | null): Record<string, un
     attempts: result.attempts,
     timings: result.timings,
   };
+}
+
+/** How often a worker that cannot reach Redis says so: it waits and retries forever. */
+const OUTAGE_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * A worker connection retries forever, so a worker started while Redis is
+ * down (or running through an outage) would otherwise wait in silence: it
+ * logs the outage at once, then every OUTAGE_LOG_INTERVAL_MS, and the
+ * reconnection.
+ */
+function reportOutages(redis: Redis, url: string, log: Logger): void {
+  let since: number | null = null;
+  let lastLogged = 0;
+  redis.on("error", (err: Error) => {
+    const now = Date.now();
+    since ??= now;
+    if (now - lastLogged < OUTAGE_LOG_INTERVAL_MS) return;
+    lastLogged = now;
+    log.log("warn", "worker.redis_unavailable", { redis: redactUrl(url), error: err.message, forMs: now - since });
+  });
+  redis.on("ready", () => {
+    if (since === null) return;
+    log.log("info", "worker.redis_reconnected", { redis: redactUrl(url), afterMs: Date.now() - since });
+    since = null;
+    lastLogged = 0;
+  });
 }
 
 /**

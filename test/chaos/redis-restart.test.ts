@@ -70,4 +70,32 @@ describe("chaos: Redis restart", () => {
     expect(await client.waitForResult(again.id, { timeoutMs: 30_000 })).toMatchObject({ stdout: "after\n" });
     expect(workers.every((w) => w.proc.exitCode === null)).toBe(true);
   });
+
+  it("a worker started before Redis waits, says why, and starts once Redis answers", async () => {
+    const port = await freePort();
+    const url = `redis://127.0.0.1:${port}`;
+    const queue = uniqueQueue("late");
+    const workRoot = tempDir("late");
+    cleanups.push(async () => unmountWorkRoot(workRoot));
+    const worker = spawnWorker(queue, { REDIS_URL: url, SANDQUEUE_WORK_DIR: workRoot });
+    cleanups.push(() => worker.stop("SIGKILL"));
+
+    const down = await worker.waitFor("worker.redis_unavailable");
+    expect(down).toMatchObject({ level: "warn", redis: url });
+    expect(String(down.error)).toMatch(/ECONNREFUSED/);
+    expect(worker.events.some((e) => e.event === "worker.started")).toBe(false);
+    expect(worker.proc.exitCode).toBeNull();
+
+    const redis = startRedisAt(port, tempDir("late-redis"));
+    cleanups.push(async () => {
+      redis.proc.kill("SIGKILL");
+      await redis.exited;
+    });
+    expect(await worker.waitFor("worker.redis_reconnected")).toMatchObject({ level: "info", redis: url });
+    await worker.waitFor("worker.started");
+    const client = new SandqueueClient({ redisUrl: url, queue });
+    cleanups.push(() => client.close());
+    const job = await client.enqueue({ kind: "shell", script: "echo late" });
+    expect(await client.waitForResult(job.id, { timeoutMs: 30_000 })).toMatchObject({ status: "succeeded", stdout: "late\n" });
+  });
 });
