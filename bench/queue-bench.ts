@@ -57,8 +57,15 @@ export interface QueueBenchResult {
   queuedN: RunStats;
   /** Raw BullMQ (add, a processor that returns at once, completion event) at concurrency = cores. */
   bullmqN: RunStats;
+  /**
+   * Batches of n/rounds jobs enqueued at once (enqueueMany) on the
+   * concurrency = cores worker; latency here is enqueue to result, queueing
+   * included. Not the target's measure (that is the closed loop, queuedN).
+   */
+  batchN: RunStats;
+  batchSize: number;
   /** Machine CPU per job at concurrency = cores (ms). */
-  cpuPerJob: { rawN: number; queuedN: number; bullmqN: number };
+  cpuPerJob: { rawN: number; queuedN: number; bullmqN: number; batchN: number };
 }
 
 export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), rounds = Number(process.env.BENCH_ROUNDS ?? 5)): Promise<QueueBenchResult> {
@@ -82,7 +89,20 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
       const r = await client.waitForResult((await client.enqueue(job)).id, { timeoutMs: 60_000 });
       if (r.status !== "succeeded") throw new Error(`bench job ended ${r.status}: ${JSON.stringify(r.error)}`);
     };
-    return { once, close: async () => (await client.close(), await runtime.close()) };
+    // A batch as `sandqueue batch` sends it: all jobs enqueued at once, the worker never waits for the producer.
+    const batch = async (count: number): Promise<{ latencies: number[]; wallMs: number }> => {
+      const t0 = performance.now();
+      const jobs = await client.enqueueMany(Array.from({ length: count }, () => job));
+      const latencies = await Promise.all(
+        jobs.map(async (j) => {
+          const r = await client.waitForResult(j.id, { timeoutMs: 120_000 });
+          if (r.status !== "succeeded") throw new Error(`bench job ended ${r.status}: ${JSON.stringify(r.error)}`);
+          return performance.now() - t0;
+        }),
+      );
+      return { latencies, wallMs: performance.now() - t0 };
+    };
+    return { once, batch, close: async () => (await client.close(), await runtime.close()) };
   };
   const q1 = await queued(1);
   const qN = await queued(cores);
@@ -93,9 +113,9 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
   for (let i = 0; i < 20; i++) await Promise.all([raw(), q1.once(), qN.once(), bull.once()]);
 
   // Interleaved rounds: a shared, noisy machine slows every series alike.
-  const acc = { raw1: [] as number[], rawN: [] as number[], q1: [] as number[], qN: [] as number[], bN: [] as number[] };
-  const wall = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0 };
-  const cpu = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0 };
+  const acc = { raw1: [] as number[], rawN: [] as number[], q1: [] as number[], qN: [] as number[], bN: [] as number[], batchN: [] as number[] };
+  const wall = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0, batchN: 0 };
+  const cpu = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0, batchN: 0 };
   const per = Math.max(1, Math.floor(n / rounds));
   for (let r = 0; r < rounds; r++) {
     for (const [key, c, fn] of [
@@ -111,6 +131,11 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
       acc[key].push(...run.latencies);
       wall[key] += run.wallMs;
     }
+    const cpu0 = machineCpuMs();
+    const run = await qN.batch(per);
+    cpu.batchN += machineCpuMs() - cpu0;
+    acc.batchN.push(...run.latencies);
+    wall.batchN += run.wallMs;
   }
   await q1.close();
   await qN.close();
@@ -123,7 +148,9 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
     queued1: stats(acc.q1, wall.q1),
     queuedN: stats(acc.qN, wall.qN),
     bullmqN: stats(acc.bN, wall.bN),
-    cpuPerJob: { rawN: cpu.rawN / acc.rawN.length, queuedN: cpu.qN / acc.qN.length, bullmqN: cpu.bN / acc.bN.length },
+    batchN: stats(acc.batchN, wall.batchN),
+    batchSize: per,
+    cpuPerJob: { rawN: cpu.rawN / acc.rawN.length, queuedN: cpu.qN / acc.qN.length, bullmqN: cpu.bN / acc.bN.length, batchN: cpu.batchN / acc.batchN.length },
   };
 }
 
@@ -137,9 +164,10 @@ export function reportQueueBench(r: QueueBenchResult): string {
     `through queue  c=1        ${fmt(r.queued1)}`,
     `through queue  c=${r.cores}        ${fmt(r.queuedN)}`,
     `raw BullMQ     c=${r.cores}        ${fmt(r.bullmqN)}  (no sandbox: add, worker, completion event)`,
+    `queue, batches c=${r.cores}        ${fmt(r.batchN)}  (${r.batchSize} jobs enqueued at once, as sandqueue batch does; ${(r.batchN.perSec / r.rawN.perSec).toFixed(2)}x raw)`,
     `throughput ratio at c=${r.cores}: ${thr.toFixed(2)}x raw (target >= 0.85x) ${thr >= 0.85 ? "OK" : "BELOW TARGET"}`,
     `p50 latency at c=1: ${p50delta >= 0 ? "+" : ""}${p50delta.toFixed(2)}ms over raw (target <= 3ms) ${p50delta <= 3 ? "OK" : "ABOVE TARGET"}`,
-    `machine CPU per job at c=${r.cores}: raw bwrap ${r.cpuPerJob.rawN.toFixed(1)}ms, queued ${r.cpuPerJob.queuedN.toFixed(1)}ms, raw BullMQ ${r.cpuPerJob.bullmqN.toFixed(1)}ms ` +
+    `machine CPU per job at c=${r.cores}: raw bwrap ${r.cpuPerJob.rawN.toFixed(1)}ms, queued ${r.cpuPerJob.queuedN.toFixed(1)}ms (batches ${r.cpuPerJob.batchN.toFixed(1)}ms), raw BullMQ ${r.cpuPerJob.bullmqN.toFixed(1)}ms ` +
       `(includes other tenants' load)`,
     `  CPU-bound, the throughput ratio is at most ${(r.cpuPerJob.rawN / r.cpuPerJob.queuedN).toFixed(2)}x; ` +
       `raw bwrap + raw BullMQ alone would allow ${(r.cpuPerJob.rawN / (r.cpuPerJob.rawN + r.cpuPerJob.bullmqN)).toFixed(2)}x`,
