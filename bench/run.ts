@@ -8,7 +8,7 @@ import { runDockerQueueBench } from "./docker-queue.js";
 import { reportQueueBench, runQueueBench } from "./queue-bench.js";
 import { runSnapshotBench } from "./snapshot.js";
 import { fmt } from "./stats.js";
-import { connectOrFail, createRedis } from "../producer/redis.js";
+import { assertRedisReachable } from "../producer/redis.js";
 import { parseWorkerConfig } from "../worker/config.js";
 
 /**
@@ -17,15 +17,11 @@ import { parseWorkerConfig } from "../worker/config.js";
  * without a word.
  */
 async function requireRedis(): Promise<void> {
-  const url = parseWorkerConfig(process.env, {}, {}).redisUrl;
-  const client = createRedis(url, "producer");
   try {
-    await connectOrFail(client, url);
+    await assertRedisReachable(parseWorkerConfig(process.env, {}, {}).redisUrl);
   } catch (err) {
     console.error(`${(err as Error).message}; start it with: npm run setup`);
     process.exit(1);
-  } finally {
-    client.disconnect();
   }
 }
 

@@ -7,6 +7,7 @@
 import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import { SandqueueClient } from "../producer/client.js";
+import { assertRedisReachable } from "../producer/redis.js";
 import type { JobSpecInput } from "../producer/job-spec.js";
 import type { JobResult } from "../producer/job-result.js";
 import { parseWorkerConfig } from "../worker/config.js";
@@ -39,6 +40,8 @@ export async function demoCommand(args: string[], env: NodeJS.ProcessEnv): Promi
   const queue = `demo-${randomBytes(4).toString("hex")}`;
   const config = parseWorkerConfig(env, {}, { queue, provider: "local", logJobs: Boolean(values.verbose) });
   const log = values.verbose ? jsonLogger({ worker: config.workerId }) : silentLogger;
+  // The in-process worker would wait for Redis forever: a demo fails at once instead.
+  await assertRedisReachable(config.redisUrl);
   process.stdout.write(`sandqueue demo: worker ${config.workerId} on queue ${queue}, provider local, concurrency ${config.concurrency}\n`);
   const runtime = await startWorkerRuntime(config, log);
   const client = new SandqueueClient({ redisUrl: config.redisUrl, queue, prefix: config.prefix, resultTtlMs: 3600_000 });

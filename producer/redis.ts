@@ -47,23 +47,44 @@ export async function connectOrFail(client: Redis, url: string, timeoutMs = 2000
   try {
     if (client.status === "wait") client.connect().catch(() => {});
     await new Promise<void>((resolve, reject) => {
+      // The last connection error says why (refused, unknown host, TLS...).
+      let lastError = "";
       const timer = setTimeout(() => {
         cleanup();
-        reject(new Error(`no answer within ${timeoutMs} ms`));
+        reject(new Error(`no answer within ${timeoutMs} ms${lastError && ` (${lastError})`}`));
       }, timeoutMs);
       const onReady = (): void => {
         cleanup();
         resolve();
       };
+      const onError = (err: Error): void => {
+        lastError = err.message;
+      };
       const cleanup = (): void => {
         clearTimeout(timer);
         client.off("ready", onReady);
+        client.off("error", onError);
       };
+      client.on("error", onError);
       if (client.status === "ready") onReady();
       else client.on("ready", onReady);
     });
   } catch (err) {
     throw redisUnavailable(url, err);
+  }
+}
+
+/**
+ * Fails fast (SANDQ_ERR_REDIS_UNAVAILABLE) when Redis does not answer: for
+ * one-shot commands that would otherwise start an in-process worker, whose
+ * connections wait for Redis forever.
+ */
+export async function assertRedisReachable(url: string, timeoutMs = 2000): Promise<void> {
+  const client = createRedis(url, "producer");
+  try {
+    await connectOrFail(client, url, timeoutMs);
+  } finally {
+    client.disconnect();
   }
 }
 

@@ -7,7 +7,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { WorkerRuntime } from "../../worker/runtime.js";
-import { REDIS_URL, requireCommand, startTestWorker, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { REDIS_URL, freePort, requireCommand, startTestWorker, tempDir, testClient, uniqueQueue } from "../support/harness.js";
 
 requireCommand("bwrap", "bubblewrap");
 const BIN = join(import.meta.dirname, "../../bin/sandqueue.js");
@@ -117,6 +117,24 @@ describe("sandqueue CLI", () => {
     });
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('SANDQUEUE_CONCURRENCY="lots": expected an integer from 1 to 1024');
+  });
+
+  it("demo: with Redis down it stops at once and says why, without starting a worker", async () => {
+    const port = await freePort();
+    const t0 = Date.now();
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn("node", [BIN, "demo"], { env: { ...env, REDIS_URL: `redis://127.0.0.1:${port}` }, stdio: ["ignore", "pipe", "pipe"] });
+      let stdout = "";
+      let stderr = "";
+      child.stdout.on("data", (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on("data", (d: Buffer) => (stderr += d.toString()));
+      child.on("close", (status) => resolve({ status, stdout, stderr }));
+    });
+    expect(r.status).toBe(1);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toContain(`SANDQ_ERR_REDIS_UNAVAILABLE: Redis at redis://127.0.0.1:${port} is unavailable`);
+    expect(r.stderr).toContain("ECONNREFUSED");
+    expect(Date.now() - t0).toBeLessThan(10_000);
   });
 
   it("worker: runs jobs and exits 0 on SIGTERM", async () => {
