@@ -145,8 +145,25 @@ export class SandqueueClient {
   async getResult(id: string): Promise<JobResult | null> {
     return this.call(async () => {
       const job = await Job.fromId(this.queue, id);
-      if (!job) throw new ClientError(ErrorCodes.JOB_NOT_FOUND, `no job ${id} in queue ${this.queueName} (never enqueued, cancelled, or its result expired)`);
+      if (!job) throw this.notFound(id);
       return resultOf(job);
+    });
+  }
+
+  private notFound(id: string): ClientError {
+    return new ClientError(ErrorCodes.JOB_NOT_FOUND, `no job ${id} in queue ${this.queueName} (never enqueued, cancelled, or its result expired)`);
+  }
+
+  /**
+   * Whether a job has finished, from two fields of its hash (BullMQ's
+   * `timestamp`, set when it is added, and `finishedOn`): a cheap check that
+   * transfers nothing of the spec, which may hold megabytes of inline files.
+   */
+  private async finishedYet(id: string): Promise<boolean> {
+    return this.call(async () => {
+      const [finishedOn, timestamp] = await this.redis.hmget(this.queue.toKey(id), "finishedOn", "timestamp");
+      if (timestamp === null) throw this.notFound(id);
+      return finishedOn !== null;
     });
   }
 
@@ -185,13 +202,16 @@ export class SandqueueClient {
         if (s && s.size === 0) this.waiters.delete(id);
       };
       set.add(waiter);
-      // Subscribed first, then look: a job that finished before we subscribed is seen here.
-      this.getResult(id).then(
-        (r) => {
-          if (r) waiter.resolve(r);
-        },
-        (err: unknown) => waiter.reject(err as Error),
-      );
+      // Subscribed first, then look: a job that finished before we subscribed is
+      // seen here. Only a finished job is read in full (its spec and result).
+      this.finishedYet(id)
+        .then((finished) => (finished ? this.getResult(id) : null))
+        .then(
+          (r) => {
+            if (r) waiter.resolve(r);
+          },
+          (err: unknown) => waiter.reject(err as Error),
+        );
     });
   }
 

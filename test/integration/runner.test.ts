@@ -95,6 +95,13 @@ describe("runner end to end (local provider)", () => {
     expect(c.id).toBe(a.id);
     const r2 = await client.waitForResult(c.id, { timeoutMs: 20_000 });
     expect(r2).toEqual(r1);
+    // A client that did not exist when the job finished finds its result too.
+    const late = testClient(queue);
+    try {
+      expect(await late.waitForResult(a.id, { timeoutMs: 5_000 })).toEqual(r1);
+    } finally {
+      await late.close();
+    }
   });
 
   it("isolates the job: no worker env, no network, no writes outside /workspace and /tmp, no host processes", async () => {
@@ -165,6 +172,7 @@ describe("runner end to end (local provider)", () => {
     const { id } = await client.enqueue({ kind: "shell", script: "sleep 2" });
     await expect(client.waitForResult(id, { timeoutMs: 100 })).rejects.toMatchObject({ code: ErrorCodes.RESULT_TIMEOUT });
     await expect(client.getResult("no-such-job")).rejects.toMatchObject({ code: ErrorCodes.JOB_NOT_FOUND });
+    await expect(client.waitForResult("no-such-job", { timeoutMs: 20_000 })).rejects.toMatchObject({ code: ErrorCodes.JOB_NOT_FOUND });
     await client.waitForResult(id, { timeoutMs: 20_000 });
   });
 });
