@@ -5,10 +5,10 @@
  * (launch-request.ts). A sandbox from the pre-start pool has that bwrap
  * running already, so its exec skips bwrap's namespace and mount setup.
  */
-import { constants as fsConstants, openSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { constants as fsConstants, openSync, readFileSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import net from "node:net";
-import { constants as osConstants } from "node:os";
+import os, { constants as osConstants } from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
@@ -22,6 +22,12 @@ import { hostDirFor } from "./workspace-path.js";
 import { isListed, killAllExcept, waitFor } from "./sandbox-kill.js";
 import { LAUNCHER_ARGV, REQUEST_FD, launchScript } from "./launch-request.js";
 import type { Spawner, SpawnedProcess } from "./spawner.js";
+
+/**
+ * Niceness of pre-started sandboxes until a job adopts one: the pool's bwrap
+ * setup (~10 ms of CPU) then yields to running jobs and fills idle time.
+ */
+const POOL_NICE = 10;
 
 /** bwrap reads the seccomp program from this fd. */
 const SECCOMP_FD = 4;
@@ -94,7 +100,7 @@ export class LocalSandbox implements Sandbox {
   async prestart(): Promise<void> {
     this.assertLive();
     if (this.launched || this.running) return;
-    const launched = await this.launch();
+    const launched = await this.launch(POOL_NICE);
     if (this.releasing) return void (await this.discard(launched));
     this.launched = launched;
   }
@@ -102,10 +108,21 @@ export class LocalSandbox implements Sandbox {
   /** The job's limits and labels for a pre-started sandbox handed out by the pool. */
   adopt(limits: CgroupLimits, owner: string): void {
     this.ctx.cgroup.setLimits(limits);
+    // Back to normal priority before the request is written: only bwrap and
+    // the waiting launcher exist yet, so nothing of the job keeps the pool's.
+    if (this.launched?.procsFile) {
+      for (const pid of readFileSync(this.launched.procsFile, "utf8").split("\n").filter(Boolean)) {
+        try {
+          os.setPriority(Number(pid), 0);
+        } catch {
+          // gone: the exec replaces a dead pre-started bwrap anyway
+        }
+      }
+    }
     writeFileSync(path.join(this.ctx.sandboxDir, "owner.json"), owner);
   }
 
-  private async launch(): Promise<Launched> {
+  private async launch(nice = 0): Promise<Launched> {
     const { ctx } = this;
     let cg: ExecCgroup;
     try {
@@ -136,6 +153,7 @@ export class LocalSandbox implements Sandbox {
       const proc = await ctx.spawner.start({
         argv: [ctx.bwrapPath, ...args],
         cgroup: cg.join,
+        nice,
         mkfifo: [fifos.stdin, fifos.stdout, fifos.stderr, fifos.request],
         fds: [
           [0, fifos.stdin, "r"],

@@ -66,18 +66,26 @@ def write_file(path, value, optional=False):
         os.close(fd)
 
 
-def spawn_in_cgroup(argv, actions, cgroup):
-    if not cgroup:
-        return os.posix_spawn(argv[0], argv, {}, file_actions=actions)
-    for w in cgroup["limits"]:
-        write_file(w["file"], w["value"], w["optional"])
+def spawn_in_cgroup(argv, actions, cgroup, nice=0):
+    # A niceness for the child is set on this process around the spawn (the
+    # child inherits it before it can fork); root may lower it again.
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
     try:
-        for path in cgroup["procs"]:
-            write_file(path, "0")  # "0": the writing process itself
-        return os.posix_spawn(argv[0], argv, {}, file_actions=actions)
+        if not cgroup:
+            return os.posix_spawn(argv[0], argv, {}, file_actions=actions)
+        for w in cgroup["limits"]:
+            write_file(w["file"], w["value"], w["optional"])
+        try:
+            for path in cgroup["procs"]:
+                write_file(path, "0")  # "0": the writing process itself
+            return os.posix_spawn(argv[0], argv, {}, file_actions=actions)
+        finally:
+            for path in cgroup["home"]:
+                write_file(path, "0")
     finally:
-        for path in cgroup["home"]:
-            write_file(path, "0")
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
 def start(msg, children, sel):
@@ -95,7 +103,7 @@ def start(msg, children, sel):
         oom = (msg.get("cgroup") or {}).get("oom")
         watch = watch_oom(oom, msg["id"], sel) if oom else None
         argv = msg["argv"]
-        pid = spawn_in_cgroup(argv, actions, msg.get("cgroup"))
+        pid = spawn_in_cgroup(argv, actions, msg.get("cgroup"), msg.get("nice", 0))
     except BaseException:
         if watch:
             unwatch(watch, sel)

@@ -25,6 +25,8 @@ export interface SpawnRequest {
   fds: Array<[number, string, "r" | "rw"]>;
   /** Starts the process inside this cgroup, and reports its OOM events on v1 (see ExecCgroup.join). */
   cgroup?: ExecCgroup["join"];
+  /** Niceness the process starts with (0 when absent). */
+  nice?: number;
 }
 
 export interface ExitStatus {

@@ -284,6 +284,23 @@ describe("local provider: pre-start pool and spawn helper", () => {
     await p.close(); // its idle cgroups share the parent with the next tests' providers
   });
 
+  it("idle pool sandboxes wait at niceness 10; the job of an adopted one runs at 0", async () => {
+    const p = await makeLocal({ prestart: 1 });
+    await (await p.acquire(spec(), {})).release();
+    expect(await eventually(() => p.idleSandboxes.length === 1)).toBe(true);
+    const niceOf = (pid: number) => Number(readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ")[16]);
+    const idle = hostProcessesWith(p.workRoot);
+    expect(idle.length).toBeGreaterThan(0);
+    expect(idle.map(niceOf).every((n) => n === 10)).toBe(true);
+
+    const s = await p.acquire(spec(), {});
+    // Every process of the sandbox: bwrap's init, the job's shell, and what it starts.
+    const r = await s.exec(req("for f in /proc/[0-9]*/stat; do cut -d' ' -f19 $f; done | sort -u"));
+    expect(r.stdout.toString()).toBe("0\n");
+    await s.release();
+    await p.close();
+  });
+
   it("a pooled sandbox starts with an empty workspace, sees archives put before its exec, and leaves nothing", async () => {
     const p = await makeLocal({ prestart: 1 });
     await (await p.acquire(spec(), {})).release();
