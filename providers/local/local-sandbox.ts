@@ -108,17 +108,7 @@ export class LocalSandbox implements Sandbox {
   /** The job's limits and labels for a pre-started sandbox handed out by the pool. */
   adopt(limits: CgroupLimits, owner: string): void {
     this.ctx.cgroup.setLimits(limits);
-    // Back to normal priority before the request is written: only bwrap and
-    // the waiting launcher exist yet, so nothing of the job keeps the pool's.
-    if (this.launched?.procsFile) {
-      for (const pid of readFileSync(this.launched.procsFile, "utf8").split("\n").filter(Boolean)) {
-        try {
-          os.setPriority(Number(pid), 0);
-        } catch {
-          // gone: the exec replaces a dead pre-started bwrap anyway
-        }
-      }
-    }
+    if (this.launched?.procsFile) resetNiceness(this.launched.procsFile);
     writeFileSync(path.join(this.ctx.sandboxDir, "owner.json"), owner);
   }
 
@@ -396,6 +386,29 @@ export class LocalSandbox implements Sandbox {
         retryable: true,
         cause: firstError,
       });
+    }
+  }
+}
+
+/**
+ * Sets every process of a pre-started sandbox back to niceness 0 before its
+ * request is written (only bwrap and the waiting launcher exist then). bwrap
+ * may still be setting up and forking: a child forked between a read of
+ * cgroup.procs and its parent's reset keeps the pool's niceness, so the
+ * list is read again until a pass finds no process it had not reset.
+ */
+function resetNiceness(procsFile: string): void {
+  const done = new Set<number>();
+  for (let pass = 0; pass < 10; pass++) {
+    const fresh = readFileSync(procsFile, "utf8").split("\n").filter(Boolean).map(Number).filter((pid) => !done.has(pid));
+    if (fresh.length === 0) return;
+    for (const pid of fresh) {
+      done.add(pid);
+      try {
+        os.setPriority(pid, 0);
+      } catch {
+        // exited meanwhile
+      }
     }
   }
 }
