@@ -38,6 +38,8 @@ export interface ClientOptions {
   sizeLimits?: SpecSizeLimits;
   /** How long a call may wait for a Redis that does not answer. */
   connectTimeoutMs?: number;
+  /** How long one command may wait for its reply once connected (default 30 s). */
+  commandTimeoutMs?: number;
 }
 
 export interface EnqueuedJob {
@@ -84,7 +86,7 @@ export class SandqueueClient {
       sizeLimits: options.sizeLimits ?? DEFAULT_SPEC_SIZE_LIMITS,
       prefix: options.prefix ?? DEFAULT_PREFIX,
     };
-    this.redis = createRedis(this.url, "producer");
+    this.redis = createRedis(this.url, "producer", options.commandTimeoutMs);
   }
 
   /**

@@ -20,21 +20,32 @@ export type ConnectionMode = "producer" | "worker";
 /** Reconnect backoff: fast at first, capped at 2 s. */
 const retryStrategy = (times: number): number => Math.min(50 * 2 ** Math.min(times, 6), 2000);
 
-export function redisOptions(mode: ConnectionMode): RedisOptions {
+/**
+ * How long a producer command may wait for its reply: a Redis that accepts
+ * connections but stops answering (paused, stuck in a script, a network
+ * black hole) fails calls with SANDQ_ERR_REDIS_UNAVAILABLE instead of
+ * hanging them. Generous, so a large addBulk still fits.
+ */
+export const DEFAULT_COMMAND_TIMEOUT_MS = 30_000;
+
+export function redisOptions(mode: ConnectionMode, commandTimeoutMs = DEFAULT_COMMAND_TIMEOUT_MS): RedisOptions {
   if (mode === "producer") {
     return {
       lazyConnect: true,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
       connectTimeout: 2000,
+      // Producer connections run no blocking commands (the client's event
+      // stream reader has a worker-mode connection of its own).
+      commandTimeout: commandTimeoutMs,
       retryStrategy,
     };
   }
   return { maxRetriesPerRequest: null, enableOfflineQueue: true, retryStrategy };
 }
 
-export function createRedis(url: string, mode: ConnectionMode): Redis {
-  const client = new Redis(url, redisOptions(mode));
+export function createRedis(url: string, mode: ConnectionMode, commandTimeoutMs?: number): Redis {
+  const client = new Redis(url, redisOptions(mode, commandTimeoutMs));
   // Connection errors are reported through the calls that fail; an unhandled
   // 'error' event would otherwise crash the process.
   client.on("error", () => {});
@@ -96,6 +107,9 @@ export function redisUnavailable(url: string, cause: unknown): ClientError {
   });
 }
 
+/** ioredis's rejection when a command outlives `commandTimeout`. */
+const COMMAND_TIMED_OUT = "Command timed out";
+
 /** Never print a Redis password. */
 export function redactUrl(url: string): string {
   try {
@@ -116,6 +130,7 @@ export function redactUrl(url: string): string {
  */
 export function isConnectionError(err: unknown, client: Redis): boolean {
   if (err instanceof ReplyError) return false;
+  if (err instanceof Error && err.message === COMMAND_TIMED_OUT) return true;
   if (client.status !== "ready") return true;
   if ((client as unknown as { stream?: { writable?: boolean } }).stream?.writable === false) return true;
   const code = (err as { code?: string } | null)?.code;

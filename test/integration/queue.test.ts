@@ -8,6 +8,7 @@ import type { JobResult } from "../../producer/job-result.js";
 import type { WorkerRuntime } from "../../worker/runtime.js";
 import { freePort, requireCommand, startRedis, startTestWorker, testClient, uniqueQueue } from "../support/harness.js";
 import { SandqueueClient } from "../../producer/client.js";
+import { Redis } from "ioredis";
 
 requireCommand("bwrap", "bubblewrap");
 
@@ -86,6 +87,25 @@ describe("queue semantics", () => {
     await expect(client.enqueue({ kind: "shell", script: "true" })).rejects.toMatchObject({ code: ErrorCodes.REDIS_UNAVAILABLE });
     await expect(client.waitForResult("x", { timeoutMs: 60_000 })).rejects.toMatchObject({ code: ErrorCodes.REDIS_UNAVAILABLE });
     expect(Date.now() - t0).toBeLessThan(5000);
+  });
+
+  it("a producer call fails instead of hanging when Redis stops answering, and works again after", async () => {
+    const redis = await startRedis();
+    cleanups.push(() => redis.stop());
+    const client = new SandqueueClient({ redisUrl: redis.url, queue: uniqueQueue("paused"), commandTimeoutMs: 500 });
+    cleanups.push(() => client.close());
+    await client.enqueue({ kind: "shell", script: "true" });
+    const admin = new Redis(redis.url);
+    cleanups.push(async () => admin.disconnect());
+    await admin.call("CLIENT", "PAUSE", "2500", "ALL");
+    const t0 = Date.now();
+    await expect(client.enqueue({ kind: "shell", script: "true" })).rejects.toMatchObject({
+      code: ErrorCodes.REDIS_UNAVAILABLE,
+      message: expect.stringContaining("Command timed out"),
+    });
+    expect(Date.now() - t0).toBeLessThan(2000);
+    await new Promise((r) => setTimeout(r, 2600 - (Date.now() - t0)));
+    expect((await client.enqueue({ kind: "shell", script: "true" })).id).toBeTruthy();
   });
 
   it("a worker refuses to start on a Redis that evicts keys", async () => {
