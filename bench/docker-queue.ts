@@ -16,6 +16,7 @@ import { silentLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
 import { dockerIdle, pacedSequential, timedUntilSettled } from "./docker-idle.js";
 import { fmt, stats, type RunStats } from "./stats.js";
+import { dropQueue } from "./drop-queue.js";
 
 export interface DockerQueueBenchResult {
   /** Sequential, each job sent to a quiet worker. */
@@ -59,6 +60,7 @@ export async function runDockerQueueBench(n = Number(process.env.BENCH_DOCKER_N 
       await client.close();
       await runtime.close();
       await provider.close();
+      await dropQueue(config.redisUrl, queue, config.prefix);
     }
   };
   const sequential = await run(1, async (once, quiet) => {

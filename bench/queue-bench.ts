@@ -20,6 +20,7 @@ import { silentLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
 import { fmt, stats, timedPool, type RunStats } from "./stats.js";
 import { startBullmqBaseline } from "./bullmq-baseline.js";
+import { dropQueue } from "./drop-queue.js";
 
 const ARGV = ["/bin/sh", "-c", "true"];
 /** bwrap reads the seccomp program from this fd, as in the provider. */
@@ -102,7 +103,12 @@ export async function runQueueBench(n = Number(process.env.BENCH_N ?? 300), roun
       );
       return { latencies, wallMs: performance.now() - t0 };
     };
-    return { once, batch, close: async () => (await client.close(), await runtime.close()) };
+    const close = async (): Promise<void> => {
+      await client.close();
+      await runtime.close();
+      await dropQueue(config.redisUrl, queue, config.prefix);
+    };
+    return { once, batch, close };
   };
   const q1 = await queued(1);
   const qN = await queued(cores);
