@@ -177,14 +177,11 @@ class HashThread {
     return { job, ring };
   }
 
-  /** Ends a read job whose thread side is over (ended, failed, or confirmed stopped): its ring is free again. */
-  release(job: number, ring: Ring): void {
-    if (!this.listeners.delete(job)) return;
-    this.pool(ring);
-    if (this.listeners.size === 0) this.worker.unref();
-  }
-
-  /** Ends a job. Its ring is reused at once: the thread skips the job's queued updates after the drop. */
+  /**
+   * Ends a job; its ring is reused at once. `drop`: the thread may still hold
+   * updates of the job, which it skips from now on. A read job is closed only
+   * once its thread side is over (ended, failed, or confirmed stopped).
+   */
   close(job: number, ring: Ring, drop: boolean): void {
     if (!this.listeners.delete(job)) return;
     if (drop) this.worker.postMessage({ op: "drop", job });
@@ -205,47 +202,65 @@ class HashThread {
 
 let thread: HashThread | null = null;
 
-/** An incremental SHA-256 computed on the shared hash thread. Call `digest()` or `abandon()` once. */
-export class ThreadedHash {
-  private readonly thread: HashThread;
-  private readonly job: number;
-  private readonly ring: Ring;
-  /** Ring space not holding unhashed bytes, and where the next piece goes. */
-  private free = RING_BYTES;
-  private cursor = 0;
-  private failure: Error | null = null;
-  private spaceWaiter: (() => void) | null = null;
-  private digestWaiter: { resolve(hex: string): void; reject(err: Error): void } | null = null;
-  private finished = false;
-  bytes = 0;
+/**
+ * What both kinds of job share: the process's hash thread, a job with its
+ * ring, and one waiter that the thread's replies wake. The subclass reads
+ * the replies; its fields are set before any arrives (replies are messages,
+ * never synchronous).
+ */
+abstract class ThreadJob {
+  protected readonly thread: HashThread;
+  protected readonly job: number;
+  protected readonly ring: Ring;
+  private waiter: (() => void) | null = null;
 
-  constructor() {
+  constructor(start?: Parameters<HashThread["open"]>[1], size?: number) {
     thread ??= new HashThread();
     this.thread = thread;
-    const opened = this.thread.open({
-      reply: (r) => {
-        if (r.op === "ack") {
-          this.free += r.len;
-          this.wake();
-        } else if (r.op === "digest") {
-          this.thread.close(this.job, this.ring, false);
-          this.digestWaiter?.resolve(r.hex);
-        }
-      },
-      fail: (err) => {
-        this.failure = storeError("the snapshot hash thread failed", err);
-        this.wake();
-        this.digestWaiter?.reject(this.failure);
-      },
-    });
+    const opened = thread.open({ reply: (r) => this.onReply(r), fail: (err) => this.onFail(err) }, start, size);
     this.job = opened.job;
     this.ring = opened.ring;
   }
 
-  private wake(): void {
-    const w = this.spaceWaiter;
-    this.spaceWaiter = null;
+  protected abstract onReply(r: Reply): void;
+  protected abstract onFail(err: Error): void;
+
+  /** Resolves at the next wake(). */
+  protected sleep(): Promise<void> {
+    return new Promise<void>((resolve) => (this.waiter = resolve));
+  }
+
+  protected wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
     w?.();
+  }
+}
+
+/** An incremental SHA-256 computed on the shared hash thread. Call `digest()` or `abandon()` once. */
+export class ThreadedHash extends ThreadJob {
+  /** Ring space not holding unhashed bytes, and where the next piece goes. */
+  private free = RING_BYTES;
+  private cursor = 0;
+  private failure: Error | null = null;
+  private digestWaiter: { resolve(hex: string): void; reject(err: Error): void } | null = null;
+  private finished = false;
+  bytes = 0;
+
+  protected onReply(r: Reply): void {
+    if (r.op === "ack") {
+      this.free += r.len;
+      this.wake();
+    } else if (r.op === "digest") {
+      this.thread.close(this.job, this.ring, false);
+      this.digestWaiter?.resolve(r.hex);
+    }
+  }
+
+  protected onFail(err: Error): void {
+    this.failure = storeError("the snapshot hash thread failed", err);
+    this.wake();
+    this.digestWaiter?.reject(this.failure);
   }
 
   /**
@@ -258,7 +273,7 @@ export class ThreadedHash {
       if (this.finished) return; // abandoned: the thread has forgotten this job
       const contiguous = Math.min(this.free, RING_BYTES - this.cursor);
       if (contiguous === 0) {
-        await new Promise<void>((resolve) => (this.spaceWaiter = resolve));
+        await this.sleep();
         continue;
       }
       const n = Math.min(contiguous, chunk.length - off);
@@ -308,13 +323,9 @@ const READ_RING_BYTES = 16 * 1024 * 1024;
  * once (it resolves when the thread no longer touches the ring; only then
  * may the fd be closed).
  */
-export class ThreadedFileRead {
-  private readonly thread: HashThread;
-  private readonly job: number;
-  private readonly ring: Ring;
+export class ThreadedFileRead extends ThreadJob {
   private readonly ready: { slot: number; off: number; len: number }[] = [];
   private current = -1;
-  private waiter: (() => void) | null = null;
   private failure: Error | null = null;
   /** The thread is done with this job: ended, failed, or stopped. */
   private threadDone = false;
@@ -326,43 +337,30 @@ export class ThreadedFileRead {
   bytes = 0;
 
   constructor(fd: number) {
-    thread ??= new HashThread();
-    this.thread = thread;
-    const opened = this.thread.open(
-      {
-        reply: (r) => {
-          if (r.op === "block") this.ready.push(r);
-          else if (r.op === "end") {
-            this.threadDone = true;
-            this.digest = `sha256:${r.hex}`;
-            this.bytes = r.bytes;
-          } else if (r.op === "error") {
-            this.threadDone = true;
-            this.failure = storeError("cannot read the snapshot object", Object.assign(new Error(r.message), { code: r.code }));
-          } else if (r.op === "stopped") {
-            this.threadDone = true;
-            this.onStopped?.();
-          }
-          this.wake();
-        },
-        fail: (err) => {
-          this.threadDone = true;
-          this.failure = storeError("the snapshot hash thread failed", err);
-          this.wake();
-          this.onStopped?.();
-        },
-      },
-      { op: "read", fd, slots: READ_RING_BYTES / READ_BLOCK, block: READ_BLOCK },
-      READ_RING_BYTES,
-    );
-    this.job = opened.job;
-    this.ring = opened.ring;
+    super({ op: "read", fd, slots: READ_RING_BYTES / READ_BLOCK, block: READ_BLOCK }, READ_RING_BYTES);
   }
 
-  private wake(): void {
-    const w = this.waiter;
-    this.waiter = null;
-    w?.();
+  protected onReply(r: Reply): void {
+    if (r.op === "block") this.ready.push(r);
+    else if (r.op === "end") {
+      this.threadDone = true;
+      this.digest = `sha256:${r.hex}`;
+      this.bytes = r.bytes;
+    } else if (r.op === "error") {
+      this.threadDone = true;
+      this.failure = storeError("cannot read the snapshot object", Object.assign(new Error(r.message), { code: r.code }));
+    } else if (r.op === "stopped") {
+      this.threadDone = true;
+      this.onStopped?.();
+    }
+    this.wake();
+  }
+
+  protected onFail(err: Error): void {
+    this.threadDone = true;
+    this.failure = storeError("the snapshot hash thread failed", err);
+    this.wake();
+    this.onStopped?.();
   }
 
   /** The next block (valid until the next call), or null at the end of the file. */
@@ -380,7 +378,7 @@ export class ThreadedFileRead {
         return Buffer.from(this.ring.bytes.buffer, b.off, b.len);
       }
       if (this.digest !== null) return null;
-      await new Promise<void>((resolve) => (this.waiter = resolve));
+      await this.sleep();
     }
   }
 
@@ -389,10 +387,10 @@ export class ThreadedFileRead {
     if (this.closed) return this.stopped ?? Promise.resolve();
     this.closed = true;
     if (this.threadDone) {
-      this.thread.release(this.job, this.ring);
+      this.thread.close(this.job, this.ring, false);
       this.stopped = Promise.resolve();
     } else {
-      this.stopped = new Promise<void>((resolve) => (this.onStopped = resolve)).then(() => this.thread.release(this.job, this.ring));
+      this.stopped = new Promise<void>((resolve) => (this.onStopped = resolve)).then(() => this.thread.close(this.job, this.ring, false));
       this.thread.post({ op: "stop", job: this.job });
     }
     return this.stopped;
