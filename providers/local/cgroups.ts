@@ -234,22 +234,26 @@ function rmdirAll(dirs: string[]): boolean {
 
 /**
  * The writes that give a leaf its limits, in order. `resize`: the leaf has
- * limits already (v1 needs memory <= memory+swap at every step, so memsw is
- * lifted first, then memory set, then memsw matched).
+ * limits already, so only the values that depend on them are written (the
+ * no-swap and OOM settings stay), and on v1 memory <= memory+swap must hold
+ * at every step: memsw is lifted first, then memory set, then memsw matched.
  */
 function limitWrites(h: Hierarchies, limits: CgroupLimits, resize: boolean): CgroupWrite[] {
   const bytes = String(limits.memoryBytes);
   const w = (dir: string, file: string, value: string, optional = false): CgroupWrite => ({ file: path.join(dir, file), value, optional });
+  const fixed = resize ? [] : h.v2
+    ? [w(h.mem, "memory.swap.max", "0", true), w(h.mem, "memory.oom.group", "1", true)]
+    : [w(h.mem, "memory.swappiness", "0", true)];
   return [
     ...(h.v2
-      ? [w(h.mem, "memory.max", bytes), w(h.mem, "memory.swap.max", "0", true), w(h.mem, "memory.oom.group", "1", true)]
+      ? [w(h.mem, "memory.max", bytes)]
       : [
           ...(resize ? [w(h.mem, "memory.memsw.limit_in_bytes", "-1", true)] : []),
           w(h.mem, "memory.limit_in_bytes", bytes),
           // memsw = memory + swap: equal to the memory limit means no swap (absent without swap accounting).
           w(h.mem, "memory.memsw.limit_in_bytes", bytes, true),
-          w(h.mem, "memory.swappiness", "0", true),
         ]),
+    ...fixed,
     w(h.pids, "pids.max", String(limits.pids)),
   ];
 }
