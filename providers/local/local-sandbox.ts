@@ -116,7 +116,7 @@ export class LocalSandbox implements Sandbox {
     const { ctx } = this;
     let cg: ExecCgroup;
     try {
-      // A fresh leaf cgroup per exec: its counters start at zero and no exited
+      // A fresh cgroup per exec: its counters start at zero and no exited
       // task of an earlier exec still counts against its pids limit.
       cg = await ctx.cgroup.newExec();
     } catch (err) {

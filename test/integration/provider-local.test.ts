@@ -81,28 +81,39 @@ describe("local provider specifics", () => {
     provider = await makeLocal();
   });
 
-  it("creates one cgroup per sandbox, a leaf with the limits per exec, and removes them", async () => {
+  it("creates one cgroup per sandbox, runs the first exec in it and each later one in a leaf, and removes them", async () => {
     const s = await provider.acquire(spec({ memoryMb: 96, pids: 10 }), {});
     const cgDirs = (await provider.resources()).filter((r) => !r.startsWith(provider.workRoot));
     expect(cgDirs.length).toBe(provider.cgroupVersion === 1 ? 2 : 1);
-    const pending = s.exec(req("sleep 1"));
-    await new Promise((r) => setTimeout(r, 300));
-    // While the exec runs, its leaf holds the processes and the limits.
-    const limits: Record<string, string> = {};
-    let procs = 0;
-    for (const d of cgDirs) {
-      const leaves = (await readdir(d, { withFileTypes: true })).filter((e) => e.isDirectory());
-      expect(leaves.length).toBe(1);
-      const leaf = path.join(d, leaves[0]!.name);
-      for (const f of ["memory.limit_in_bytes", "memory.max", "pids.max"]) {
-        if (existsSync(path.join(leaf, f))) limits[f] = (await readFile(path.join(leaf, f), "utf8")).trim();
+    // What a running exec's cgroup holds: the job's limits and its processes.
+    const inspect = async (dirs: string[]) => {
+      const limits: Record<string, string> = {};
+      let procs = 0;
+      for (const d of dirs) {
+        for (const f of ["memory.limit_in_bytes", "memory.max", "pids.max"]) {
+          if (existsSync(path.join(d, f))) limits[f] = (await readFile(path.join(d, f), "utf8")).trim();
+        }
+        procs += (await readFile(path.join(d, "cgroup.procs"), "utf8")).trim().split("\n").filter(Boolean).length;
       }
-      procs += (await readFile(path.join(leaf, "cgroup.procs"), "utf8")).trim().split("\n").filter(Boolean).length;
-    }
-    expect(limits["memory.limit_in_bytes"] ?? limits["memory.max"]).toBe(String(96 * 1024 * 1024));
+      return { memory: limits["memory.limit_in_bytes"] ?? limits["memory.max"], pids: limits["pids.max"], procs };
+    };
+    // The first exec: the sandbox cgroup itself, no leaf.
+    let pending = s.exec(req("sleep 1"));
+    await new Promise((r) => setTimeout(r, 300));
+    expect((await Promise.all(cgDirs.map(subdirsOf))).flat()).toEqual([]);
     // bwrap's own two processes (monitor + namespace init) come on top of the job's.
-    expect(limits["pids.max"]).toBe("12");
-    expect(procs).toBeGreaterThanOrEqual(3);
+    expect(await inspect(cgDirs)).toMatchObject({ memory: String(96 * 1024 * 1024), pids: "12" });
+    expect((await inspect(cgDirs)).procs).toBeGreaterThanOrEqual(3);
+    expect((await pending).exitCode).toBe(0);
+
+    // The second: a fresh leaf with the limits; the sandbox cgroup's own are lifted.
+    pending = s.exec(req("sleep 1"));
+    await new Promise((r) => setTimeout(r, 300));
+    const leaves = await Promise.all(cgDirs.map(subdirsOf));
+    for (const l of leaves) expect(l.length).toBe(1);
+    expect(await inspect(leaves.flat())).toMatchObject({ memory: String(96 * 1024 * 1024), pids: "12" });
+    expect((await inspect(leaves.flat())).procs).toBeGreaterThanOrEqual(3);
+    expect(await inspect(cgDirs)).toMatchObject({ pids: "max", procs: 0 });
     expect((await pending).exitCode).toBe(0);
     // The leaf is removed once the exec is over (in the background), the sandbox cgroup by release.
     await expect.poll(async () => (await Promise.all(cgDirs.map(subdirsOf))).flat(), { timeout: 2_000 }).toEqual([]);
