@@ -16,6 +16,7 @@ export default defineConfig({
         test: {
           name: "integration",
           include: ["test/integration/**/*.test.ts", "test/security/**/*.test.ts", "test/chaos/**/*.test.ts"],
+          setupFiles: ["test/support/drop-queues.ts"],
           testTimeout: 60_000,
           hookTimeout: 60_000,
           pool: "forks",

@@ -16,7 +16,7 @@ import { silentLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
 import { dockerIdle, pacedSequential, timedUntilSettled } from "./docker-idle.js";
 import { fmt, stats, type RunStats } from "./stats.js";
-import { dropQueue } from "./drop-queue.js";
+import { dropQueue } from "../producer/drop-queue.js";
 
 export interface DockerQueueBenchResult {
   /** Sequential, each job sent to a quiet worker. */

@@ -20,7 +20,7 @@ import { silentLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
 import { fmt, stats, timedPool, type RunStats } from "./stats.js";
 import { startBullmqBaseline } from "./bullmq-baseline.js";
-import { dropQueue } from "./drop-queue.js";
+import { dropQueue } from "../producer/drop-queue.js";
 
 const ARGV = ["/bin/sh", "-c", "true"];
 /** bwrap reads the seccomp program from this fd, as in the provider. */

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { parseArgs } from "node:util";
 import { SandqueueClient } from "../producer/client.js";
 import { assertRedisReachable } from "../producer/redis.js";
+import { dropQueue } from "../producer/drop-queue.js";
 import type { JobSpecInput } from "../producer/job-spec.js";
 import type { JobResult } from "../producer/job-result.js";
 import { parseWorkerConfig } from "../worker/config.js";
@@ -66,6 +67,8 @@ export async function demoCommand(args: string[], env: NodeJS.ProcessEnv): Promi
   } finally {
     await client.close();
     await runtime.close();
+    // The demo's queue is its own: nothing of it is left in Redis.
+    await dropQueue(config.redisUrl, queue, config.prefix).catch(() => undefined);
   }
 }
 

@@ -5,6 +5,7 @@
 import { spawn } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { WorkerRuntime } from "../../worker/runtime.js";
 import { REDIS_URL, freePort, requireCommand, startTestWorker, tempDir, testClient, uniqueQueue } from "../support/harness.js";
@@ -117,6 +118,30 @@ describe("sandqueue CLI", () => {
     });
     expect(r.status).toBe(2);
     expect(r.stderr).toContain('SANDQUEUE_CONCURRENCY="lots": expected an integer from 1 to 1024');
+  });
+
+  it("demo: runs its mixed batch through a real worker, shows every status, and leaves nothing in Redis", async () => {
+    const r = await cli("demo");
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const queue = /on queue (demo-[0-9a-f]+)/.exec(r.stdout)?.[1];
+    expect(queue).toBeDefined();
+    const row = (title: string) => r.stdout.split("\n").find((l) => l.startsWith(title)) ?? `(no row for ${title})`;
+    expect(row("shell: hello + workspace file")).toMatch(/succeeded\s+exit=0 .*hello from sandbox/);
+    expect(row("python: compute")).toMatch(/succeeded\s+exit=0 .*333332833333500000/);
+    expect(row("python: read an input file")).toMatch(/succeeded\s+exit=0 .* 42$/);
+    expect(row("shell: exits 3")).toMatch(/failed\s+exit=3 .*something went wrong/);
+    expect(row("shell: sleeps past its 500ms limit")).toMatch(/timed_out/);
+    expect(row("python: 400 MiB in a 64 MiB sandbox")).toMatch(/killed \(memory\)/);
+    expect(row("shell: 40 processes, limit 16")).toMatch(/killed \(pids\)/);
+    expect(row("shell: floods stdout")).toMatch(/killed \(output\)/);
+    expect(row("python: tries the network")).toMatch(/succeeded\s+exit=0 .*no network:/);
+    const redis = new Redis(REDIS_URL);
+    try {
+      expect(await redis.keys(`sandq:${queue}:*`)).toEqual([]);
+    } finally {
+      redis.disconnect();
+    }
   });
 
   it("demo: with Redis down it stops at once and says why, without starting a worker", async () => {

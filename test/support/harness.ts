@@ -10,6 +10,8 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { SandqueueClient, type ClientOptions } from "../../producer/client.js";
+import { dropQueue } from "../../producer/drop-queue.js";
+import { DEFAULT_PREFIX } from "../../producer/redis.js";
 import { parseWorkerConfig, type WorkerConfig } from "../../worker/config.js";
 import { silentLogger } from "../../worker/log.js";
 import { startWorkerRuntime, type WorkerRuntime } from "../../worker/runtime.js";
@@ -38,8 +40,19 @@ export function unmountWorkRoot(dir: string): void {
   }
 }
 
+/** Queues this test file made: test/support/drop-queues.ts removes them after the file. */
+const madeQueues = new Set<string>();
+
 export function uniqueQueue(tag = "t"): string {
-  return `test-${tag}-${randomBytes(5).toString("hex")}`;
+  const name = `test-${tag}-${randomBytes(5).toString("hex")}`;
+  madeQueues.add(name);
+  return name;
+}
+
+/** Removes every key of the queues this file made (jobs, results, events). */
+export async function dropTestQueues(): Promise<void> {
+  for (const name of madeQueues) await dropQueue(REDIS_URL, name, DEFAULT_PREFIX);
+  madeQueues.clear();
 }
 
 export function tempDir(tag: string): string {
