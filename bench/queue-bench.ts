@@ -179,8 +179,8 @@ export function reportQueueBench(r: QueueBenchResult): string {
     `through queue  c=${r.cores}        ${fmt(r.queuedN)}`,
     `raw BullMQ     c=${r.cores}        ${fmt(r.bullmqN)}  (no sandbox: add, worker, completion event)`,
     `queue, batches c=${r.cores}        ${fmt(r.batchN)}  (${r.batchSize} jobs enqueued at once, as sandqueue batch does)`,
-    `throughput ratio at c=${r.cores}: ${thr.toFixed(2)}x raw (target >= 0.85x) ${thr >= 0.85 ? "OK" : "BELOW TARGET"}`,
-    `  with a backlog (batches): ${batchThr.toFixed(2)}x raw ${batchThr >= 0.85 ? "(>= 0.85x)" : "(below 0.85x)"}; the target line above is the closed loop`,
+    `throughput ratio at c=${r.cores}: ${thr.toFixed(3)}x raw (target >= 0.85x) ${thr >= 0.85 ? "OK" : "BELOW TARGET"}`,
+    `  with a backlog (batches): ${batchThr.toFixed(3)}x raw ${batchThr >= 0.85 ? "(>= 0.85x)" : "(below 0.85x)"}; the target line above is the closed loop`,
     `p50 latency at c=1: ${p50delta >= 0 ? "+" : ""}${p50delta.toFixed(2)}ms over raw (target <= 3ms) ${p50delta <= 3 ? "OK" : "ABOVE TARGET"}`,
     `machine CPU per job at c=${r.cores}: raw bwrap ${r.cpuPerJob.rawN.toFixed(1)}ms, queued ${r.cpuPerJob.queuedN.toFixed(1)}ms (batches ${r.cpuPerJob.batchN.toFixed(1)}ms), raw BullMQ ${r.cpuPerJob.bullmqN.toFixed(1)}ms ` +
       `(includes other tenants' load)`,

@@ -141,7 +141,7 @@ export async function runSnapshotBench(): Promise<void> {
     const mibps = (ms: number) => ((made.bytes / MiB) / (ms / 1000)).toFixed(0);
     const row = (name: string, baseMs: number, ourMs: number, target: number) => {
       const ratio = baseMs / ourMs;
-      return `${name.padEnd(9)} baseline ${baseMs.toFixed(0).padStart(6)} ms (${mibps(baseMs)} MiB/s)  sandqueue ${ourMs.toFixed(0).padStart(6)} ms (${mibps(ourMs)} MiB/s)  ratio ${ratio.toFixed(2)}x  target >= ${target}x  ${ratio >= target ? "OK" : "BELOW TARGET"}`;
+      return `${name.padEnd(9)} baseline ${baseMs.toFixed(0).padStart(6)} ms (${mibps(baseMs)} MiB/s)  sandqueue ${ourMs.toFixed(0).padStart(6)} ms (${mibps(ourMs)} MiB/s)  ratio ${ratio.toFixed(3)}x  target >= ${target}x  ${ratio >= target ? "OK" : "BELOW TARGET"}`;
     };
     const fs = await statfs(root);
     const fsName = fs.type === 0x01021994 ? "tmpfs" : fs.type === 0xef53 ? "ext4" : `fs type 0x${fs.type.toString(16)}`;
