@@ -32,15 +32,15 @@ export interface CgroupWrite {
 /** The cgroup of one exec: the limits live here, the process joins here. */
 export interface ExecCgroup {
   /**
-   * How the spawn helper starts a process inside the leaf: it performs
+   * How the spawn helper starts a process inside the exec's cgroup: it performs
    * `limits`, moves itself into `procs` (one cgroup.procs per hierarchy),
    * spawns, and moves back to `home`. The child starts inside the limits
    * without a wrapper process of its own.
    *
    * `oom` (cgroup v1 only): the files through which the helper asks the
-   * kernel for an eventfd notification of each OOM in the leaf. v1 has no
+   * kernel for an eventfd notification of each OOM in the cgroup. v1 has no
    * memory.oom.group, so the worker ends the whole exec on the first one;
-   * on v2 the kernel kills the whole leaf itself.
+   * on v2 the kernel kills the whole cgroup itself.
    */
   readonly join: {
     limits: readonly CgroupWrite[];
@@ -51,7 +51,7 @@ export interface ExecCgroup {
   counters(): Promise<CgroupCounters>;
   /** SIGKILLs every process in the cgroup until it is empty (or gives up). */
   killAll(): Promise<void>;
-  /** Kills what is left and removes the leaf. */
+  /** Kills what is left and removes the cgroup (a leaf; the sandbox cgroup goes with the sandbox). */
   remove(): Promise<void>;
 }
 
@@ -308,6 +308,8 @@ class LeafCgroup implements ExecCgroup {
 
 class SandboxCgroupImpl implements SandboxCgroup {
   private seq = 0;
+  /** Set once the first exec is over and the sandbox cgroup may hold leaves (see becomeParentOfLeaves). */
+  private parentOfLeaves = false;
   private readonly node: LeafCgroup;
   private newest: Hierarchies | null = null;
   constructor(
@@ -331,7 +333,10 @@ class SandboxCgroupImpl implements SandboxCgroup {
    */
   async newExec(): Promise<ExecCgroup> {
     const n = ++this.seq;
-    if (n === 2) await this.becomeParentOfLeaves();
+    if (n > 1 && !this.parentOfLeaves) {
+      await this.becomeParentOfLeaves();
+      this.parentOfLeaves = true;
+    }
     const h: Hierarchies = n === 1 ? this.h : { mem: path.join(this.h.mem, `x${n}`), pids: path.join(this.h.pids, `x${n}`), v2: this.h.v2 };
     const leaf = new LeafCgroup(h, true, n > 1);
     leaf.join = {
