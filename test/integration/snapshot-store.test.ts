@@ -14,6 +14,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } fr
 import { ErrorCodes } from "../../errors/index.js";
 import { packDir } from "../../providers/archive/index.js";
 import { hydrateWorkspace, openSnapshotStore, persistWorkspace, type SnapshotStore } from "../../worker/snapshot/index.js";
+import { startPartCopyProxy } from "../support/s3-part-copy-proxy.js";
 
 interface S3rverInstance {
   run(): Promise<{ port: number }>;
@@ -290,6 +291,65 @@ describe("file store integrity", () => {
 });
 
 describe("s3 store integrity", () => {
+  // S3 copies at most 5 GiB in one CopyObject; a larger snapshot is copied
+  // from its temp key into place part by part. Here with the limit lowered
+  // to 1 MiB and 5 MiB parts, through a proxy adding UploadPartCopy to s3rver.
+  const MiB = 1024 * 1024;
+  const partCopyStore = (proxyEndpoint: string, prefix: string) =>
+    openSnapshotStore(`s3://snaps/${prefix}`, {
+      s3: { endpoint: proxyEndpoint, credentials: CREDS, region: "us-east-1", env: {}, copy: { maxSingleCopyBytes: MiB, partBytes: 5 * MiB } },
+    });
+  const keysUnder = async (prefix: string) => {
+    const client = new S3Client({ endpoint, credentials: CREDS, region: "us-east-1", forcePathStyle: true });
+    const r = await client.send(new ListObjectsV2Command({ Bucket: "snaps", Prefix: `${prefix}/` }));
+    client.destroy();
+    return (r.Contents ?? []).map((o) => o.Key!.slice(prefix.length + 1));
+  };
+
+  test("a snapshot above the single-copy limit is copied into place part by part, byte for byte", async () => {
+    const proxy = await startPartCopyProxy(endpoint, CREDS);
+    const prefix = `run-${process.pid}-partcopy/snapshots`;
+    const store = partCopyStore(proxy.endpoint, prefix);
+    try {
+      const data = randomBytes(12 * MiB + 77);
+      const put = await store.put(Readable.from([data]));
+      expect(put).toEqual({ id: sha(data), bytes: data.length });
+      expect(proxy.copies.map((c) => [c.partNumber, c.range])).toEqual([
+        [1, `bytes=0-${5 * MiB - 1}`],
+        [2, `bytes=${5 * MiB}-${10 * MiB - 1}`],
+        [3, `bytes=${10 * MiB}-${data.length - 1}`],
+      ]);
+      // Copied from the upload's temp object, which is gone afterwards.
+      for (const c of proxy.copies) expect(c.source).toMatch(new RegExp(`^snaps/${prefix}/tmp/`));
+      expect(await keysUnder(prefix)).toEqual([`sha256/${put.id.slice(7)}.tar`]);
+      // Compared by digest: a deep equality of two 12 MiB buffers takes vitest minutes.
+      expect(sha(await collect(await store.get(put.id)))).toBe(sha(data));
+    } finally {
+      await store.close();
+      await proxy.close();
+    }
+  }, 60_000);
+
+  test("a part copy that fails leaves no snapshot and no temp object", async () => {
+    const proxy = await startPartCopyProxy(endpoint, CREDS);
+    proxy.failPart = 2;
+    const prefix = `run-${process.pid}-partcopy-fail/snapshots`;
+    const store = partCopyStore(proxy.endpoint, prefix);
+    try {
+      await expect(store.put(Readable.from([randomBytes(12 * MiB)]))).rejects.toMatchObject({ code: ErrorCodes.SNAPSHOT_STORE });
+      // Part 2 fails every time (the SDK retries a 500 itself); part 3 is never asked for.
+      const parts = proxy.copies.map((c) => c.partNumber);
+      expect(parts[0]).toBe(1);
+      expect(parts.slice(1).length).toBeGreaterThanOrEqual(1);
+      expect(new Set(parts.slice(1))).toEqual(new Set([2]));
+      expect(await store.list()).toEqual([]);
+      expect(await keysUnder(prefix)).toEqual([]);
+    } finally {
+      await store.close();
+      await proxy.close();
+    }
+  }, 60_000);
+
   test("an object tampered with in the bucket fails the read instead of returning wrong bytes", async () => {
     const prefix = `run-${process.pid}-tamper/snapshots`;
     const store = openSnapshotStore(`s3://snaps/${prefix}`, { s3: { endpoint, credentials: CREDS, region: "us-east-1", env: {} } });

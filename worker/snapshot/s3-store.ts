@@ -52,6 +52,12 @@ export interface S3StoreOptions {
   forcePathStyle?: boolean;
   credentials?: S3ClientConfig["credentials"];
   env?: Record<string, string | undefined>;
+  /**
+   * Objects above `maxSingleCopyBytes` (S3's CopyObject limit, 5 GiB) are
+   * copied into place part by part (UploadPartCopy, `partBytes` each). For
+   * servers with a lower limit, and for tests of the part-by-part path.
+   */
+  copy?: { maxSingleCopyBytes: number; partBytes: number };
 }
 
 function isNotFound(err: unknown): boolean {
@@ -63,11 +69,13 @@ export class S3SnapshotStore implements SnapshotStore {
   private readonly client: S3Client;
   private readonly bucket: string;
   private readonly prefix: string;
+  private readonly copyLimits: { maxSingleCopyBytes: number; partBytes: number };
   private closed = false;
 
   constructor(bucket: string, prefix: string, opts: S3StoreOptions = {}) {
     const env = opts.env ?? process.env;
     this.bucket = bucket;
+    this.copyLimits = opts.copy ?? { maxSingleCopyBytes: MAX_SINGLE_COPY, partBytes: COPY_PART_BYTES };
     this.prefix = prefix === "" || prefix.endsWith("/") ? prefix : `${prefix}/`;
     const endpoint = opts.endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
     const pathStyleEnv = env.AWS_S3_FORCE_PATH_STYLE;
@@ -151,15 +159,16 @@ export class S3SnapshotStore implements SnapshotStore {
 
   private async copy(from: string, to: string, size: number, signal?: AbortSignal): Promise<void> {
     const CopySource = `${this.bucket}/${from.split("/").map(encodeURIComponent).join("/")}`;
-    if (size <= MAX_SINGLE_COPY) {
+    const { maxSingleCopyBytes, partBytes } = this.copyLimits;
+    if (size <= maxSingleCopyBytes) {
       await this.client.send(new CopyObjectCommand({ Bucket: this.bucket, Key: to, CopySource }), { abortSignal: signal });
       return;
     }
     const { UploadId } = await this.client.send(new CreateMultipartUploadCommand({ Bucket: this.bucket, Key: to }), { abortSignal: signal });
     try {
       const parts: CompletedPart[] = [];
-      for (let start = 0, n = 1; start < size; start += COPY_PART_BYTES, n++) {
-        const end = Math.min(size, start + COPY_PART_BYTES) - 1;
+      for (let start = 0, n = 1; start < size; start += partBytes, n++) {
+        const end = Math.min(size, start + partBytes) - 1;
         const r = await this.client.send(
           new UploadPartCopyCommand({ Bucket: this.bucket, Key: to, UploadId, PartNumber: n, CopySource, CopySourceRange: `bytes=${start}-${end}` }),
           { abortSignal: signal },
