@@ -287,6 +287,9 @@ describe("file store integrity", () => {
   test("bad store URLs are CONFIG_INVALID", () => {
     expect(() => openSnapshotStore("ftp://x/y")).toThrow(expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID }));
     expect(() => openSnapshotStore("not a url")).toThrow(expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID }));
+    expect(() => openSnapshotStore("s3://snaps/x", { s3: { env: {}, copy: { maxSingleCopyBytes: 1024, partBytes: 0 } } })).toThrow(
+      expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID, message: "S3 store copy.partBytes must be a positive integer of bytes (got 0)" }),
+    );
   });
 });
 

@@ -35,7 +35,7 @@ import {
   type CompletedPart,
   type S3ClientConfig,
 } from "@aws-sdk/client-s3";
-import { isSandqueueError } from "../../errors/index.js";
+import { ConfigError, ErrorCodes, isSandqueueError } from "../../errors/index.js";
 import { HashingPassThrough, VerifyingPassThrough } from "./hashing-streams.js";
 import { hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
@@ -76,6 +76,9 @@ export class S3SnapshotStore implements SnapshotStore {
     const env = opts.env ?? process.env;
     this.bucket = bucket;
     this.copyLimits = opts.copy ?? { maxSingleCopyBytes: MAX_SINGLE_COPY, partBytes: COPY_PART_BYTES };
+    for (const [name, v] of Object.entries(this.copyLimits)) {
+      if (!Number.isSafeInteger(v) || v <= 0) throw new ConfigError(ErrorCodes.CONFIG_INVALID, `S3 store copy.${name} must be a positive integer of bytes (got ${v})`);
+    }
     this.prefix = prefix === "" || prefix.endsWith("/") ? prefix : `${prefix}/`;
     const endpoint = opts.endpoint ?? env.AWS_ENDPOINT_URL_S3 ?? env.AWS_ENDPOINT_URL;
     const pathStyleEnv = env.AWS_S3_FORCE_PATH_STYLE;
