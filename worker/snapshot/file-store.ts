@@ -17,6 +17,7 @@ import { pipeline } from "node:stream/promises";
 import { isSandqueueError } from "../../errors/index.js";
 import { BLOCK_SOURCE, type BlockSource, type OffersBlockSource } from "../../providers/archive/block-source.js";
 import { ThreadedFileRead, ThreadedHash } from "./hash-thread.js";
+import { IdCheck } from "./hashing-streams.js";
 import { corruptSnapshot, hexOf, notFound, storeError, type PutResult, type SnapshotInfo, type SnapshotStore, removeSnapshotsOlderThan } from "./store.js";
 
 /** Temp files older than this are abandoned writes (a crashed worker). */
@@ -150,7 +151,7 @@ class ObjectWriter extends Writable {
  */
 class VerifiedObjectStream extends Readable implements OffersBlockSource {
   /** Created on the first read: a consumer taking the block path never needs it. */
-  private hash: ThreadedHash | null = null;
+  private check: IdCheck | null = null;
   private position = 0;
   private claimed = false;
   /** The block path's read, once claimed. */
@@ -165,7 +166,7 @@ class VerifiedObjectStream extends Readable implements OffersBlockSource {
   }
 
   [BLOCK_SOURCE](): BlockSource | null {
-    if (this.claimed || this.hash !== null || this.destroyed) return null;
+    if (this.claimed || this.check !== null || this.destroyed) return null;
     this.claimed = true;
     const read = (this.fileRead = new ThreadedFileRead(this.fh.fd));
     const id = this.id;
@@ -189,33 +190,30 @@ class VerifiedObjectStream extends Readable implements OffersBlockSource {
       this.destroy(new Error("snapshot stream: read after its blocks were claimed"));
       return;
     }
-    this.hash ??= new ThreadedHash();
+    this.check ??= new IdCheck(this.id);
     this.readBlock().catch((err: unknown) => this.destroy(isSandqueueError(err) ? err : storeError(`cannot read snapshot ${this.id}`, err)));
   }
 
   /** Reads and pushes one block; push is its last step. */
   private async readBlock(): Promise<void> {
-    const hash = this.hash!;
+    const check = this.check!;
     const want = Math.min(IO_CHUNK, Math.max(this.size - this.position, 64 * 1024));
     const block = Buffer.allocUnsafe(want);
     const { bytesRead } = await this.fh.read(block, 0, want, this.position);
     if (this.destroyed) return;
     if (bytesRead === 0) {
-      const got = await hash.digest();
-      if (got !== this.id) {
-        throw corruptSnapshot(this.id, got);
-      }
+      await check.verify();
       this.push(null);
       return;
     }
     this.position += bytesRead;
     const chunk = block.subarray(0, bytesRead);
-    await hash.update(chunk);
+    await check.update(chunk);
     if (!this.destroyed) this.push(chunk);
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.hash?.abandon();
+    this.check?.abandon();
     // The hash thread may still be reading this fd: close it only once the thread has let go.
     const stopped = this.fileRead ? this.fileRead.close() : Promise.resolve();
     stopped
