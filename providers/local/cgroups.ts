@@ -133,9 +133,9 @@ async function readInt(file: string, key?: string): Promise<number> {
   return 0;
 }
 
-async function listProcs(procsFile: string): Promise<number[]> {
-  const text = readText(procsFile);
-  return text
+/** The pids listed in a cgroup.procs file (none when it is gone). */
+export function readProcs(procsFile: string): number[] {
+  return readText(procsFile)
     .split("\n")
     .map((s) => Number.parseInt(s, 10))
     .filter((n) => Number.isInteger(n) && n > 0);
@@ -156,7 +156,7 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 /** Kill loop shared by v1 and v2: a process may fork between read and kill, so repeat until empty. */
 async function killUntilEmpty(procsFile: string, kill?: () => Promise<boolean>): Promise<void> {
   for (let i = 0; i < 100; i++) {
-    const pids = await listProcs(procsFile);
+    const pids = readProcs(procsFile);
     if (pids.length === 0) return;
     if (!(kill && (await kill()))) killPids(pids);
     await sleep(i < 10 ? 2 : 20);
@@ -239,6 +239,17 @@ function rmdirAll(dirs: string[]): boolean {
  * no-swap and OOM settings stay), and on v1 memory <= memory+swap must hold
  * at every step: memsw is lifted first, then memory set, then memsw matched.
  */
+/** Performs writes in order; a missing optional file (a controller feature the kernel lacks) is skipped. */
+function applyWrites(writes: readonly CgroupWrite[]): void {
+  for (const w of writes) {
+    try {
+      writeFileSync(w.file, w.value);
+    } catch (err) {
+      if (!(w.optional && (err as NodeJS.ErrnoException).code === "ENOENT")) throw err;
+    }
+  }
+}
+
 function limitWrites(h: Hierarchies, limits: CgroupLimits, resize: boolean): CgroupWrite[] {
   const bytes = String(limits.memoryBytes);
   const w = (dir: string, file: string, value: string, optional = false): CgroupWrite => ({ file: path.join(dir, file), value, optional });
@@ -345,18 +356,16 @@ class SandboxCgroupImpl implements SandboxCgroup {
       home: this.home,
       ...(h.v2 ? {} : { oom: { control: path.join(h.mem, "memory.oom_control"), eventControl: path.join(h.mem, "cgroup.event_control") } }),
     };
-    if (n === 1) {
-      this.newest = h;
-      return leaf;
+    if (n > 1) {
+      try {
+        await mkdirAll(h);
+      } catch (err) {
+        await leaf.remove().catch(() => undefined);
+        throw err;
+      }
     }
-    try {
-      await mkdirAll(h);
-      this.newest = h;
-      return leaf;
-    } catch (err) {
-      await leaf.remove().catch(() => undefined);
-      throw err;
-    }
+    this.newest = h;
+    return leaf;
   }
 
   /**
@@ -367,28 +376,20 @@ class SandboxCgroupImpl implements SandboxCgroup {
    */
   private async becomeParentOfLeaves(): Promise<void> {
     await killTree(this.h.pids, this.h.v2, false);
-    const w = (dir: string, file: string, value: string): void => writeOptionalSync(path.join(dir, file), value, true);
-    w(this.h.pids, "pids.max", "max");
-    if (this.h.v2) {
-      w(this.h.mem, "memory.max", "max");
-      writeFileSync(path.join(this.h.mem, "cgroup.subtree_control"), "+memory +pids");
-    } else {
-      // memory <= memory+swap at every step: memsw goes first.
-      w(this.h.mem, "memory.memsw.limit_in_bytes", "-1");
-      w(this.h.mem, "memory.limit_in_bytes", "-1");
-    }
+    const { mem, pids, v2 } = this.h;
+    const w = (dir: string, file: string, value: string, optional = false): CgroupWrite => ({ file: path.join(dir, file), value, optional });
+    applyWrites([
+      w(pids, "pids.max", "max"),
+      ...(v2
+        ? [w(mem, "memory.max", "max"), w(mem, "cgroup.subtree_control", "+memory +pids")]
+        : // memory <= memory+swap at every step: memsw (absent without swap accounting) goes first.
+          [w(mem, "memory.memsw.limit_in_bytes", "-1", true), w(mem, "memory.limit_in_bytes", "-1")]),
+    ]);
   }
 
   setLimits(limits: CgroupLimits): void {
     this.limits = limits;
-    if (!this.newest) return;
-    for (const w of limitWrites(this.newest, limits, true)) {
-      try {
-        writeFileSync(w.file, w.value);
-      } catch (err) {
-        if (!(w.optional && (err as NodeJS.ErrnoException).code === "ENOENT")) throw err;
-      }
-    }
+    if (this.newest) applyWrites(limitWrites(this.newest, limits, true));
   }
 
   killAll(): Promise<void> {
@@ -556,12 +557,10 @@ export function detectCgroups(opts: DetectCgroupsOptions): CgroupManager {
   );
 }
 
-/** `absentOnly`: only a missing file is tolerated (a controller file the kernel lacks), any other failure throws. */
-function writeOptionalSync(file: string, value: string, absentOnly = false): void {
+function writeOptionalSync(file: string, value: string): void {
   try {
     writeFileSync(file, value);
-  } catch (err) {
+  } catch {
     // Not fatal: set by the parent already, or not settable once children exist.
-    if (absentOnly && (err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
   }
 }

@@ -5,7 +5,7 @@
  * (launch-request.ts). A sandbox from the pre-start pool has that bwrap
  * running already, so its exec skips bwrap's namespace and mount setup.
  */
-import { constants as fsConstants, openSync, readFileSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
+import { constants as fsConstants, openSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import net from "node:net";
 import os, { constants as osConstants } from "node:os";
@@ -16,7 +16,7 @@ import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider
 import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
-import type { CgroupLimits, ExecCgroup, SandboxCgroup } from "./cgroups.js";
+import { readProcs, type CgroupLimits, type ExecCgroup, type SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
 import { hostDirFor } from "./workspace-path.js";
 import { isListed, killAllExcept, waitFor } from "./sandbox-kill.js";
@@ -400,7 +400,7 @@ export class LocalSandbox implements Sandbox {
 function resetNiceness(procsFile: string): void {
   const done = new Set<number>();
   for (let pass = 0; pass < 10; pass++) {
-    const fresh = readFileSync(procsFile, "utf8").split("\n").filter(Boolean).map(Number).filter((pid) => !done.has(pid));
+    const fresh = readProcs(procsFile).filter((pid) => !done.has(pid));
     if (fresh.length === 0) return;
     for (const pid of fresh) {
       done.add(pid);

@@ -8,17 +8,9 @@
  * exec's cgroup *except* the monitor lets the monitor see its child die, reap
  * it and exit by itself; the monitor is killed directly only if it lingers.
  */
-import { readFile } from "node:fs/promises";
+import { readProcs } from "./cgroups.js";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function listProcs(procsFile: string): Promise<number[]> {
-  const text = await readFile(procsFile, "utf8").catch(() => "");
-  return text
-    .split("\n")
-    .map((s) => Number.parseInt(s, 10))
-    .filter((n) => Number.isInteger(n) && n > 0);
-}
 
 /**
  * SIGKILLs every process listed in `procsFile` but `monitorPid`, again and
@@ -28,7 +20,7 @@ async function listProcs(procsFile: string): Promise<number[]> {
 export async function killAllExcept(procsFile: string, monitorPid: number | undefined, maxRounds = 100): Promise<number> {
   let rounds = 0;
   for (let i = 0; i < maxRounds; i++) {
-    const pids = (await listProcs(procsFile)).filter((p) => p !== monitorPid);
+    const pids = readProcs(procsFile).filter((p) => p !== monitorPid);
     if (pids.length === 0) return rounds;
     rounds++;
     for (const pid of pids) {
@@ -59,5 +51,5 @@ export async function waitFor(exited: () => boolean, ms: number): Promise<boolea
  * (waiting for it to exit would let the job start).
  */
 export async function isListed(procsFile: string, pid: number | undefined): Promise<boolean> {
-  return pid !== undefined && (await listProcs(procsFile)).includes(pid);
+  return pid !== undefined && readProcs(procsFile).includes(pid);
 }
