@@ -5,20 +5,16 @@
  * (retention is enforced only when the same queue completes more jobs).
  */
 import { Queue } from "bullmq";
-import { connectOrFail, createRedis } from "./redis.js";
+import { withProducerConnection } from "./redis.js";
 
 export async function dropQueue(redisUrl: string, name: string, prefix: string): Promise<void> {
   // A producer connection: fails instead of waiting forever when Redis is gone.
-  const connection = createRedis(redisUrl, "producer");
-  try {
-    await connectOrFail(connection, redisUrl);
+  await withProducerConnection(redisUrl, async (connection) => {
     const queue = new Queue(name, { connection, prefix });
     try {
       await queue.obliterate({ force: true });
     } finally {
       await queue.close();
     }
-  } finally {
-    connection.disconnect();
-  }
+  });
 }

@@ -91,9 +91,15 @@ export async function connectOrFail(client: Redis, url: string, timeoutMs = 2000
  * connections wait for Redis forever.
  */
 export async function assertRedisReachable(url: string, timeoutMs = 2000): Promise<void> {
+  await withProducerConnection(url, async () => undefined, timeoutMs);
+}
+
+/** Runs `fn` on a fresh producer connection (failing fast when Redis does not answer), then closes it. */
+export async function withProducerConnection<T>(url: string, fn: (client: Redis) => Promise<T>, timeoutMs = 2000): Promise<T> {
   const client = createRedis(url, "producer");
   try {
     await connectOrFail(client, url, timeoutMs);
+    return await fn(client);
   } finally {
     client.disconnect();
   }
