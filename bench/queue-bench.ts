@@ -130,6 +130,13 @@ export async function runQueueBench(
   const wall = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0, batchN: 0 };
   const cpu = { raw1: 0, rawN: 0, q1: 0, qN: 0, bN: 0, batchN: 0 };
   const per = Math.max(1, Math.floor(n / rounds));
+  const record = async (key: keyof typeof acc, series: () => Promise<{ latencies: number[]; wallMs: number }>): Promise<void> => {
+    const cpu0 = machineCpuMs();
+    const run = await series();
+    cpu[key] += machineCpuMs() - cpu0;
+    acc[key].push(...run.latencies);
+    wall[key] += run.wallMs;
+  };
   for (let r = 0; r < rounds; r++) {
     for (const [key, c, fn] of [
       ["raw1", 1, raw],
@@ -138,17 +145,9 @@ export async function runQueueBench(
       ["qN", cores, qN.once],
       ["bN", cores, bull.once],
     ] as const) {
-      const cpu0 = machineCpuMs();
-      const run = await timedPool(per, c, () => fn());
-      cpu[key] += machineCpuMs() - cpu0;
-      acc[key].push(...run.latencies);
-      wall[key] += run.wallMs;
+      await record(key, () => timedPool(per, c, () => fn()));
     }
-    const cpu0 = machineCpuMs();
-    const run = await qN.batch(per);
-    cpu.batchN += machineCpuMs() - cpu0;
-    acc.batchN.push(...run.latencies);
-    wall.batchN += run.wallMs;
+    await record("batchN", () => qN.batch(per));
   }
   await q1.close();
   await qN.close();
