@@ -59,14 +59,18 @@ export interface ExecResult {
 export interface Sandbox {
   readonly id: string;
   exec(req: ExecRequest): Promise<ExecResult>;
-  /** Extracts a (validated) tar stream into `dir` inside the sandbox. */
-  putArchive(dir: string, tar: Readable): Promise<void>;
+  /**
+   * Extracts a (validated) tar stream into `dir` inside the sandbox. Aborting
+   * `signal` stops the transfer promptly, destroys `tar` and rejects.
+   */
+  putArchive(dir: string, tar: Readable, opts?: { signal?: AbortSignal }): Promise<void>;
   /**
    * Streams `dir` inside the sandbox out as a normalised tar (regular files,
    * dirs and symlinks only; excludes and limits applied; a limit breach makes
-   * the stream fail with WORKSPACE_LIMIT).
+   * the stream fail with WORKSPACE_LIMIT). Aborting `signal` fails the
+   * stream (or the call) promptly, so a consumer never sees it end cleanly.
    */
-  getArchive(dir: string, opts?: PackOptions): Promise<Readable>;
+  getArchive(dir: string, opts?: PackOptions & { signal?: AbortSignal }): Promise<Readable>;
   /** Kills everything and removes every trace. Idempotent. */
   release(): Promise<void>;
 }
