@@ -111,6 +111,15 @@ function throwIfAborted(signal: AbortSignal | undefined): void {
   if (signal?.aborted) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
 }
 
+/**
+ * Sandboxes of every LocalProvider of this process, from the start of their
+ * creation until their release has run. Sandbox names carry only the pid,
+ * and providers of one process share the cgroup parent (a worker runtime per
+ * queue, the bench, tests): reap() must not take another instance's
+ * sandboxes, or one being created, for leftovers of this process.
+ */
+const heldInProcess = new Set<string>();
+
 function newSandboxId(): string {
   return `sq-${process.pid}-${randomBytes(6).toString("hex")}`;
 }
@@ -303,6 +312,7 @@ export class LocalProvider implements SandboxProvider {
     const workspaceHostDir = path.join(sandboxDir, "workspace");
     // Undone last-in-first-out when a later step fails.
     const releasers: Array<() => Promise<unknown>> = [];
+    heldInProcess.add(id);
     try {
       // Three metadata calls: synchronous is cheaper than three thread-pool round trips.
       mkdirSync(sandboxDir, { mode: 0o700 });
@@ -325,12 +335,16 @@ export class LocalProvider implements SandboxProvider {
         gid: this.gid,
         tmpSizeBytes: this.tmpSizeBytes,
         archiveLimits: this.archiveLimits,
-        onReleased: () => this.live.delete(id),
+        onReleased: () => {
+          this.live.delete(id);
+          heldInProcess.delete(id);
+        },
       });
       this.live.set(id, sandbox);
       return sandbox;
     } catch (err) {
       for (const release of releasers.reverse()) await release().catch(() => undefined);
+      heldInProcess.delete(id);
       if (isSandqueueError(err)) throw err;
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `could not create sandbox: ${(err as Error).message}`, {
         retryable: true,
@@ -397,7 +411,7 @@ export class LocalProvider implements SandboxProvider {
         await rm(path.join(this.workRoot, name), { recursive: true, force: true });
       }
       const m = SANDBOX_NAME.exec(name);
-      if (!m || this.live.has(name)) continue;
+      if (!m || heldInProcess.has(name)) continue;
       const ownerPid = Number(m[1]);
       if (ownerPid !== process.pid && pidAlive(ownerPid)) continue;
       const dir = path.join(this.workRoot, name);

@@ -299,6 +299,17 @@ export class LocalSandbox implements Sandbox {
       if (after.oomKills > 0) hits.add("memory");
       if (after.pidsMaxHits > 0) hits.add("pids");
       if (this.releasing && killed) hits.add("aborted");
+      if (signal !== null && !killed && hits.size === 0) {
+        // bwrap's monitor runs outside the sandbox's pid namespace: nothing of
+        // the job can signal it, and we did not. Something on the host killed
+        // the sandbox (an operator, a reaper, the host's OOM killer): a runner
+        // fault to retry, never the job's own failure.
+        throw new ProviderError(
+          ErrorCodes.PROVIDER_FAILED,
+          `sandbox ${this.id} was killed from outside (bwrap ended by ${signal}; no limit of the job was hit)`,
+          { retryable: true },
+        );
+      }
       return {
         // A sandbox the provider killed reports the kill, whatever bwrap's own exit status.
         exitCode: killed ? null : exitCode,
@@ -311,7 +322,8 @@ export class LocalSandbox implements Sandbox {
         durationMs: Math.round(performance.now() - started),
       };
     } catch (err) {
-      kill("aborted");
+      // An exited bwrap's pid may be reused: only a live one is killed (the leaf removal below sweeps the cgroup).
+      if (!proc.hasExited) kill("aborted");
       if (isSandqueueError(err)) throw err;
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not run bwrap: ${(err as Error).message}`, {
         retryable: true,
