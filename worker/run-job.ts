@@ -8,6 +8,12 @@
  * User code that fails, times out or hits a limit yields a result. Runner
  * faults throw a SandqueueError; the caller (worker.ts) decides between a
  * retry and an `error` result from `retryable` alone.
+ *
+ * Cancel and shutdown are decided by the job's own signal, never by what a
+ * phase reports: whenever the signal has fired when a phase (secrets,
+ * acquire, hydrate, exec, persist) fails or returns, a cancel ends the job
+ * `killed`/`cancelled` and a shutdown throws ShutdownInterrupt, whatever
+ * the phase threw (providers report an abort as a retryable failure).
  */
 import type { Readable } from "node:stream";
 import { ErrorCodes, SandqueueError } from "../errors/index.js";
@@ -25,8 +31,12 @@ export interface SecretResolver {
 export interface WorkspaceStore {
   /** Streams a stored snapshot (throws SNAPSHOT_NOT_FOUND). */
   open(id: string): Promise<Readable>;
-  /** Stores a workspace tar, hashing while streaming; with `secrets`, refuses one that holds a value (SECRET_IN_WORKSPACE). */
-  save(tar: Readable, opts?: { secrets?: Record<string, string> }): Promise<SnapshotRef>;
+  /**
+   * Stores a workspace tar, hashing while streaming; with `secrets`, refuses
+   * one that holds a value (SECRET_IN_WORKSPACE). Once `signal` has fired
+   * nothing is stored.
+   */
+  save(tar: Readable, opts?: { secrets?: Record<string, string>; signal?: AbortSignal }): Promise<SnapshotRef>;
 }
 
 /** How to put inline `files` into a sandbox workspace (a tar, validated like any other). */
@@ -86,16 +96,19 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
       ctx.onPhase?.(phase.replace(/Ms$/, ""), ms);
     }
   };
-  const checkAbort = (): void => {
-    if (ctx.signal.aborted && ctx.signal.reason === "shutdown") throw new ShutdownInterrupt();
-  };
-
-  const secretValues = spec.secrets.length ? await resolveSecrets(spec, ctx) : {};
-  checkAbort();
-  if (ctx.signal.aborted) return finish(cancelledResult());
-
+  let secretValues: Record<string, string> = {};
+  let exec: ExecResult | undefined;
   let sandbox: Sandbox | undefined;
+  /** The job's end once its signal has fired; a cancel keeps the output of an exec that ran. */
+  const interrupted = (): JobResult => {
+    if (ctx.signal.reason === "shutdown") throw new ShutdownInterrupt();
+    return finish(exec ? resultFromExec(exec, Object.values(secretValues), "cancelled") : cancelledResult());
+  };
   try {
+    if (ctx.signal.aborted) return interrupted();
+    if (spec.secrets.length) secretValues = await resolveSecrets(spec, ctx);
+    if (ctx.signal.aborted) return interrupted();
+
     sandbox = await timed("acquireMs", () =>
       ctx.provider.acquire(
         {
@@ -108,24 +121,24 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
       ),
     );
     const box = sandbox;
-    checkAbort();
+    if (ctx.signal.aborted) return interrupted();
 
     const hasFiles = Object.keys(spec.files).length > 0;
     if (spec.workspace?.from || hasFiles) {
       await timed("hydrateMs", async () => {
         if (spec.workspace?.from) {
           if (!ctx.workspace) throw new SandqueueError(ErrorCodes.SNAPSHOT_STORE, "this worker has no snapshot store configured");
-          await box.putArchive(WORKSPACE_DIR, await ctx.workspace.open(spec.workspace.from));
+          await box.putArchive(WORKSPACE_DIR, await ctx.workspace.open(spec.workspace.from), { signal: ctx.signal });
         }
         if (hasFiles) {
           if (!ctx.filesToTar) throw new SandqueueError(ErrorCodes.INTERNAL, "inline files are not supported by this worker");
-          await box.putArchive(WORKSPACE_DIR, ctx.filesToTar(spec.files));
+          await box.putArchive(WORKSPACE_DIR, ctx.filesToTar(spec.files), { signal: ctx.signal });
         }
       });
     }
-    checkAbort();
+    if (ctx.signal.aborted) return interrupted();
 
-    const exec = await timed("execMs", () =>
+    exec = await timed("execMs", () =>
       box.exec({
         argv: commandFor(spec),
         env: { ...baseEnv(), ...spec.env, ...secretValues },
@@ -135,7 +148,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
         signal: ctx.signal,
       }),
     );
-    if (exec.limitHit === "aborted" && ctx.signal.reason === "shutdown") throw new ShutdownInterrupt();
+    if (ctx.signal.aborted) return interrupted();
 
     let snapshot: SnapshotRef | null = null;
     if (spec.workspace?.persist && exec.limitHit !== "aborted") {
@@ -143,10 +156,11 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
       const store = ctx.workspace;
       try {
         snapshot = await timed("snapshotMs", async () => {
-          const tar = await box.getArchive(WORKSPACE_DIR, { ...ctx.workspaceLimits, exclude: spec.workspace?.exclude ?? [] });
-          return store.save(tar, { secrets: secretValues });
+          const tar = await box.getArchive(WORKSPACE_DIR, { ...ctx.workspaceLimits, exclude: spec.workspace?.exclude ?? [], signal: ctx.signal });
+          return store.save(tar, { secrets: secretValues, signal: ctx.signal });
         });
       } catch (err) {
+        if (ctx.signal.aborted) return interrupted();
         if (err instanceof SandqueueError && err.code === ErrorCodes.WORKSPACE_LIMIT) {
           return finish(resultFromExec(exec, Object.values(secretValues), "workspace_limit"));
         }
@@ -157,8 +171,13 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
         }
         throw err;
       }
+      // A snapshot stored as the cancel arrived is not the job's: the result names none.
+      if (ctx.signal.aborted) return interrupted();
     }
     return finish(resultFromExec(exec, Object.values(secretValues), null), snapshot);
+  } catch (err) {
+    if (ctx.signal.aborted && !(err instanceof ShutdownInterrupt)) return interrupted();
+    throw err;
   } finally {
     if (sandbox) {
       const released = sandbox.release().catch(() => {});

@@ -271,6 +271,9 @@ export class FileSnapshotStore implements SnapshotStore {
       const { id, bytes } = writer;
       await fh.close();
       fh = null;
+      // An abort after the last byte (a cancel while the job persisted) still
+      // stores nothing; it fails like an abort mid-stream (pipeline's AbortError).
+      if (opts.signal?.aborted) throw new DOMException("snapshot write aborted", "AbortError");
       const finalPath = this.pathOf(id);
       const existing = await stat(finalPath).catch(() => null);
       // Same id and same size: the stored object is this content. A size that
