@@ -79,7 +79,7 @@ describe("local sandboxes and other providers of the same process", () => {
     const marker = `sleep 1.${nonce()}`;
     const job = await a.client.enqueue({ kind: "shell", script: `${marker}; echo survived` });
     await waitForProcess(marker);
-    await b.runtime.provider.reap?.();
+    await b.provider.reap();
 
     const r = await a.client.waitForResult(job.id, { timeoutMs: 30_000 });
     expect(r, JSON.stringify(r)).toMatchObject({ status: "succeeded", stdout: "survived\n", attempts: 1 });
