@@ -4,6 +4,10 @@
  * case added here is checked everywhere. Where providers legitimately differ,
  * the difference is a named option, not a second copy of the test.
  */
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { constants as osConstants, tmpdir } from "node:os";
+import { join } from "node:path";
 import { expect, it } from "vitest";
 import { eventuallyEmpty, FORK_BOMB, hostProcessesWith, inodeFlood, MEMORY_BOMB, nonce, SPREAD_MEMORY_BOMB, type Rig } from "./support.js";
 
@@ -20,28 +24,73 @@ export interface SharedCaseOptions {
   timeoutKillMs: number;
 }
 
-/** A 136-byte static x86-64 ELF that calls getpid through the i386 table (int 0x80) and exits with the result. */
-function int80Elf(): Buffer {
-  const code = [0xb8, 0x14, 0, 0, 0, 0xcd, 0x80, 0x89, 0xc7, 0xb8, 0x3c, 0, 0, 0, 0x0f, 0x05];
-  const elf = Buffer.alloc(120 + code.length);
+/** What the probe prints once its first syscall has returned: proof that the syscall ran. */
+const SYSCALL_RETURNED = "SYSCALL-RETURNED";
+/** The probe's exit code after printing it. */
+const RETURNED_RC = 42;
+
+/**
+ * A 178-byte static x86-64 ELF: getpid, then (only if that returned) write
+ * SYSCALL_RETURNED and exit 42. "int80" makes the getpid through the i386
+ * table (int 0x80), "native" through the 64-bit one (syscall): the control
+ * that shows the probe itself runs, so a crash of "int80" is the kernel's doing.
+ */
+function syscallProbeElf(via: "int80" | "native"): Buffer {
+  const base = 0x400000;
+  const codeAt = 120; // right after the ELF header (64) and one program header (56)
+  const first = via === "int80" ? [0xb8, 20, 0, 0, 0, 0xcd, 0x80] : [0xb8, 39, 0, 0, 0, 0x0f, 0x05]; // mov eax, getpid; int 0x80 | syscall
+  const msg = Buffer.from(`${SYSCALL_RETURNED}\n`, "latin1");
+  const le32 = (n: number) => [n & 0xff, (n >> 8) & 0xff, (n >> 16) & 0xff, (n >>> 24) & 0xff];
+  const rest = (msgAddr: number) => [
+    0xb8, ...le32(1), // mov eax, 1 (write)
+    0xbf, ...le32(1), // mov edi, 1 (stdout)
+    0xbe, ...le32(msgAddr), // mov esi, msg
+    0xba, ...le32(msg.length), // mov edx, len
+    0x0f, 0x05, // syscall
+    0xb8, ...le32(60), // mov eax, 60 (exit)
+    0xbf, ...le32(RETURNED_RC), // mov edi, 42
+    0x0f, 0x05, // syscall
+  ];
+  const codeLen = first.length + rest(0).length;
+  const code = [...first, ...rest(base + codeAt + codeLen)];
+  const elf = Buffer.alloc(codeAt + code.length + msg.length);
   elf.write("\x7fELF\x02\x01\x01", 0, "latin1");
   elf.writeUInt16LE(2, 16); // ET_EXEC
   elf.writeUInt16LE(0x3e, 18); // x86-64
   elf.writeUInt32LE(1, 20);
-  elf.writeBigUInt64LE(0x400078n, 24); // entry: right after the headers
+  elf.writeBigUInt64LE(BigInt(base + codeAt), 24); // entry
   elf.writeBigUInt64LE(64n, 32); // program headers at 64
   elf.writeUInt16LE(64, 52);
   elf.writeUInt16LE(56, 54);
   elf.writeUInt16LE(1, 56);
   elf.writeUInt32LE(1, 64); // PT_LOAD
   elf.writeUInt32LE(5, 68); // R+X
-  elf.writeBigUInt64LE(0x400000n, 80);
-  elf.writeBigUInt64LE(0x400000n, 88);
+  elf.writeBigUInt64LE(BigInt(base), 80);
+  elf.writeBigUInt64LE(BigInt(base), 88);
   elf.writeBigUInt64LE(BigInt(elf.length), 96);
   elf.writeBigUInt64LE(BigInt(elf.length), 104);
   elf.writeBigUInt64LE(0x1000n, 112);
-  Buffer.from(code).copy(elf, 120);
+  Buffer.from(code).copy(elf, codeAt);
+  msg.copy(elf, codeAt + code.length);
   return elf;
+}
+
+/**
+ * What this kernel does with int 0x80 from a 64-bit process outside any
+ * sandbox: runs it (32-bit entry present), or kills the process (no entry:
+ * CONFIG_IA32_EMULATION off or ia32_emulation=0; SIGSEGV from the #GP).
+ */
+function hostInt80(): { ran: boolean; rc: number } {
+  const dir = mkdtempSync(join(tmpdir(), "sandq-int80-"));
+  try {
+    const file = join(dir, "int80");
+    writeFileSync(file, syscallProbeElf("int80"), { mode: 0o755 });
+    const r = spawnSync(file, { encoding: "latin1" });
+    const rc = r.status ?? 128 + (r.signal ? osConstants.signals[r.signal] : 0);
+    return { ran: r.stdout.includes(SYSCALL_RETURNED), rc };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 /** Registers the shared cases inside the caller's describe(); `rig()` is read when each case runs. */
@@ -137,12 +186,27 @@ export function sharedHostileCases(rig: () => Rig, opts: SharedCaseOptions): voi
 
   // Both seccomp filters admit the native architecture only: a syscall
   // through the i386 table (int 0x80 from a 64-bit process) kills the
-  // process (SIGSYS) instead of running.
+  // process (SIGSYS) instead of running. A kernel without a 32-bit entry
+  // kills it before seccomp sees it (SIGSEGV, as outside the sandbox).
   it("syscalls through the 32-bit table (int 0x80) kill the process", async () => {
-    const octal = [...int80Elf()].map((b) => `\\${b.toString(8).padStart(3, "0")}`).join("");
-    const script = `printf '${octal}' > int80 && chmod +x int80 && ./int80; echo "rc $?"; uname -m`;
+    const host = hostInt80();
+    const write = (name: string, elf: Buffer) => `printf '${[...elf].map((b) => `\\${b.toString(8).padStart(3, "0")}`).join("")}' > ${name}`;
+    const script = [
+      write("native", syscallProbeElf("native")),
+      write("int80", syscallProbeElf("int80")),
+      "chmod +x native int80",
+      "./native; echo \"native rc $?\"",
+      "./int80; echo \"int80 rc $?\"",
+      "uname -m",
+    ].join("\n");
     const r = await rig().run({ kind: "shell", script });
-    expect(r.stdout, r.stderr).toMatch(/^x86_64$/m); // the ELF is x86-64 code
-    expect(r.stdout, r.stderr).toMatch(/^rc 159$/m); // 128 + SIGSYS
+    expect(r.stdout, r.stderr).toMatch(/^x86_64$/m); // the probes are x86-64 code
+    // The control's syscalls run: the probe is sound, so a crash of the int 0x80 one is the kernel's.
+    expect(r.stdout, r.stderr).toMatch(new RegExp(`^${SYSCALL_RETURNED}\\nnative rc ${RETURNED_RC}$`, "m"));
+    const rc = Number(/^int80 rc (\d+)$/m.exec(r.stdout)?.[1]);
+    // The 32-bit getpid never returned (the probe would have printed a second line and exited 42).
+    expect(r.stdout.split(SYSCALL_RETURNED).length - 1, `the int 0x80 getpid returned:\n${r.stdout}`).toBe(1);
+    const allowed = host.ran ? [159] : [159, host.rc]; // 128 + SIGSYS; or what this kernel does without seccomp
+    expect(allowed, `int80 rc ${rc}; outside a sandbox int 0x80 ${host.ran ? "runs" : `ends rc ${host.rc}`}`).toContain(rc);
   });
 }
