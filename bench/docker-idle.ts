@@ -5,12 +5,12 @@
  * removals are paid inside the measured wall time.
  */
 import type { DockerProvider } from "../providers/docker/index.js";
-import { LABEL_OWNER } from "../providers/docker/index.js";
+import { LABEL_WORKER, labelSafe } from "../providers/provider.js";
 import { timedPool } from "./stats.js";
 
 export async function dockerIdle(provider: DockerProvider, timeoutMs = 60_000): Promise<void> {
   const deadline = performance.now() + timeoutMs;
-  const filters = JSON.stringify({ label: [`${LABEL_OWNER}=${provider.owner}`] });
+  const filters = JSON.stringify({ label: [`${LABEL_WORKER}=${labelSafe(provider.owner)}`] });
   for (;;) {
     await provider.pool.waitReady(timeoutMs);
     const list = await provider.engine.json<unknown[]>({ method: "GET", path: "/containers/json", query: { all: true, filters } });

@@ -35,15 +35,14 @@ export async function runDockerQueueBench(n = Number(process.env.BENCH_DOCKER_N 
     const config = parseWorkerConfig(process.env, {}, {
       queue,
       provider: "docker",
-      dockerHost,
-      concurrency,
       // As bench/docker.ts: two ready, four at most (docs/PERFORMANCE.md).
-      pool: { minIdle: 2, maxSize: 4 },
+      providerSettings: { dockerHost, poolMinIdle: 2, poolMaxSize: 4 },
+      concurrency,
       metricsPort: 0,
       logJobs: false,
     });
     // Built as worker/provider-factory.ts does, but kept here to see its pool.
-    const provider = new DockerProvider({ dockerHost: config.dockerHost, owner: config.workerId, pool: config.pool });
+    const provider = new DockerProvider({ dockerHost, owner: config.workerId, pool: { minIdle: 2, maxSize: 4 } });
     const runtime = await startWorkerRuntime(config, silentLogger, { provider });
     const client = new SandqueueClient({ redisUrl: config.redisUrl, queue, prefix: config.prefix });
     const job = { kind: "python", code: "pass", image, limits: { memoryMb: 256, pids: 64 } } as const;

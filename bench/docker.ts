@@ -65,7 +65,7 @@ export async function runDockerBench(opts: DockerBenchOptions = {}): Promise<Doc
   const dockerHost = opts.dockerHost ?? process.env.DOCKER_HOST ?? `unix://${join(ROOT, ".sandqueue/podman/podman.sock")}`;
   const pool = opts.pool ?? { minIdle: 2, maxSize: 4 };
   const provider = new DockerProvider({ dockerHost, owner: `bench-${process.pid}`, pool });
-  const spec: SandboxSpec = { image, limits: { memoryMb: 256, pids: 64 }, network: "none", labels: {} };
+  const spec: SandboxSpec = { image, limits: { memoryMb: 256, pids: 64 }, network: "none", labels: {}, annotations: {}, maxLifetimeMs: 600_000 };
   // As in the worker: the result is ready when the exec ends; the container
   // is removed in the background (awaited before the run's wall time ends).
   const releases = new Set<Promise<void>>();

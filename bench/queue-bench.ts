@@ -86,7 +86,7 @@ export async function runQueueBench(
   // One worker per concurrency level, kept for the whole run.
   const queued = async (concurrency: number) => {
     const queue = `bench-${randomBytes(4).toString("hex")}`;
-    const config = parseWorkerConfig(process.env, {}, { queue, concurrency, metricsPort: 0, logJobs: false, workRoot: join(dir, `work-${concurrency}`) });
+    const config = parseWorkerConfig(process.env, {}, { queue, concurrency, metricsPort: 0, logJobs: false, providerSettings: { workRoot: join(dir, `work-${concurrency}`) } });
     const runtime = await startWorkerRuntime(config, silentLogger);
     const client = new SandqueueClient({ redisUrl: config.redisUrl, queue, prefix: config.prefix, resultTtlMs: 600_000 });
     const job = { kind: "shell", script: "true" } as const;

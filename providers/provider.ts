@@ -5,6 +5,7 @@
  * worker/ or producer/. One contract suite (providers/contract.ts) runs
  * against every provider; a backend is done when that suite passes.
  */
+import { createHash } from "node:crypto";
 import type { Readable } from "node:stream";
 import type { PackOptions } from "./archive/index.js";
 
@@ -21,8 +22,57 @@ export interface SandboxSpec {
   limits: SandboxLimits;
   /** Only "none" today: no network interface but loopback. */
   network: "none";
-  /** Attached to backend objects (container labels) so orphans can be reaped. */
+  /**
+   * Ownership labels (`ownershipLabels()`: managed-by, worker, job), already
+   * label-safe. Put on every backend object so any worker's reaper finds it.
+   */
   labels: Record<string, string>;
+  /** The job's own labels, free-form: annotations where the backend has them. */
+  annotations: Record<string, string>;
+  /**
+   * Backstop lifetime of the sandbox, ms: backends with native expiry (pod
+   * activeDeadlineSeconds, hosted TTLs) set it so a sandbox outlives no
+   * worker by long, even when no reaper ever runs.
+   */
+  maxLifetimeMs: number;
+}
+
+/** Label keys every sandbox carries (Kubernetes-style; values made label-safe). */
+export const LABEL_MANAGED_BY = "app.kubernetes.io/managed-by";
+export const LABEL_WORKER = "sandqueue.io/worker";
+export const LABEL_JOB = "sandqueue.io/job";
+export const MANAGED_BY = "sandqueue";
+
+/**
+ * A label value as Kubernetes accepts it: at most 63 characters of
+ * [A-Za-z0-9._-], starting and ending alphanumeric. Longer or unsafe values
+ * keep a readable prefix and end in a hash of the original, so two distinct
+ * ids never map to one value.
+ */
+export function labelSafe(value: string): string {
+  const cleaned = value.replace(/[^A-Za-z0-9._-]/g, "-").replace(/^[^A-Za-z0-9]+/, "").replace(/[^A-Za-z0-9]+$/, "");
+  if (cleaned === value && value.length <= 63 && value.length > 0) return value;
+  const hash = createHash("sha256").update(value).digest("hex").slice(0, 10);
+  const head = cleaned.slice(0, 52).replace(/[^A-Za-z0-9]+$/, "");
+  return head ? `${head}-${hash}` : hash;
+}
+
+/** The ownership labels of a sandbox: who manages it, which worker owns it, which job (once adopted). */
+export function ownershipLabels(workerId: string, jobId?: string): Record<string, string> {
+  return {
+    [LABEL_MANAGED_BY]: MANAGED_BY,
+    [LABEL_WORKER]: labelSafe(workerId),
+    ...(jobId === undefined ? {} : { [LABEL_JOB]: labelSafe(jobId) }),
+  };
+}
+
+/**
+ * Tells a reaper which workers are alive (their heartbeat key exists in
+ * Redis). Given label-safe worker ids (as found on sandboxes), answers the
+ * subset that is alive.
+ */
+export interface OwnerLiveness {
+  liveOwners(workerLabels: readonly string[]): Promise<ReadonlySet<string>>;
 }
 
 export interface ExecRequest {
@@ -75,10 +125,29 @@ export interface Sandbox {
   release(): Promise<void>;
 }
 
+/**
+ * What a provider enforces and reports. The worker refuses a job that
+ * explicitly asks for something its provider cannot do
+ * (SANDQ_ERR_CAPABILITY_UNSUPPORTED) and applies its default limits only
+ * where they are enforced; the contract suite branches on these.
+ */
 export interface ProviderCapabilities {
+  /** `limits.memoryMb` is a hard limit on everything in the sandbox. */
   memoryLimit: boolean;
+  /** `limits.pids` caps the processes and threads alive at once. */
   pidsLimit: boolean;
+  /** A memory or pids limit hit is reported as such (killed/memory, killed/pids), not as a plain failure. */
+  limitEvents: boolean;
+  /** `ExecRequest.stdin` reaches the program, with end-of-file after it. */
+  stdin: boolean;
+  /** stdout and stderr arrive apart. */
+  separateStderr: boolean;
+  /** Output bytes arrive unchanged (no re-encoding of invalid UTF-8, no newline translation). */
+  byteExactOutput: boolean;
+  /** `network: "none"`: no route out of the sandbox. */
   networkIsolation: boolean;
+  /** Per-job egress policies (allowlists) can be enforced. */
+  networkPolicy: boolean;
   /** True when the sandbox's /workspace is a host directory the worker can read directly. */
   hostWorkspace: boolean;
 }
@@ -94,8 +163,13 @@ export interface SandboxProvider {
   acquire(spec: SandboxSpec, opts: { signal?: AbortSignal }): Promise<Sandbox>;
   /** Cheap check that the backend is usable (readiness). */
   check(): Promise<void>;
-  /** Removes sandboxes left behind by dead workers; returns how many. */
-  reap?(labels: Record<string, string>): Promise<number>;
+  /**
+   * Removes sandboxes left behind by dead workers; returns how many. A
+   * sandbox is reaped only when its owner is known dead: its worker label has
+   * no heartbeat (`owners`), or, for backends on this host, its owner process
+   * is gone. The provider's own sandboxes are never touched.
+   */
+  reap?(owners?: OwnerLiveness): Promise<number>;
   /** Sandboxes created ahead of demand and ready now, per image (pools only). */
   readySandboxes?(): Record<string, number>;
   /** Idempotent. */

@@ -3,6 +3,7 @@
  * frozen object. A bad value stops the program with a message naming the
  * variable (or flag) and what it accepts.
  */
+import { randomBytes } from "node:crypto";
 import { hostname, availableParallelism } from "node:os";
 import { join, resolve } from "node:path";
 import { z } from "zod";
@@ -10,6 +11,7 @@ import { ConfigError, ErrorCodes } from "../errors/index.js";
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_REDIS_URL } from "../producer/redis.js";
 import { LIMIT_BOUNDS, type ResolvedLimits } from "../producer/job-spec.js";
 import { parseDurationMs } from "./snapshot/store.js";
+import { DEFAULT_PROVIDER, providerDefinition, providerSettings } from "../providers/registry.js";
 
 const int = (min: number, max: number) =>
   z
@@ -28,10 +30,8 @@ const SETTINGS = {
   redisUrl: { env: "REDIS_URL", flag: "redis", schema: redisUrl },
   queue: { env: "SANDQUEUE_QUEUE", flag: "queue", schema: name },
   prefix: { env: "SANDQUEUE_PREFIX", flag: undefined, schema: name },
-  provider: { env: "SANDQUEUE_PROVIDER", flag: "provider", schema: z.enum(["local", "docker"], { error: "expected local or docker" }) },
+  provider: { env: "SANDQUEUE_PROVIDER", flag: "provider", schema: z.string().min(1) },
   concurrency: { env: "SANDQUEUE_CONCURRENCY", flag: "concurrency", schema: int(1, 1024) },
-  workRoot: { env: "SANDQUEUE_WORK_DIR", flag: undefined, schema: z.string().min(1) },
-  imagesDir: { env: "SANDQUEUE_IMAGES_DIR", flag: undefined, schema: z.string().min(1) },
   snapshotsUrl: { env: "SANDQUEUE_SNAPSHOTS", flag: undefined, schema: z.string().regex(/^(file|s3):\/\//, { error: "expected a file:// or s3:// URL" }) },
   secretsDir: { env: "SANDQUEUE_SECRETS_DIR", flag: undefined, schema: z.string().min(1) },
   snapshotRetention: {
@@ -42,16 +42,15 @@ const SETTINGS = {
       .regex(/^\d+(ms|s|m|h|d|w)$/, { error: "expected a duration such as 12h, 7d or 4w" })
       .transform((v) => parseDurationMs(v) ?? 0),
   },
-  dockerHost: { env: "DOCKER_HOST", flag: undefined, schema: z.string().regex(/^(unix|tcp):\/\//, { error: "expected unix:///path or tcp://host:port" }) },
-  poolMinIdle: { env: "SANDQUEUE_POOL_MIN_IDLE", flag: undefined, schema: int(0, 64) },
-  poolMaxSize: { env: "SANDQUEUE_POOL_MAX_SIZE", flag: undefined, schema: int(0, 256) },
   metricsPort: { env: "SANDQUEUE_METRICS_PORT", flag: "metrics-port", schema: int(0, 65535) },
   metricsHost: { env: "SANDQUEUE_METRICS_HOST", flag: undefined, schema: z.string().min(1) },
   graceMs: { env: "SANDQUEUE_SHUTDOWN_GRACE_MS", flag: undefined, schema: int(0, 3_600_000) },
   lockDurationMs: { env: "SANDQUEUE_LOCK_DURATION_MS", flag: undefined, schema: int(1000, 3_600_000) },
   stalledIntervalMs: { env: "SANDQUEUE_STALLED_INTERVAL_MS", flag: undefined, schema: int(1000, 3_600_000) },
   maxStalledCount: { env: "SANDQUEUE_MAX_STALLED_COUNT", flag: undefined, schema: int(0, 100) },
-  reapIntervalMs: { env: "SANDQUEUE_REAP_INTERVAL_MS", flag: undefined, schema: int(1000, 86_400_000) },
+  reapIntervalMs: { env: "SANDQUEUE_REAP_INTERVAL_MS", flag: undefined, schema: int(500, 86_400_000) },
+  heartbeatTtlMs: { env: "SANDQUEUE_HEARTBEAT_TTL_MS", flag: undefined, schema: int(1000, 3_600_000) },
+  workerId: { env: "SANDQUEUE_WORKER_ID", flag: undefined, schema: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$/, { error: "expected letters, digits and . _ : - (at most 200 characters)" }) },
   defaultTimeoutMs: { env: "SANDQUEUE_DEFAULT_TIMEOUT_MS", flag: undefined, schema: int(LIMIT_BOUNDS.timeoutMs.min, LIMIT_BOUNDS.timeoutMs.max) },
   defaultMemoryMb: { env: "SANDQUEUE_DEFAULT_MEMORY_MB", flag: undefined, schema: int(LIMIT_BOUNDS.memoryMb.min, LIMIT_BOUNDS.memoryMb.max) },
   defaultPids: { env: "SANDQUEUE_DEFAULT_PIDS", flag: undefined, schema: int(LIMIT_BOUNDS.pids.min, LIMIT_BOUNDS.pids.max) },
@@ -73,16 +72,15 @@ export interface WorkerConfig {
   readonly redisUrl: string;
   readonly queue: string;
   readonly prefix: string;
-  readonly provider: "local" | "docker";
+  /** A registered provider's name (providers/registry.ts). */
+  readonly provider: string;
+  /** That provider's settings, parsed from its own variables (registry). */
+  readonly providerSettings: Readonly<Record<string, unknown>>;
   readonly concurrency: number;
-  readonly workRoot: string;
-  readonly imagesDir: string;
   readonly snapshotsUrl: string;
   readonly secretsDir: string | undefined;
   /** Snapshots older than this are pruned (at start, then hourly); undefined keeps them. */
   readonly snapshotRetentionMs: number | undefined;
-  readonly dockerHost: string | undefined;
-  readonly pool: { readonly minIdle: number; readonly maxSize: number };
   /** 0 disables the metrics/health HTTP server. */
   readonly metricsPort: number;
   readonly metricsHost: string;
@@ -91,6 +89,8 @@ export interface WorkerConfig {
   readonly stalledIntervalMs: number;
   readonly maxStalledCount: number;
   readonly reapIntervalMs: number;
+  /** A worker whose heartbeat is older than this is dead: its sandboxes may be reaped. */
+  readonly heartbeatTtlMs: number;
   readonly defaultLimits: Readonly<ResolvedLimits>;
   readonly maxLimits: Readonly<ResolvedLimits>;
   readonly workspaceLimits: { readonly maxBytes: number; readonly maxEntries: number; readonly maxDepth: number };
@@ -145,30 +145,33 @@ export function parseWorkerConfig(
   }
   if (problems.length) throw new ConfigError(ErrorCodes.CONFIG_INVALID, `invalid configuration:\n  ${problems.join("\n  ")}`);
 
-  const concurrency = parsed.concurrency ?? availableParallelism();
-  const provider = parsed.provider ?? "local";
+  const concurrency = overrides.concurrency ?? parsed.concurrency ?? availableParallelism();
+  const provider = overrides.provider ?? parsed.provider ?? DEFAULT_PROVIDER;
+  const fromFlag = flags.provider !== undefined;
+  providerDefinition(provider, fromFlag ? "--provider" : SETTINGS.provider.env);
+  // Unique per process start: a restarted worker (same host, same pid in a
+  // container) must not mistake its predecessor's sandboxes for its own.
+  const workerId = overrides.workerId ?? parsed.workerId ?? `${hostname()}:${process.pid}:${randomBytes(3).toString("hex")}`;
+  const providerCtx = { workerId, stateDir: state, concurrency };
+  const heartbeatTtlMs = parsed.heartbeatTtlMs ?? 15_000;
   const config: WorkerConfig = {
     redisUrl: parsed.redisUrl ?? DEFAULT_REDIS_URL,
     queue: parsed.queue ?? DEFAULT_QUEUE,
     prefix: parsed.prefix ?? DEFAULT_PREFIX,
     provider,
     concurrency,
-    workRoot: parsed.workRoot ?? join(state, "work"),
-    imagesDir: parsed.imagesDir ?? join(state, "images"),
     snapshotsUrl: parsed.snapshotsUrl ?? `file://${join(state, "snapshots")}`,
     secretsDir: parsed.secretsDir,
     snapshotRetentionMs: parsed.snapshotRetention,
-    dockerHost: parsed.dockerHost,
-    // Local pre-started sandboxes are cheap (three sleeping processes): one per job slot.
-    // Docker: two ready containers doubled back-to-back throughput over one (docs/PERFORMANCE.md).
-    pool: { minIdle: parsed.poolMinIdle ?? (provider === "local" ? concurrency : 2), maxSize: parsed.poolMaxSize ?? 4 },
     metricsPort: parsed.metricsPort ?? 9464,
     metricsHost: parsed.metricsHost ?? "127.0.0.1",
     graceMs: parsed.graceMs ?? 30_000,
     lockDurationMs: parsed.lockDurationMs ?? 30_000,
     stalledIntervalMs: parsed.stalledIntervalMs ?? 30_000,
     maxStalledCount: parsed.maxStalledCount ?? 2,
-    reapIntervalMs: parsed.reapIntervalMs ?? 60_000,
+    // Reaping runs once per heartbeat TTL, so a dead worker's sandboxes go within two TTLs.
+    reapIntervalMs: parsed.reapIntervalMs ?? heartbeatTtlMs,
+    heartbeatTtlMs,
     defaultLimits,
     maxLimits,
     workspaceLimits: {
@@ -177,8 +180,9 @@ export function parseWorkerConfig(
       maxDepth: parsed.workspaceMaxDepth ?? 64,
     },
     logJobs: parsed.logJobs ?? true,
-    workerId: `${hostname()}:${process.pid}`,
+    workerId,
     ...overrides,
+    providerSettings: { ...providerSettings(provider, env, providerCtx), ...overrides.providerSettings },
   };
   return deepFreeze(config);
 }

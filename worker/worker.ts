@@ -19,6 +19,8 @@ import { createRedis, redactUrl } from "../producer/redis.js";
 import type { SandboxProvider } from "../providers/provider.js";
 import type { WorkerConfig } from "./config.js";
 import { resolveLimits } from "./limits.js";
+import { Heartbeat } from "./heartbeat.js";
+import { checkCapabilities } from "./capabilities.js";
 import { silentLogger, type Logger } from "./log.js";
 import {
   ShutdownInterrupt,
@@ -64,6 +66,7 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
   private connection: Redis | undefined;
   private subscriber: Redis | undefined;
   private reapTimer: NodeJS.Timeout | undefined;
+  private heartbeat: Heartbeat | undefined;
   private readonly running = new Map<string, Running>();
   /** Sandbox releases still in progress after their job's result was published. */
   private readonly releases = new Set<Promise<void>>();
@@ -105,6 +108,18 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
       reportOutages(this.connection, this.config.redisUrl, this.log);
       await assertNoEviction(this.connection, this.config.redisUrl);
 
+      // Beating before the first reap and before any sandbox exists: no other
+      // worker's reaper may take this one's sandboxes for a dead worker's.
+      this.heartbeat = new Heartbeat(
+        this.connection,
+        this.config.prefix,
+        this.config.workerId,
+        this.config.heartbeatTtlMs,
+        { queue: this.config.queue, provider: this.deps.provider.name },
+        (err) => this.log.log("warn", "worker.heartbeat_failed", { error: err.message }),
+      );
+      await this.heartbeat.start();
+      releasers.push(() => this.heartbeat!.stop());
       await this.reap();
       this.reapTimer = setInterval(() => void this.reap(), this.config.reapIntervalMs).unref();
 
@@ -168,6 +183,10 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
       async () => clearInterval(this.reapTimer),
       // Every sandbox gone before the runtime closes the provider.
       () => Promise.all([...this.releases]),
+      // Only now may other workers see this one as gone. (The pool's
+      // sandboxes go with the provider's close; a reaper removes them if
+      // that never happens.)
+      () => this.heartbeat?.stop(),
       () => quitOrDrop(this.subscriber),
       () => quitOrDrop(this.connection),
     ];
@@ -196,10 +215,10 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
 
   private async reap(): Promise<void> {
     try {
-      const n = (await this.deps.provider.reap?.({})) ?? 0;
+      const n = (await this.deps.provider.reap?.(this.heartbeat)) ?? 0;
       if (n) this.log.log("info", "worker.reaped", { sandboxes: n });
     } catch (err) {
-      this.log.log("warn", "worker.reap_failed", { error: String(err) });
+      this.log.log("error", "worker.reap_failed", { error: String(err) });
     }
   }
 
@@ -214,6 +233,7 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
     try {
       spec = parseJobSpec(job.data?.spec);
       const parsedSpec = spec;
+      checkCapabilities(spec, this.deps.provider.capabilities, this.deps.provider.name);
       this.emit("job:start", { jobId, spec, attempt });
       result = await runJob(spec, {
         ...base,
@@ -228,6 +248,10 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
         releaseInBackground: (released) => {
           this.releases.add(released);
           void released.finally(() => this.releases.delete(released));
+        },
+        // Remains on the host (a workspace holds memory) until a reap removes them: an operator must see it.
+        onReleaseFailed: (err) => {
+          this.log.log("error", "worker.release_failed", { job: jobId, error: String(err) });
         },
         onPhase: (phase, ms) => this.emit("job:phase", { phase, seconds: ms / 1000, spec: parsedSpec }),
       });
@@ -245,7 +269,9 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
         this.log.log("warn", "job.retry", { job: jobId, attempt, code: error.code, error: error.message });
         throw error;
       }
-      const fallbackSpec = spec ?? ({ image: String((job.data?.spec as { image?: unknown })?.image ?? "") } as JobSpec);
+      // Job data from Redis may hold anything (an image of {"toString": 1} makes String() throw): only a string is echoed.
+      const rawImage: unknown = (job.data as { spec?: { image?: unknown } } | null | undefined)?.spec?.image;
+      const fallbackSpec = spec ?? ({ image: typeof rawImage === "string" ? rawImage : "" } as JobSpec);
       result = errorResult(fallbackSpec, error, base);
     } finally {
       this.running.delete(jobId);

@@ -19,13 +19,12 @@ import {
   DockerProvider,
   EngineClient,
   FrameDecoder,
-  LABEL_OWNER,
   encodeFrame,
   parseDockerHost,
   type DockerProviderOptions,
 } from "../../providers/docker/index.js";
 import { aptMirror, listImages } from "../../providers/images/index.js";
-import type { SandboxSpec } from "../../providers/provider.js";
+import { LABEL_MANAGED_BY, LABEL_WORKER, MANAGED_BY, labelSafe, type OwnerLiveness, type SandboxSpec } from "../../providers/provider.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const DOCKER_HOST = process.env.DOCKER_HOST ?? `unix://${path.join(ROOT, ".sandqueue/podman/podman.sock")}`;
@@ -89,7 +88,7 @@ describeProviderContract(
     image: IMAGE,
     missingImage: "sandqueue-contract-no-such-image",
     listResources: async () =>
-      (await containersOf({ [LABEL_OWNER]: contractProvider!.owner }))
+      (await containersOf({ [LABEL_WORKER]: labelSafe(contractProvider!.owner) }))
         .map((c) => c.Id)
         .sort(),
     memoryMb: 256,
@@ -103,6 +102,8 @@ const spec = (limits: Partial<SandboxSpec["limits"]> = {}, labels: Record<string
   limits: { memoryMb: 128, pids: 32, ...limits },
   network: "none",
   labels: { "sandqueue.test-run": RUN, ...labels },
+  annotations: {},
+  maxLifetimeMs: 600_000,
 });
 const req = shellRequest;
 
@@ -285,13 +286,13 @@ describe("docker provider specifics", () => {
   it("release removes the container; a second release is a no-op", async () => {
     const p = makeProvider();
     const box = await p.acquire(spec(), {});
-    expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(1);
+    expect(await containersOf({ [LABEL_WORKER]: labelSafe(ownerOf(p)) })).toHaveLength(1);
     await box.release();
     await box.release();
-    expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
+    expect(await containersOf({ [LABEL_WORKER]: labelSafe(ownerOf(p)) })).toHaveLength(0);
   });
 
-  it("reap removes containers of dead workers on this host, or of a named owner, and nothing else", async () => {
+  it("reap removes containers whose worker has no heartbeat or whose process on this host is gone, and nothing else", async () => {
     const deadPid = await exitedPid();
     const mk = async (owner: string, pid: number, host = os.hostname()): Promise<string> => {
       const created = await engine.json<{ Id: string }>({
@@ -300,7 +301,13 @@ describe("docker provider specifics", () => {
         body: {
           Image: IMAGE,
           Cmd: ["sleep", "300"],
-          Labels: { [LABEL_OWNER]: owner, "sandqueue.pid": String(pid), "sandqueue.host": host, "sandqueue.test-run": RUN },
+          Labels: {
+            [LABEL_MANAGED_BY]: MANAGED_BY,
+            [LABEL_WORKER]: labelSafe(owner),
+            "sandqueue.pid": String(pid),
+            "sandqueue.host": host,
+            "sandqueue.test-run": RUN,
+          },
         },
       });
       return created.Id;
@@ -308,26 +315,35 @@ describe("docker provider specifics", () => {
     const dead = await mk(`ghost-${RUN}`, deadPid);
     const alive = await mk(`alive-${RUN}`, process.ppid);
     const elsewhere = await mk(`remote-${RUN}`, deadPid, "some-other-host");
-    const named = await mk(`named-${RUN}`, process.ppid);
+    const silent = await mk(`silent-${RUN}`, process.ppid, "some-other-host");
     const p = makeProvider();
     const own = await p.acquire(spec(), {});
+    // Heartbeats as the worker would report them: every worker but `silent` is alive.
+    const owners: OwnerLiveness = {
+      liveOwners: async (ids) => new Set(ids.filter((id) => id !== labelSafe(`silent-${RUN}`))),
+    };
+    // Only this run's containers count: other test files' providers share the engine.
+    const ids = async () => (await containersOf({ "sandqueue.test-run": RUN })).map((c) => c.Id);
     try {
-      const ids = async () => (await containersOf({ "sandqueue.test-run": RUN })).map((c) => c.Id);
-      expect(await p.reap({ "sandqueue.test-run": RUN })).toBe(1);
+      // Without heartbeats: only the same-host container whose process is gone.
+      await p.reap();
       let left = await ids();
       expect(left).not.toContain(dead);
-      expect(left).toEqual(expect.arrayContaining([alive, elsewhere, named, own.id]));
-      expect(await p.reap({ [LABEL_OWNER]: `named-${RUN}` })).toBe(1);
+      expect(left).toEqual(expect.arrayContaining([alive, elsewhere, silent]));
+      // With heartbeats: also the other host's container whose worker has none.
+      await p.reap(owners);
       left = await ids();
-      expect(left).not.toContain(named);
-      expect(left).toEqual(expect.arrayContaining([alive, elsewhere, own.id]));
-      // Its own containers are never reaped, even when asked by owner.
-      expect(await p.reap({ [LABEL_OWNER]: ownerOf(p) })).toBe(0);
+      expect(left).not.toContain(silent);
+      expect(left).toEqual(expect.arrayContaining([alive, elsewhere]));
+      // Its own containers are never reaped, even when its own heartbeat looks missing.
+      await p.reap({ liveOwners: async (ids) => new Set(ids.filter((id) => id !== labelSafe(ownerOf(p)))) });
+      expect(await containersOf({ [LABEL_WORKER]: labelSafe(ownerOf(p)) })).toHaveLength(1);
     } finally {
       await own.release();
-      for (const id of [alive, elsewhere]) await engine.json({ method: "DELETE", path: `/containers/${id}`, query: { force: true } });
+      for (const id of [alive, elsewhere]) await engine.json({ method: "DELETE", path: `/containers/${id}`, query: { force: true } }).catch(() => {});
     }
   });
+
 
   it("warm pool: acquire hands out a started container without waiting; drained on close", async () => {
     const p = makeProvider({ pool: { minIdle: 2, maxSize: 4 } });
@@ -356,7 +372,7 @@ describe("docker provider specifics", () => {
     await Promise.all([box.release(), other.release()]);
     await p.close();
     await p.close();
-    expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
+    expect(await containersOf({ [LABEL_WORKER]: labelSafe(ownerOf(p)) })).toHaveLength(0);
   });
 
   it("warm pool: acquires wait only for creations in flight; an aborted wait leaves nothing behind", async () => {
@@ -375,7 +391,7 @@ describe("docker provider specifics", () => {
     await expect(waiting).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
     await c.release();
     await p.close();
-    expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
+    expect(await containersOf({ [LABEL_WORKER]: labelSafe(ownerOf(p)) })).toHaveLength(0);
   });
 
   it("prewarm fills the pool before the first acquire", async () => {
@@ -387,7 +403,7 @@ describe("docker provider specifics", () => {
     expect(p.pool.hits).toBe(1);
     await box.release();
     await p.close();
-    expect(await containersOf({ [LABEL_OWNER]: ownerOf(p) })).toHaveLength(0);
+    expect(await containersOf({ [LABEL_WORKER]: labelSafe(ownerOf(p)) })).toHaveLength(0);
   });
 
   it("an unknown image is IMAGE_NOT_FOUND with how to build it", async () => {

@@ -23,8 +23,9 @@ export function spawnWorker(
   env: Record<string, string> = {},
   args: string[] = [],
   entry: string[] = [BIN, "worker"],
+  command = "node",
 ): WorkerProcess {
-  const proc = spawn("node", [...entry, "--queue", queue, "--metrics-port", "0", ...args], {
+  const proc = spawn(command, [...entry, "--queue", queue, "--metrics-port", "0", ...args], {
     env: {
       ...process.env,
       REDIS_URL,

@@ -1,0 +1,95 @@
+/**
+ * Provider settings: each provider declares its own (environment variable,
+ * default, what it accepts, one line of doc) as data, so the worker parses
+ * them without knowing the provider, `sandqueue providers` lists them, and a
+ * test keeps the README's tables in step.
+ */
+import { z } from "zod";
+import { ConfigError, ErrorCodes } from "../errors/index.js";
+
+/** What a provider's factory and defaults may depend on. */
+export interface ProviderContext {
+  /** This worker's id: the owner label on every sandbox it creates. */
+  workerId: string;
+  /** Project-local state directory (`.sandqueue/`): default images, work dirs. */
+  stateDir: string;
+  /** Job slots of this worker (pool sizes default to it). */
+  concurrency: number;
+}
+
+export interface ProviderSetting<T = unknown> {
+  env: string;
+  /** One line: what the setting does. */
+  doc: string;
+  /** What a value must look like, for error messages and docs. */
+  accepts: string;
+  /** Raw default (parsed like a given value), computed from the context; undefined: none. */
+  default?: (ctx: ProviderContext) => string | undefined;
+  /** How the default reads in docs, when it is computed. */
+  defaultDoc?: string;
+  schema: z.ZodType<T, string>;
+  /** Never printed (API keys): listings show whether it is set, not its value. */
+  secret?: boolean;
+}
+
+export type SettingsSpec = Record<string, ProviderSetting>;
+
+export type ParsedSettings<S extends SettingsSpec> = {
+  [K in keyof S]: S[K] extends ProviderSetting<infer T> ? T | undefined : never;
+};
+
+/** Helpers for common shapes, each carrying its own "accepts" text. */
+export const settingTypes = {
+  int(min: number, max: number): { schema: z.ZodType<number, string>; accepts: string } {
+    const accepts = `an integer from ${min} to ${max}`;
+    return {
+      accepts,
+      schema: z
+        .string()
+        .trim()
+        .regex(/^\d+$/, { error: `expected ${accepts}` })
+        .transform(Number)
+        .pipe(z.number().int().min(min, { error: `expected ${accepts}` }).max(max, { error: `expected ${accepts}` })),
+    };
+  },
+  path(): { schema: z.ZodType<string, string>; accepts: string } {
+    return { accepts: "a path", schema: z.string().min(1, { error: "expected a path" }) };
+  },
+  url(schemes: string[]): { schema: z.ZodType<string, string>; accepts: string } {
+    const accepts = `a URL (${schemes.map((s) => `${s}://`).join(" or ")})`;
+    const re = new RegExp(`^(${schemes.join("|")})://\\S+$`);
+    return { accepts, schema: z.string().regex(re, { error: `expected ${accepts}` }) };
+  },
+  bool(): { schema: z.ZodType<boolean, string>; accepts: string } {
+    return { accepts: "true or false", schema: z.enum(["true", "false"], { error: "expected true or false" }).transform((s) => s === "true") };
+  },
+};
+
+/**
+ * Parses a provider's settings from the environment (defaults applied).
+ * Every bad value is reported at once, naming the variable and what it accepts.
+ */
+export function parseSettings<S extends SettingsSpec>(
+  providerName: string,
+  spec: S,
+  env: NodeJS.ProcessEnv,
+  ctx: ProviderContext,
+): ParsedSettings<S> {
+  const out: Record<string, unknown> = {};
+  const problems: string[] = [];
+  for (const [key, setting] of Object.entries(spec)) {
+    const given = env[setting.env];
+    const raw = given === undefined || given === "" ? setting.default?.(ctx) : given;
+    if (raw === undefined) continue;
+    const r = setting.schema.safeParse(raw);
+    if (r.success) out[key] = r.data;
+    else {
+      const shown = setting.secret ? "(hidden)" : JSON.stringify(raw);
+      problems.push(`${setting.env}=${shown}: ${r.error.issues[0]?.message ?? `expected ${setting.accepts}`}`);
+    }
+  }
+  if (problems.length) {
+    throw new ConfigError(ErrorCodes.CONFIG_INVALID, `invalid ${providerName} provider settings:\n  ${problems.join("\n  ")}`);
+  }
+  return out as ParsedSettings<S>;
+}
