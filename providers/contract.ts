@@ -396,6 +396,56 @@ export function describeProviderContract(
         await expect(s.putArchive("/workspace/evil", Readable.from(tar))).rejects.toSatisfy(isSandqueueError);
         await expect(s.getArchive("/workspace/evil")).rejects.toSatisfy(isSandqueueError);
       });
+
+      // Cancel and shutdown reach a transfer through its signal. A put may
+      // leave part of its archive behind (an engine extracts as it reads):
+      // an aborted job's sandbox is released, never used again.
+      it("an abort stops putArchive promptly and destroys its tar", async () => {
+        const s = await sandbox();
+        await sh(s, "echo kept > kept.txt");
+        const tar = await tarOf({ "big.bin": Buffer.alloc(4 << 20, 7), "late.txt": "late\n" });
+        // Stalls after its first MiB: only the abort can end this transfer.
+        const src = new Readable({ read() {} });
+        src.push(tar.subarray(0, 1 << 20));
+        const controller = new AbortController();
+        const put = s.putArchive("/workspace", src, { signal: controller.signal });
+        put.catch(() => {});
+        await new Promise((r) => setTimeout(r, 300));
+        const abortedAt = Date.now();
+        controller.abort("cancelled");
+        await expect(put).rejects.toSatisfy(isSandqueueError);
+        expect(Date.now() - abortedAt).toBeLessThan(2000 + slack);
+        expect(src.destroyed).toBe(true);
+        const r = await sh(s, "cat kept.txt; test -e late.txt && echo LATE; true");
+        expect(r.stdout.toString()).toBe("kept\n");
+
+        // Aborted before it starts: nothing of the archive is read or extracted.
+        const again = Readable.from(await tarOf({ "early.txt": "early\n" }));
+        await expect(s.putArchive("/workspace", again, { signal: AbortSignal.abort("shutdown") })).rejects.toSatisfy(isSandqueueError);
+        expect(again.destroyed).toBe(true);
+        expect((await sh(s, "test -e early.txt && echo EARLY; true")).stdout.toString()).toBe("");
+      });
+
+      it("an abort fails a getArchive stream promptly: it never ends as if complete", async () => {
+        const s = await sandbox();
+        // Larger than any stream buffer: the tar cannot be complete after one chunk.
+        await py(s, "open('big.bin', 'wb').write(b'x' * (32 << 20))");
+        const controller = new AbortController();
+        const tar = await s.getArchive("/workspace", { signal: controller.signal });
+        const chunks = tar[Symbol.asyncIterator]();
+        expect((await chunks.next()).done).toBe(false);
+        const abortedAt = Date.now();
+        controller.abort("cancelled");
+        const rest = (async () => {
+          while (!(await chunks.next()).done);
+          return "ended";
+        })();
+        await expect(rest).rejects.toSatisfy(isSandqueueError);
+        expect(Date.now() - abortedAt).toBeLessThan(2000 + slack);
+        expect(tar.destroyed).toBe(true);
+
+        await expect(s.getArchive("/workspace", { signal: AbortSignal.abort("shutdown") })).rejects.toSatisfy(isSandqueueError);
+      });
     });
 
     describe("lifetime", () => {

@@ -7,6 +7,7 @@ import { readFile } from "node:fs/promises";
 import os from "node:os";
 import type { Readable } from "node:stream";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import {
   WORKSPACE_DIR,
@@ -412,38 +413,56 @@ class DockerSandbox implements Sandbox, ExecTarget {
     return this.provider.call({ op: "exec" }, () => runExec(this, req, viaLauncher));
   }
 
-  async putArchive(dir: string, tar: Readable): Promise<void> {
+  async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const { signal } = opts;
+    const what = `sandbox ${this.id.slice(0, 12)}: putArchive`;
     this.ensureLive("putArchive");
-    // The validated stream fails with the SANDQ_ERR_TAR_* error on the first
-    // bad entry; that aborts the upload and is rethrown as-is by call().
-    const abs = await this.provider
-      .call({ op: "put archive" }, () => checkedWorkspaceDir(this.engine, this.id, dir, (p) => this.mkdirp(p)))
-      .catch((err: unknown) => {
-        tar.destroy();
-        throw err;
-      });
-    const body = validateTar(tar, this.archiveLimits);
-    await this.provider.call({ op: "put archive" }, () =>
-      this.engine.json({
-        method: "PUT",
-        path: `/containers/${this.id}/archive`,
-        // copyUIDGID: the engine chowns what it extracts to the container's
-        // user (Docker and Podman alike), so the job can modify its files.
-        query: { path: abs, copyUIDGID: true },
-        body,
-        headers: { "Content-Type": "application/x-tar" },
-      }),
-    );
+    try {
+      throwIfTransferAborted(what, signal);
+      // The validated stream fails with the SANDQ_ERR_TAR_* error on the first
+      // bad entry; that aborts the upload and is rethrown as-is by call().
+      const abs = await this.provider.call({ op: "put archive" }, () => checkedWorkspaceDir(this.engine, this.id, dir, (p) => this.mkdirp(p)));
+      throwIfTransferAborted(what, signal);
+      // An abort cancels the request and stops both streams. The engine
+      // extracts as it reads, so part of the archive may be in the sandbox:
+      // an aborted job's sandbox is released, never used again.
+      const body = destroyOnAbort(validateTar(destroyOnAbort(tar, what, signal), this.archiveLimits), what, signal);
+      await this.provider.call({ op: "put archive" }, () =>
+        this.engine.json({
+          method: "PUT",
+          path: `/containers/${this.id}/archive`,
+          // copyUIDGID: the engine chowns what it extracts to the container's
+          // user (Docker and Podman alike), so the job can modify its files.
+          query: { path: abs, copyUIDGID: true },
+          body,
+          headers: { "Content-Type": "application/x-tar" },
+          signal,
+        }),
+      );
+    } catch (err) {
+      tar.destroy();
+      if (signal?.aborted) throw transferAborted(what, signal);
+      throw err;
+    }
   }
 
-  async getArchive(dir: string, opts: PackOptions = {}): Promise<Readable> {
+  async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
+    const { signal, ...packOpts } = opts;
+    const what = `sandbox ${this.id.slice(0, 12)}: getArchive`;
     this.ensureLive("getArchive");
-    const res = await this.provider.call({ op: "get archive" }, async () => {
-      const abs = await checkedWorkspaceDir(this.engine, this.id, dir, null);
-      return this.engine.stream({ method: "GET", path: `/containers/${this.id}/archive`, query: { path: abs } });
-    });
-    // The engine names entries "<basename of dir>/..."; strip that level.
-    return normalizeTar(res, { ...opts, stripComponents: 1 });
+    throwIfTransferAborted(what, signal);
+    const res = await this.provider
+      .call({ op: "get archive" }, async () => {
+        const abs = await checkedWorkspaceDir(this.engine, this.id, dir, null);
+        return this.engine.stream({ method: "GET", path: `/containers/${this.id}/archive`, query: { path: abs }, signal });
+      })
+      .catch((err: unknown) => {
+        if (signal?.aborted) throw transferAborted(what, signal);
+        throw err;
+      });
+    // The engine names entries "<basename of dir>/..."; strip that level. An
+    // abort fails both the engine's stream and ours: a store never sees an end.
+    return destroyOnAbort(normalizeTar(destroyOnAbort(res, what, signal), { ...packOpts, stripComponents: 1 }), what, signal);
   }
 
   /** Creates a directory as the sandbox user, so the job owns it. */

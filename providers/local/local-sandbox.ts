@@ -15,6 +15,7 @@ import { performance } from "node:perf_hooks";
 import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider.js";
 import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
+import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
 import { readProcs, type CgroupLimits, type ExecCgroup, type SandboxCgroup } from "./cgroups.js";
 import { CappedCapture } from "./output-capture.js";
@@ -355,16 +356,31 @@ export class LocalSandbox implements Sandbox {
     }
   }
 
-  async putArchive(dir: string, tar: Readable): Promise<void> {
-    this.assertIdle("putArchive");
-    const hostDir = await hostDirFor(this.ctx.workspaceHostDir, dir, true);
-    await extractTar(hostDir, tar, this.ctx.archiveLimits);
+  async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const { signal } = opts;
+    const what = `sandbox ${this.id}: putArchive`;
+    try {
+      this.assertIdle("putArchive");
+      throwIfTransferAborted(what, signal);
+      const hostDir = await hostDirFor(this.ctx.workspaceHostDir, dir, true);
+      // extractTar stages the entries and moves them in only once the whole
+      // archive is read: an abort leaves the workspace as it was.
+      await extractTar(hostDir, tar, { ...this.ctx.archiveLimits, signal });
+    } catch (err) {
+      if (!signal?.aborted) throw err;
+      tar.destroy();
+      throw transferAborted(what, signal);
+    }
   }
 
-  async getArchive(dir: string, opts?: PackOptions): Promise<Readable> {
+  async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
+    const { signal, ...packOpts } = opts;
+    const what = `sandbox ${this.id}: getArchive`;
     this.assertIdle("getArchive");
+    throwIfTransferAborted(what, signal);
     const hostDir = await hostDirFor(this.ctx.workspaceHostDir, dir, false);
-    return packDir(hostDir, opts);
+    // An abort fails the stream (and stops the walk): a store reading it never sees an end.
+    return destroyOnAbort(packDir(hostDir, packOpts), what, signal);
   }
 
   release(): Promise<void> {

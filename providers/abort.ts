@@ -1,0 +1,34 @@
+/**
+ * Aborting archive transfers (Sandbox.putArchive/getArchive), shared by the
+ * providers. The worker classifies an interrupted job by its own signal,
+ * never by the error a provider throws, so this error only has to stop the
+ * transfer and say what was stopped.
+ */
+import type { Readable } from "node:stream";
+import { ErrorCodes, ProviderError } from "../errors/index.js";
+
+export function transferAborted(what: string, signal: AbortSignal): ProviderError {
+  return new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what} aborted`, { retryable: true, cause: signal.reason });
+}
+
+/** Throws transferAborted when `signal` has fired. */
+export function throwIfTransferAborted(what: string, signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw transferAborted(what, signal);
+}
+
+/**
+ * Destroys `stream` with transferAborted when `signal` fires before the
+ * stream closes (at once when it has fired already); the listener goes with
+ * the stream, so a long-lived job signal does not collect them.
+ */
+export function destroyOnAbort<T extends Readable>(stream: T, what: string, signal: AbortSignal | undefined): T {
+  if (!signal) return stream;
+  const onAbort = (): void => void stream.destroy(transferAborted(what, signal));
+  if (signal.aborted) {
+    onAbort();
+    return stream;
+  }
+  signal.addEventListener("abort", onAbort, { once: true });
+  stream.once("close", () => signal.removeEventListener("abort", onAbort));
+  return stream;
+}
