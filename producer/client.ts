@@ -9,8 +9,8 @@
 import { createHash, randomUUID } from "node:crypto";
 import { Job, Queue, QueueEvents } from "bullmq";
 import type { Redis } from "ioredis";
-import { ClientError, ErrorCodes, SpecError, isSandqueueError, withTimeout } from "../errors/index.js";
-import { DEFAULT_SPEC_SIZE_LIMITS, parseJobSpec, type JobSpec, type SpecSizeLimits } from "./job-spec.js";
+import { ClientError, ConfigError, ErrorCodes, SpecError, isSandqueueError, withTimeout } from "../errors/index.js";
+import { DEFAULT_SPEC_SIZE_LIMITS, idempotencyConflicts, parseJobSpec, type JobSpec, type SpecSizeLimits } from "./job-spec.js";
 import { JobResultSchema, errorJobResult, type JobResult } from "./job-result.js";
 import {
   DEFAULT_PREFIX,
@@ -19,6 +19,7 @@ import {
   connectOrFail,
   createRedis,
   isConnectionError,
+  queueNameProblem,
   redisUnavailable,
 } from "./redis.js";
 import { cancelChannel, type QueuedJobData } from "./queue-protocol.js";
@@ -77,6 +78,8 @@ export class SandqueueClient {
   constructor(options: ClientOptions = {}) {
     this.url = options.redisUrl ?? DEFAULT_REDIS_URL;
     this.queueName = options.queue ?? DEFAULT_QUEUE;
+    const problem = queueNameProblem(this.queueName);
+    if (problem) throw new ConfigError(ErrorCodes.CONFIG_INVALID, `queue ${JSON.stringify(this.queueName)}: ${problem}`);
     this.opts = {
       attempts: options.attempts ?? DEFAULTS.attempts,
       backoffMs: options.backoffMs ?? DEFAULTS.backoffMs,
@@ -127,6 +130,14 @@ export class SandqueueClient {
         problems.push(`[${i}] ${err.message}`);
       }
     });
+    // Indices agree with inputs only when every spec parsed.
+    if (!problems.length) {
+      for (const c of idempotencyConflicts(specs)) {
+        problems.push(
+          `[${c.index}] idempotencyKey ${JSON.stringify(c.key)} is also used by [${c.first}] with a different spec (one key is one job: [${c.index}] would get [${c.first}]'s result)`,
+        );
+      }
+    }
     if (problems.length) {
       throw new SpecError(ErrorCodes.SPEC_INVALID, `${problems.length} of ${inputs.length} job specs are invalid; nothing was enqueued:\n${problems.join("\n")}`, {
         details: { invalid: problems.length },
@@ -361,10 +372,10 @@ function resultOf(job: Job): JobResult | null {
   }
   if (!job.failedReason) return null;
   // No worker published a result: every attempt lost its worker (crash, kill -9).
-  const spec = (job.data as QueuedJobData).spec;
+  const spec = (job.data as QueuedJobData | null | undefined)?.spec; // job data may hold anything
   return errorJobResult({
     id: job.id as string,
-    image: spec?.image ?? "",
+    image: typeof spec?.image === "string" ? spec.image : "",
     provider: "",
     worker: "",
     attempts: job.attemptsMade,

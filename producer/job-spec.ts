@@ -29,10 +29,28 @@ export const DEFAULT_SPEC_SIZE_LIMITS = {
 } as const;
 export type SpecSizeLimits = { maxCodeBytes: number; maxFilesBytes: number };
 
+/**
+ * Bounds on an inline file's path, so that every host can hold it where the
+ * worker writes it (<work root>/<sandbox>/workspace/<path>, under Linux's
+ * 4096-byte PATH_MAX): 3072 bytes leave 1024 for the host prefix; 255 bytes
+ * is the file name limit of every Linux filesystem; 64 segments is the
+ * providers' default archive depth. A unit test keeps these within the
+ * archive code's own limits.
+ */
+export const FILE_PATH_LIMITS = { maxBytes: 3072, maxSegmentBytes: 255, maxDepth: 64 } as const;
+
 const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
-const IMAGE_NAME = /^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$/;
+/** One rule, one message: no empty, `.` or `..` segment (a path under the images directory must not move). */
+const IMAGE_NAME = /^(?!.*\/\/)(?!.*\/$)(?!(?:.*\/)?\.{1,2}(?:\/|$))[A-Za-z0-9][A-Za-z0-9._:@/-]{0,199}$/;
 const SNAPSHOT_ID = /^sha256:[0-9a-f]{64}$/;
 const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
+
+const GLOB = "expected a glob pattern (a string of 1 to 1024 characters)";
+
+function shortText(): z.ZodString {
+  const error = "expected a string of 1 to 256 characters";
+  return z.string({ error }).min(1, { error }).max(256, { error });
+}
 
 function intIn(min: number, max: number, unit = ""): z.ZodNumber {
   const error = `expected an integer from ${min} to ${max}${unit}`;
@@ -40,25 +58,85 @@ function intIn(min: number, max: number, unit = ""): z.ZodNumber {
 }
 
 /**
- * A workspace-relative path: no absolute paths, no `..`, no empty segments.
- * The same rule guards every path that enters a sandbox workspace.
+ * A workspace-relative path: no absolute paths, no `..`, no empty segments,
+ * and short enough for the host (FILE_PATH_LIMITS). `.` segments and a
+ * trailing `/` are allowed; canonicalPath says which file a path names.
  */
 export function workspacePathProblem(p: string): string | null {
   if (p.length === 0) return "is empty";
-  if (p.length > 4096) return "is longer than 4096 characters";
   if (p.includes("\0")) return "contains a NUL byte";
   if (p.startsWith("/")) return "is absolute";
   const parts = p.split("/");
   if (parts.some((s) => s === "..")) return "contains '..'";
   if (parts.some((s, i) => s === "" && i !== parts.length - 1)) return "has an empty segment";
   if (parts.every((s) => s === "." || s === "")) return "names the workspace itself";
+  const bytes = Buffer.byteLength(p);
+  if (bytes > FILE_PATH_LIMITS.maxBytes) return `is ${bytes} bytes long; at most ${FILE_PATH_LIMITS.maxBytes} are accepted`;
+  const long = parts.find((s) => Buffer.byteLength(s) > FILE_PATH_LIMITS.maxSegmentBytes);
+  if (long !== undefined) {
+    return `has a segment of ${Buffer.byteLength(long)} bytes; a file or directory name is at most ${FILE_PATH_LIMITS.maxSegmentBytes} bytes`;
+  }
+  const depth = canonicalPath(p).split("/").length;
+  if (depth > FILE_PATH_LIMITS.maxDepth) return `is ${depth} levels deep; at most ${FILE_PATH_LIMITS.maxDepth} are accepted`;
   return null;
+}
+
+/** The file a valid workspace path names: `./a/b/` and `a/b` are the same file. */
+export function canonicalPath(p: string): string {
+  return p
+    .split("/")
+    .filter((s) => s !== "" && s !== ".")
+    .join("/");
 }
 
 const workspacePath = z.string().superRefine((p, ctx) => {
   const problem = workspacePathProblem(p);
   if (problem) ctx.addIssue({ code: "custom", message: `expected a relative path inside the workspace (this one ${problem})` });
 });
+
+/**
+ * Two keys that name one file (`x`, `./x`), or a file below another file
+ * (`a`, `a/b`): the workspace cannot hold both, so the spec says which keys
+ * clash instead of the archive code refusing a duplicate later.
+ */
+function checkFileClashes(files: Record<string, unknown>, ctx: z.RefinementCtx): void {
+  const byCanonical = new Map<string, string>();
+  for (const key of Object.keys(files)) {
+    if (workspacePathProblem(key) !== null) continue;
+    const c = canonicalPath(key);
+    const first = byCanonical.get(c);
+    if (first === undefined) byCanonical.set(c, key);
+    else ctx.addIssue({ code: "custom", path: [key], message: `names the same file as files[${showKey(first)}]; give each file once` });
+  }
+  for (const [c, key] of byCanonical) {
+    const parts = c.split("/");
+    for (let i = 1; i < parts.length; i++) {
+      const parent = byCanonical.get(parts.slice(0, i).join("/"));
+      if (parent !== undefined) {
+        ctx.addIssue({ code: "custom", path: [key], message: `needs ${showKey(parent)} to be a directory, but files[${showKey(parent)}] is a file` });
+        break;
+      }
+    }
+  }
+}
+
+const NUL_FREE = { error: "expected text without NUL bytes (a program argument or environment entry cannot hold one)" };
+const noNul = (s: string): boolean => !s.includes("\0");
+
+/** Inline file content: text (written as UTF-8), or any bytes as base64. */
+const fileContent = z.union(
+  [
+    z.string(),
+    z.strictObject({ base64: z.base64({ error: "expected standard base64 (A-Z a-z 0-9 + /, padded with =)" }) }),
+  ],
+  { error: 'expected the file content as a string, or {"base64": "..."} for bytes' },
+);
+export type InlineFileContent = z.infer<typeof fileContent>;
+
+/** The bytes an inline file holds. */
+export function fileBytes(content: InlineFileContent): Buffer {
+  return typeof content === "string" ? Buffer.from(content, "utf8") : Buffer.from(content.base64, "base64");
+}
 
 const envName = z.string().regex(ENV_NAME, { error: "expected a variable name matching [A-Za-z_][A-Za-z0-9_]*" });
 
@@ -77,18 +155,26 @@ export const WorkspaceSchema = z.strictObject({
     .regex(SNAPSHOT_ID, { error: "expected a snapshot id: 'sha256:' followed by 64 lowercase hex digits" })
     .optional(),
   persist: z.boolean({ error: "expected true or false" }).default(false),
-  exclude: z.array(z.string().min(1).max(1024), { error: "expected an array of glob patterns" }).max(256).default([]),
+  exclude: z
+    .array(z.string({ error: GLOB }).min(1, { error: GLOB }).max(1024, { error: GLOB }), {
+      error: "expected an array of glob patterns",
+    })
+    .max(256, { error: "expected at most 256 patterns" })
+    .default([]),
 });
 export type WorkspaceSpec = z.infer<typeof WorkspaceSchema>;
 
 const common = {
   image: z
     .string({ error: "expected an image name" })
-    .regex(IMAGE_NAME, { error: "expected an image name: letters, digits and . _ : @ / - (at most 200 characters)" })
-    .refine((s) => !s.split("/").includes(".."), { error: "expected an image name without '..' segments" })
+    .regex(IMAGE_NAME, {
+      error: "expected an image name: letters, digits and . _ : @ / - (at most 200 characters), without empty, '.' or '..' segments",
+    })
     .default("host"),
   env: z
-    .record(envName, z.string({ error: "expected a string value" }), { error: "expected an object of NAME: value strings" })
+    .record(envName, z.string({ error: "expected a string value" }).refine(noNul, NUL_FREE), {
+      error: "expected an object of NAME: value strings",
+    })
     .refine((e) => Object.keys(e).length <= 256, { error: "expected at most 256 variables" })
     .default({}),
   secrets: z
@@ -97,34 +183,34 @@ const common = {
     .refine((a) => new Set(a).size === a.length, { error: "expected each secret name once" })
     .default([]),
   files: z
-    .record(workspacePath, z.string({ error: "expected the file content as a string" }), {
-      error: "expected an object of relative path: content",
-    })
+    .record(workspacePath, fileContent, { error: "expected an object of relative path: content" })
     .refine((f) => Object.keys(f).length <= 10_000, { error: "expected at most 10000 files" })
+    .superRefine(checkFileClashes)
     .default({}),
   limits: LimitsSchema.default({}),
   network: z.literal("none", { error: "expected \"none\" (no other network mode is supported yet)" }).default("none"),
   labels: z
     .record(
       z.string().regex(LABEL_KEY, { error: "expected a label key: letters, digits and . _ / - (at most 63 characters)" }),
-      z.string().max(256, { error: "expected a label value of at most 256 characters" }),
+      z.string({ error: "expected a label value of at most 256 characters" }).max(256, { error: "expected a label value of at most 256 characters" }),
+      { error: "expected an object of key: value strings" },
     )
     .refine((l) => Object.keys(l).length <= 32, { error: "expected at most 32 labels" })
     .default({}),
-  idempotencyKey: z.string().min(1, { error: "expected a non-empty string" }).max(256, { error: "expected at most 256 characters" }).optional(),
-  submittedBy: z.string().min(1).max(256, { error: "expected at most 256 characters" }).optional(),
+  idempotencyKey: shortText().optional(),
+  submittedBy: shortText().optional(),
   workspace: WorkspaceSchema.optional(),
 };
 
 export const ShellJobSpecSchema = z.strictObject({
   kind: z.literal("shell"),
-  script: z.string({ error: "expected the shell script as a string" }).min(1, { error: "expected a non-empty script" }),
+  script: z.string({ error: "expected the shell script as a string" }).min(1, { error: "expected a non-empty script" }).refine(noNul, NUL_FREE),
   ...common,
 });
 
 export const PythonJobSpecSchema = z.strictObject({
   kind: z.literal("python"),
-  code: z.string({ error: "expected the python code as a string" }).min(1, { error: "expected non-empty code" }),
+  code: z.string({ error: "expected the python code as a string" }).min(1, { error: "expected non-empty code" }).refine(noNul, NUL_FREE),
   ...common,
 });
 
@@ -143,26 +229,80 @@ export interface SpecIssue {
   message: string;
 }
 
+/** Fields whose keys are the user's data: shown as `env["KEY"]`, `files["a/b"]`. */
+const RECORD_FIELDS = ["env", "files", "labels"] as const;
+
+/** A key or path as messages show it: JSON-quoted, shortened when long. */
+function showKey(k: string): string {
+  const s = JSON.stringify(k);
+  return s.length > 80 ? `${s.slice(0, 77)}..."` : s;
+}
+
+/** `limits.timeoutMs`, `secrets[1]`, `files["a/b"]`. */
+function formatPath(path: readonly PropertyKey[]): string {
+  let out = "";
+  path.forEach((seg, i) => {
+    if (typeof seg === "number") out += `[${seg}]`;
+    else if (typeof seg === "string" && !(i === 1 && (RECORD_FIELDS as readonly unknown[]).includes(path[0])) && /^[A-Za-z_$][\w$]*$/.test(seg)) {
+      out += out ? `.${seg}` : seg;
+    } else out += `[${showKey(String(seg))}]`;
+  });
+  return out || "(spec)";
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** The value the user gave at a path (zod reports NaN and Infinity as null). */
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let v = input;
+  for (const seg of path) {
+    if (typeof v !== "object" || v === null || !Object.hasOwn(v, seg)) return undefined;
+    v = (v as Record<PropertyKey, unknown>)[seg];
+  }
+  return v;
+}
+
 function describeInput(v: unknown): string {
   if (v === undefined) return "nothing";
-  const s = JSON.stringify(v);
+  if (typeof v === "number" && !Number.isFinite(v)) return String(v);
+  if (typeof v === "bigint") return `${v}n`;
+  if (typeof v === "function" || typeof v === "symbol") return `a ${typeof v}`;
+  let s: string | undefined;
+  try {
+    s = JSON.stringify(v);
+  } catch {
+    return typeof v; // a cycle, or nesting too deep to print
+  }
   if (s === undefined) return typeof v;
   return s.length > 60 ? `${s.slice(0, 57)}...` : s;
 }
 
-function formatIssues(error: z.ZodError): SpecIssue[] {
+function formatIssues(error: z.ZodError, input: unknown): SpecIssue[] {
   return error.issues.map((issue) => {
-    const path = issue.path.length ? issue.path.map(String).join(".") : "(spec)";
-    let message = issue.message;
-    if (issue.code === "unrecognized_keys") {
-      return { path: path, message: `unknown field(s) ${issue.keys.map((k) => `'${k}'`).join(", ")}` };
-    }
-    if ("input" in issue && issue.code !== "custom") message += ` (got ${describeInput(issue.input)})`;
-    return { path, message };
+    const path = formatPath(issue.path);
+    if (issue.code === "unrecognized_keys") return { path, message: `unknown field(s) ${issue.keys.map((k) => `'${k}'`).join(", ")}` };
+    // A bad record key: the key's own reason (the record-level text says nothing).
+    if (issue.code === "invalid_key") return { path, message: [...new Set(issue.issues.map((i) => i.message))].join("; ") };
+    if (issue.code === "custom") return { path, message: issue.message };
+    return { path, message: `${issue.message} (got ${describeInput(valueAt(input, issue.path))})` };
   });
 }
 
-/** Bytes of the user-supplied payload: the code and inline files. */
+/** `__proto__` keys: JSON.parse keeps them, but copying into an object drops them unchecked. */
+function protoKeyIssues(input: Record<string, unknown>): SpecIssue[] {
+  return RECORD_FIELDS.filter((f) => isObject(input[f]) && Object.hasOwn(input[f], "__proto__")).map((f) => ({
+    path: formatPath([f, "__proto__"]),
+    message: "\"__proto__\" is not accepted as a key",
+  }));
+}
+
+function contentBytes(content: InlineFileContent): number {
+  return typeof content === "string" ? Buffer.byteLength(content) : Buffer.byteLength(content.base64, "base64");
+}
+
+/** Bytes of the user-supplied payload: the code and inline files (decoded). */
 function checkSizes(spec: JobSpec, limits: SpecSizeLimits): SpecIssue[] {
   const issues: SpecIssue[] = [];
   const codeField = spec.kind === "shell" ? "script" : "code";
@@ -171,26 +311,41 @@ function checkSizes(spec: JobSpec, limits: SpecSizeLimits): SpecIssue[] {
     issues.push({ path: codeField, message: `is ${codeBytes} bytes; the limit is ${limits.maxCodeBytes} bytes` });
   }
   let filesBytes = 0;
-  for (const [p, content] of Object.entries(spec.files)) filesBytes += Buffer.byteLength(p) + Buffer.byteLength(content);
+  for (const [p, content] of Object.entries(spec.files)) filesBytes += Buffer.byteLength(p) + contentBytes(content);
   if (filesBytes > limits.maxFilesBytes) {
     issues.push({ path: "files", message: `total ${filesBytes} bytes; the limit is ${limits.maxFilesBytes} bytes` });
   }
   return issues;
 }
 
+function invalid(issues: SpecIssue[]): SpecError {
+  return new SpecError(ErrorCodes.SPEC_INVALID, `invalid job spec: ${issues.map((i) => `${i.path}: ${i.message}`).join("; ")}`, {
+    details: { issues },
+  });
+}
+
 /**
  * Validates a job spec. Throws a SpecError whose message names every bad
  * field and what it accepts; `details.issues` carries the same list.
+ * Whatever the input holds, the only error is a SpecError: the worker
+ * re-validates job data from Redis and must end a bad one at once.
  */
 export function parseJobSpec(input: unknown, sizeLimits: SpecSizeLimits = DEFAULT_SPEC_SIZE_LIMITS): JobSpec {
-  const parsed = JobSpecSchema.safeParse(input, { reportInput: true });
-  if (!parsed.success) {
-    const issues = formatIssues(parsed.error);
-    throw new SpecError(ErrorCodes.SPEC_INVALID, `invalid job spec: ${issues.map((i) => `${i.path}: ${i.message}`).join("; ")}`, {
-      details: { issues },
+  let spec: JobSpec;
+  try {
+    if (!isObject(input)) throw invalid([{ path: "(spec)", message: `expected a job spec object with a "kind" field (got ${describeInput(input)})` }]);
+    const parsed = JobSpecSchema.safeParse(input, { reportInput: true });
+    const issues = [...protoKeyIssues(input), ...(parsed.success ? [] : formatIssues(parsed.error, input))];
+    const unique = [...new Map(issues.map((i) => [`${i.path}\0${i.message}`, i])).values()];
+    if (unique.length || !parsed.success) throw invalid(unique);
+    spec = parsed.data;
+  } catch (err) {
+    if (err instanceof SpecError) throw err;
+    throw new SpecError(ErrorCodes.SPEC_INVALID, `invalid job spec: it could not be validated (${err instanceof Error ? err.message : String(err)})`, {
+      cause: err,
     });
   }
-  const sizeIssues = checkSizes(parsed.data, sizeLimits);
+  const sizeIssues = checkSizes(spec, sizeLimits);
   if (sizeIssues.length) {
     throw new SpecError(
       ErrorCodes.SPEC_TOO_LARGE,
@@ -198,7 +353,39 @@ export function parseJobSpec(input: unknown, sizeLimits: SpecSizeLimits = DEFAUL
       { details: { issues: sizeIssues } },
     );
   }
-  return parsed.data;
+  return spec;
+}
+
+/** JSON with object keys sorted, so equal specs give equal text. */
+function stableJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(stableJson).join(",")}]`;
+  if (isObject(v)) {
+    return `{${Object.keys(v)
+      .sort()
+      .filter((k) => v[k] !== undefined)
+      .map((k) => `${JSON.stringify(k)}:${stableJson(v[k])}`)
+      .join(",")}}`;
+  }
+  return JSON.stringify(v) ?? "null";
+}
+
+/**
+ * Specs (by index) that reuse an earlier spec's idempotencyKey with a
+ * different spec. One key is one job: only the first would run, and every
+ * later one would get its result. Identical specs under one key are fine.
+ */
+export function idempotencyConflicts(specs: readonly JobSpec[]): { key: string; first: number; index: number }[] {
+  const seen = new Map<string, { index: number; json: string }>();
+  const conflicts: { key: string; first: number; index: number }[] = [];
+  specs.forEach((spec, index) => {
+    const key = spec.idempotencyKey;
+    if (key === undefined) return;
+    const json = stableJson(spec);
+    const prev = seen.get(key);
+    if (!prev) seen.set(key, { index, json });
+    else if (prev.json !== json) conflicts.push({ key, first: prev.index, index });
+  });
+  return conflicts;
 }
 
 /** The command a spec runs, as argv inside the sandbox (cwd = /workspace). */

@@ -15,6 +15,15 @@ export const DEFAULT_QUEUE = "sandqueue";
 /** BullMQ key prefix; producer and worker must agree on it. */
 export const DEFAULT_PREFIX = "sandq";
 
+/** Queue names workers accept (worker/config.ts has the same rule); BullMQ itself refuses '' and ':'. */
+const QUEUE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+export const QUEUE_NAME_ACCEPTS = "letters, digits and . _ - (starting with a letter or digit, at most 100 characters)";
+
+/** Why a queue name is refused, or null. */
+export function queueNameProblem(name: string): string | null {
+  return QUEUE_NAME.test(name) ? null : `expected a queue name: ${QUEUE_NAME_ACCEPTS}`;
+}
+
 export type ConnectionMode = "producer" | "worker";
 
 /** Reconnect backoff: fast at first, capped at 2 s. */

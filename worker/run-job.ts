@@ -40,7 +40,7 @@ export interface WorkspaceStore {
 }
 
 /** How to put inline `files` into a sandbox workspace (a tar, validated like any other). */
-export type FilesToTar = (files: Record<string, string>) => Readable;
+export type FilesToTar = (files: JobSpec["files"]) => Readable;
 
 /** Redacts secret values from captured output. */
 export type OutputMasker = (out: Buffer, values: string[], opts: { truncated: boolean }) => Buffer;

@@ -214,14 +214,15 @@ export function validateTar(tar: Readable, limits: ArchiveLimits): ArchiveStream
   return retar(tar, "strict", limits, {});
 }
 
-/** Inline job files as a tar (sorted, mode 0644, mtime 0), validated like any other archive. */
-export function filesToTar(files: Record<string, string>): ArchiveStream {
+/** Inline job files (text as UTF-8, or exact bytes given as base64) as a tar (sorted, mode 0644, mtime 0), validated like any other archive. */
+export function filesToTar(files: Record<string, string | { base64: string }>): ArchiveStream {
   const rules = new EntryRules({ mode: "strict", limits: { maxBytes: Number.MAX_SAFE_INTEGER, maxEntries: Number.MAX_SAFE_INTEGER, maxDepth: 1024 } });
   const stats = { files: 0, bytes: 0, entries: 0, skipped: 0 };
   const names = Object.keys(files).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)));
   return packStream(stats, async (pack) => {
     for (const name of names) {
-      const body = Buffer.from(files[name]!, "utf8");
+      const content = files[name]!;
+      const body = typeof content === "string" ? Buffer.from(content, "utf8") : Buffer.from(content.base64, "base64");
       const entry = await rules.check({ name, type: "file", size: body.length, mode: 0o644, mtime: new Date(0) });
       if (entry === null) throw tarError(ErrorCodes.TAR_CORRUPT, `inline file ${showPath(name)} names the workspace itself`, name);
       await packEntry(pack, headerFor(entry), (async function* () {
