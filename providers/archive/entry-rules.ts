@@ -7,10 +7,17 @@
  *   rejects the whole archive with the specific SANDQ_ERR_TAR_* code;
  * - "normalize" (workspaces going OUT: packDir, normalizeTar): the content is
  *   the job's own output, so entries a trusted extractor would refuse are
- *   dropped (special files, hardlinks, links that escape) or cleaned (setid
- *   bits), and the size caps fail with WORKSPACE_LIMIT (a job limit, reported
- *   as status `killed`, reason `workspace_limit`). What we produce always
- *   passes the strict rules, so every snapshot can be hydrated again.
+ *   dropped (special files, hardlinks) or cleaned (setid bits), and the caps
+ *   (size, entries, depth, path length) fail with WORKSPACE_LIMIT (a job
+ *   limit, reported as status `killed`, reason `workspace_limit`). What we
+ *   produce always passes the strict rules, so every snapshot can be
+ *   hydrated again.
+ *
+ * Symlink targets are data: stored and restored verbatim, whatever they
+ * point at (an absolute `/usr/bin/python3`, a `../../etc`). They only mean
+ * something inside a sandbox, resolved against its own root; the host never
+ * follows one (no entry is written below a symlink, files are created
+ * O_NOFOLLOW|O_EXCL, packing lstat()s and never descends into a link).
  */
 import type { Headers } from "./tar-io.js";
 import { ErrorCodes, SnapshotError, type ErrorCode } from "../../errors/index.js";
@@ -33,10 +40,20 @@ export interface CheckedEntry {
   gid: number;
 }
 
-/** Linux MAXSYMLINKS: deeper chains fail with ELOOP, so they cannot lead anywhere. */
-const MAX_LINK_HOPS = 40;
-const MAX_SEGMENT_BYTES = 255;
-const MAX_PATH_BYTES = 4096;
+/**
+ * Longest entry path (normalised, relative to the workspace, in UTF-8 bytes)
+ * an archive may hold, in and out. Linux refuses any path of PATH_MAX (4096)
+ * bytes or more; 1024 of them are left for wherever the workspace lives (the
+ * sandbox's `/workspace/`, an engine's storage directory). The archive code
+ * itself reaches entries through short `/proc/self/fd/N/` paths, so the
+ * worker's own work directory does not count against it. Inline `files`
+ * keys are held to the same limit.
+ */
+export const MAX_ARCHIVE_PATH_BYTES = 3072;
+/** Longest path segment (NAME_MAX of Linux filesystems). */
+export const MAX_ARCHIVE_SEGMENT_BYTES = 255;
+/** Longest symlink target symlink(2) accepts (PATH_MAX minus the NUL). */
+const MAX_LINK_TARGET_BYTES = 4095;
 
 export function tarError(code: ErrorCode, message: string, path?: string): SnapshotError {
   return new SnapshotError(code, message, { retryable: false, details: path === undefined ? undefined : { path } });
@@ -45,39 +62,6 @@ export function tarError(code: ErrorCode, message: string, path?: string): Snaps
 export function showPath(p: string): string {
   const s = JSON.stringify(p);
   return s.length > 120 ? `${s.slice(0, 117)}..."` : s;
-}
-
-/** Looks up whether a relative path (segments joined by "/") is a symlink, and its target. */
-export type LinkLookup = (key: string) => string | undefined | Promise<string | undefined>;
-
-/**
- * Resolves a symlink target the way the kernel would, over a virtual tree
- * whose symlinks are given by `lookup`, and says whether it stays inside the
- * root. Lexical normalisation alone is not enough: with `up -> .` a target
- * `up/..` leaves the root although it looks harmless.
- */
-export async function linkStaysInside(linkPath: string[], target: string, lookup: LinkLookup): Promise<boolean> {
-  if (target.startsWith("/")) return false;
-  const stack = linkPath.slice(0, -1);
-  let pending = target.split("/");
-  let hops = 0;
-  while (pending.length > 0) {
-    const c = pending.shift()!;
-    if (c === "" || c === ".") continue;
-    if (c === "..") {
-      if (stack.length === 0) return false;
-      stack.pop();
-      continue;
-    }
-    stack.push(c);
-    const t = await lookup(stack.join("/"));
-    if (t === undefined) continue;
-    if (++hops > MAX_LINK_HOPS) return true; // ELOOP: never resolves, so never escapes
-    if (t.startsWith("/")) return false;
-    stack.pop();
-    pending = [...t.split("/"), ...pending];
-  }
-  return true;
 }
 
 export interface EntryRulesOptions {
@@ -94,7 +78,7 @@ export interface RuleStats {
   entries: number;
   files: number;
   bytes: number;
-  /** Entries dropped in normalize mode (special files, hardlinks, escaping links). */
+  /** Entries dropped in normalize mode (special files, hardlinks). */
   skipped: number;
 }
 
@@ -102,9 +86,6 @@ export class EntryRules {
   readonly stats: RuleStats = { entries: 0, files: 0, bytes: 0, skipped: 0 };
   /** Every path seen: explicit entries, and parents created implicitly ("implicit"). */
   readonly kinds = new Map<string, EntryKind | "implicit">();
-  readonly symlinks = new Map<string, string>();
-  /** Links whose target has ".." in it: the only ones a later link can make escape. */
-  private readonly climbing = new Set<string>();
   private readonly opts: EntryRulesOptions;
 
   constructor(opts: EntryRulesOptions) {
@@ -130,7 +111,11 @@ export class EntryRules {
     return this.opts.exclude?.(path) ?? false;
   }
 
-  /** Splits and checks a name; returns null for the archive root itself. */
+  /**
+   * Splits a name into normalised segments (null for the archive root
+   * itself), refusing NUL, absolute and `..` names. Lengths and depth are
+   * checked by checkPath, after excludes.
+   */
   splitName(raw: string): string[] | null {
     if (raw.includes("\0")) this.fail(ErrorCodes.TAR_CORRUPT, "contains a NUL byte", raw);
     if (raw.startsWith("/")) this.fail(ErrorCodes.TAR_ABSOLUTE_PATH, "is an absolute path", raw);
@@ -138,12 +123,28 @@ export class EntryRules {
     if (parts.includes("..")) this.fail(ErrorCodes.TAR_PARENT_PATH, "contains '..'", raw);
     const strip = this.opts.stripComponents ?? 0;
     if (strip > 0) parts = parts.slice(strip);
-    if (parts.length === 0) return null;
-    if (Buffer.byteLength(raw) > MAX_PATH_BYTES || parts.some((s) => Buffer.byteLength(s) > MAX_SEGMENT_BYTES)) {
-      this.fail(ErrorCodes.TAR_CORRUPT, "has a name longer than the filesystem allows", raw);
+    return parts.length === 0 ? null : parts;
+  }
+
+  /**
+   * Path length, segment length and depth of a normalised path: strict mode
+   * refuses the archive (TAR_PATH_TOO_LONG, TAR_PATH_TOO_DEEP), normalize
+   * mode fails with WORKSPACE_LIMIT.
+   */
+  private checkPath(path: string, depth: number): void {
+    const bytes = Buffer.byteLength(path);
+    const seg = bytes > MAX_ARCHIVE_SEGMENT_BYTES ? path.split("/").find((s) => Buffer.byteLength(s) > MAX_ARCHIVE_SEGMENT_BYTES) : undefined;
+    if (bytes > MAX_ARCHIVE_PATH_BYTES || seg !== undefined) {
+      if (this.opts.mode === "normalize") this.limit("path length", path, ErrorCodes.TAR_PATH_TOO_LONG);
+      this.fail(
+        ErrorCodes.TAR_PATH_TOO_LONG,
+        seg === undefined
+          ? `is ${bytes} bytes long; paths are limited to ${MAX_ARCHIVE_PATH_BYTES} bytes`
+          : `has a segment of ${Buffer.byteLength(seg)} bytes; a file name is limited to ${MAX_ARCHIVE_SEGMENT_BYTES} bytes`,
+        path,
+      );
     }
-    if (parts.length > this.opts.limits.maxDepth) this.limit("path depth", raw, ErrorCodes.TAR_PATH_TOO_DEEP);
-    return parts;
+    if (depth > this.opts.limits.maxDepth) this.limit("path depth", path, ErrorCodes.TAR_PATH_TOO_DEEP);
   }
 
   /**
@@ -151,40 +152,17 @@ export class EntryRules {
    * skipped (the archive root, an excluded path, or - in normalize mode - an
    * entry a strict reader would refuse). Throws SnapshotError otherwise.
    */
-  async check(h: Headers): Promise<CheckedEntry | null> {
+  check(h: Headers): CheckedEntry | null {
     const normalize = this.opts.mode === "normalize";
     const parts = this.splitName(h.name);
-    if (parts === null) return null;
+    if (parts === null) return this.checkRoot(h);
     const path = parts.join("/");
     if (this.opts.exclude?.(path)) return null;
+    this.checkPath(path, parts.length);
 
-    let kind: EntryKind;
-    switch (h.type) {
-      case "file":
-      case "contiguous-file":
-        kind = "file";
-        break;
-      case "directory":
-        kind = "directory";
-        break;
-      case "symlink":
-        kind = "symlink";
-        break;
-      case "link":
-        if (normalize) return this.skip();
-        this.fail(ErrorCodes.TAR_HARDLINK, "is a hard link", path);
-      // eslint-disable-next-line no-fallthrough
-      default:
-        if (normalize) return this.skip();
-        this.fail(ErrorCodes.TAR_SPECIAL_FILE, `is a ${h.type ?? "special"} entry (only files, directories and symlinks are allowed)`, path);
-    }
-
-    const size = h.size ?? 0;
-    if (!Number.isSafeInteger(size) || size < 0) this.fail(ErrorCodes.TAR_SIZE_MISMATCH, "has an invalid size", path);
-    if (kind !== "file" && size !== 0) this.fail(ErrorCodes.TAR_SIZE_MISMATCH, `is a ${kind} with a body of ${size} bytes`, path);
-
-    const rawMode = h.mode ?? (kind === "directory" ? 0o755 : 0o644);
-    if ((rawMode & 0o7000) !== 0 && !normalize) this.fail(ErrorCodes.TAR_SETID, "has setuid, setgid or sticky bits", path);
+    const kind = this.kindOf(h, path);
+    if (kind === null) return this.skip();
+    const { size, mode: rawMode } = this.sizeAndMode(h, kind, path);
 
     // Parents: never through a symlink, never below a file.
     for (let i = 1; i < parts.length; i++) {
@@ -200,12 +178,11 @@ export class EntryRules {
     }
 
     if (kind === "symlink") {
+      // The target is never resolved on the host: only its form is checked.
       const target = h.linkname ?? "";
       if (target === "" || target.includes("\0")) this.fail(ErrorCodes.TAR_CORRUPT, "is a symlink without a valid target", path);
-      if (Buffer.byteLength(target) > MAX_PATH_BYTES) this.fail(ErrorCodes.TAR_CORRUPT, "has a symlink target that is too long", path);
-      if (!(await this.addLink(parts, target))) {
-        if (normalize) return this.skip();
-        this.fail(ErrorCodes.TAR_LINK_OUTSIDE, `is a symlink to ${showPath(target)}, which leaves the archive root`, path);
+      if (Buffer.byteLength(target) > MAX_LINK_TARGET_BYTES) {
+        this.fail(ErrorCodes.TAR_PATH_TOO_LONG, `has a symlink target of ${Buffer.byteLength(target)} bytes; the limit is ${MAX_LINK_TARGET_BYTES}`, path);
       }
     }
 
@@ -230,33 +207,61 @@ export class EntryRules {
     return entry;
   }
 
-  private skip(): null {
-    this.stats.skipped++;
-    return null;
+  /** The entry's kind; null when normalize mode drops it; throws in strict mode for kinds that are refused. */
+  private kindOf(h: Headers, path: string): EntryKind | null {
+    const normalize = this.opts.mode === "normalize";
+    if (h.sparse) {
+      // GNU sparse files (old 'S' entries, pax GNU.sparse.* formats 0.0/0.1/1.0) carry a map a plain reader would write as content.
+      if (normalize) return null;
+      this.fail(ErrorCodes.TAR_SPECIAL_FILE, "is a GNU sparse file (sparse entries are not supported)", path);
+    }
+    switch (h.type) {
+      case "file":
+      case "contiguous-file":
+        return "file";
+      case "directory":
+        return "directory";
+      case "symlink":
+        return "symlink";
+      case "link":
+        if (normalize) return null;
+        this.fail(ErrorCodes.TAR_HARDLINK, "is a hard link", path);
+      // eslint-disable-next-line no-fallthrough
+      default:
+        if (normalize) return null;
+        this.fail(ErrorCodes.TAR_SPECIAL_FILE, `is a ${h.type ?? "special"} entry (only files, directories and symlinks are allowed)`, path);
+    }
+  }
+
+  private sizeAndMode(h: Headers, kind: EntryKind, path: string): { size: number; mode: number } {
+    const size = h.size ?? 0;
+    if (!Number.isSafeInteger(size) || size < 0) this.fail(ErrorCodes.TAR_SIZE_MISMATCH, "has an invalid size", path);
+    if (kind !== "file" && size !== 0) this.fail(ErrorCodes.TAR_SIZE_MISMATCH, `is a ${kind} with a body of ${size} bytes`, path);
+    const mode = h.mode ?? (kind === "directory" ? 0o755 : 0o644);
+    if ((mode & 0o7000) !== 0 && this.opts.mode === "strict") this.fail(ErrorCodes.TAR_SETID, "has setuid, setgid or sticky bits", path);
+    return { size, mode };
   }
 
   /**
-   * Adds a link if it and every earlier ".."-link still resolve inside the
-   * root with it in place; otherwise leaves the tree unchanged.
+   * The archive root (`./`, or what stripComponents leaves of an engine's
+   * top directory) stands for the workspace directory itself, which is
+   * never replaced: a directory passes the same checks as any other and is
+   * then skipped (its mode and mtime are not applied); anything else is
+   * refused in strict mode with the code it would get elsewhere (hard link,
+   * special file), or TAR_DUPLICATE for a file or symlink where the
+   * workspace has its directory.
    */
-  private async addLink(parts: string[], target: string): Promise<boolean> {
-    const key = parts.join("/");
-    const lookup: LinkLookup = (k) => this.symlinks.get(k);
-    this.symlinks.set(key, target);
-    let ok = await linkStaysInside(parts, target, lookup);
-    if (ok) {
-      for (const other of this.climbing) {
-        if (!(await linkStaysInside(other.split("/"), this.symlinks.get(other)!, lookup))) {
-          ok = false;
-          break;
-        }
-      }
-    }
-    if (!ok) {
-      this.symlinks.delete(key);
-      return false;
-    }
-    if (target.split("/").includes("..")) this.climbing.add(key);
-    return true;
+  private checkRoot(h: Headers): null {
+    const kind = this.kindOf(h, ".");
+    if (kind === null) return this.skip();
+    this.sizeAndMode(h, kind, ".");
+    if (kind === "directory") return null;
+    if (this.opts.mode === "normalize") return this.skip();
+    this.fail(ErrorCodes.TAR_DUPLICATE, `is a ${kind} at the archive root, where the workspace directory is`, ".");
+  }
+
+  private skip(): null {
+    this.stats.skipped++;
+    return null;
   }
 }

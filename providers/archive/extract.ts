@@ -10,25 +10,30 @@
  *
  * Merging into a non-empty target is checked before the first move too: a
  * staged path whose parent is an existing symlink in the target is refused
- * (TAR_THROUGH_SYMLINK), a file where the target has a directory is refused
- * (TAR_DUPLICATE), and archive symlinks are re-resolved against the existing
- * tree. The moves themselves are not atomic as a group (a crash half-way
- * leaves some entries moved), which is acceptable for a sandbox workspace
- * that is discarded on failure. The sandbox must not run while extracting.
+ * (TAR_THROUGH_SYMLINK), and a file where the target has a directory is
+ * refused (TAR_DUPLICATE). Symlink targets are never resolved on the host
+ * (see entry-rules.ts). The moves themselves are not atomic as a group (a
+ * crash half-way leaves some entries moved), which is acceptable for a
+ * sandbox workspace that is discarded on failure. The sandbox must not run
+ * while extracting.
  *
  * Reading: the one tar reader (tar-reader.ts), fed either the stream's
  * chunks or, for a file-store object, the blocks the hash thread reads and
  * verifies (block-source.ts); bodies go from that memory to write(2). See
  * docs/SNAPSHOTS.md ("Reading", "Block path").
+ *
+ * Every path is taken below an fd of the target's parent directory
+ * (`/proc/self/fd/N/...`), so a path stays short whatever the parent's own
+ * length: an entry path within MAX_ARCHIVE_PATH_BYTES can always be named.
  */
 import { closeSync, constants as fsc, fchmodSync, chmodSync, futimesSync, mkdirSync, openSync, symlinkSync, utimesSync, write, writeSync } from "node:fs";
-import { lstat, mkdir, mkdtemp, readdir, readlink, realpath, rename, rm, unlink, chmod } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, open, readdir, rename, rm, unlink, chmod } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import type { Readable } from "node:stream";
 import { setImmediate as nextTurn } from "node:timers/promises";
 import { ErrorCodes } from "../../errors/index.js";
 import { claimBlockSource, type BlockSource } from "./block-source.js";
-import { EntryRules, linkStaysInside, showPath, tarError, type CheckedEntry } from "./entry-rules.js";
+import { EntryRules, showPath, tarError, type CheckedEntry } from "./entry-rules.js";
 import type { ArchiveLimits, ExtractStats } from "./index.js";
 import { DATA, HEADER, NEED, TarReader } from "./tar-reader.js";
 import type { Headers } from "./tar-io.js";
@@ -59,23 +64,27 @@ export async function extractTar(
   const rules = new EntryRules({ mode: "strict", limits: caps });
   // Claimed before the first await: nothing else may start reading the stream meanwhile.
   const blocks = claimBlockSource(tar);
+  let parent: Awaited<ReturnType<typeof open>> | null = null;
   let staging: string | null = null;
   let x: Extraction | null = null;
   try {
     signal?.throwIfAborted();
     await mkdir(dirname(hostDir), { recursive: true });
-    staging = await mkdtemp(join(dirname(hostDir), `.${basename(hostDir)}.extract-`));
+    parent = await open(dirname(hostDir), fsc.O_RDONLY | fsc.O_DIRECTORY);
+    const base = `/proc/self/fd/${parent.fd}`;
+    staging = join(base, basename(await mkdtemp(join(dirname(hostDir), `.${basename(hostDir)}.extract-`))));
     x = new Extraction(staging, rules);
     if (blocks) await x.fromBlocks(blocks, signal);
     else await x.fromStream(tar, signal);
     x.finishDirs();
-    await commit(staging, hostDir, rules);
+    await commit(staging, join(base, basename(hostDir)));
     return { files: rules.stats.files, bytes: rules.stats.bytes };
   } finally {
     x?.abandon();
     if (blocks) await blocks.close();
     else if (!tar.readableEnded && !tar.destroyed) tar.destroy();
     if (staging !== null) await rm(staging, { recursive: true, force: true });
+    await parent?.close();
   }
 }
 
@@ -167,7 +176,7 @@ class Extraction {
       const ev = r.next();
       if (ev === NEED) return;
       if (ev === HEADER) {
-        await this.begin(r.header);
+        this.begin(r.header);
         await this.maybeYield(); // a chunk of small files can take longer than a slice
       } else if (ev === DATA && this.fd >= 0) {
         const data = r.data;
@@ -178,8 +187,8 @@ class Extraction {
     }
   }
 
-  private async begin(h: Headers): Promise<void> {
-    const entry: CheckedEntry | null = await this.rules.check(h);
+  private begin(h: Headers): void {
+    const entry: CheckedEntry | null = this.rules.check(h);
     if (entry === null) return; // skipped: its body (if any) is read past
     const dest = join(this.staging, entry.path);
     // Parents are known-good: the rules refused any path through a symlink or a file.
@@ -241,34 +250,16 @@ async function lstatOrNull(p: string) {
 }
 
 /** Plans every move (read-only), then performs them. */
-async function commit(staging: string, hostDir: string, rules: EntryRules): Promise<void> {
-  const top = await lstatOrNull(hostDir);
+async function commit(staging: string, target: string): Promise<void> {
+  const top = await lstatOrNull(target);
   if (top === null) {
     await chmod(staging, 0o755); // mkdtemp made it 0700; it becomes the workspace root
-    await rename(staging, hostDir);
+    await rename(staging, target);
     await mkdir(staging); // the finally in extractTar removes it again
     return;
   }
-  const root = await realpath(hostDir);
   const ops: Op[] = [];
-  await plan(staging, root, "", ops);
-
-  // Links are re-resolved against the merged tree: archive entries first, then what is on disk.
-  if (ops.some((o) => o.kind === "replace") || (await readdir(root)).length > 0) {
-    const lookup = async (key: string): Promise<string | undefined> => {
-      const k = rules.kinds.get(key);
-      if (k === "symlink") return rules.symlinks.get(key);
-      if (k !== undefined) return undefined;
-      const st = await lstatOrNull(join(root, key));
-      return st?.isSymbolicLink() ? await readlink(join(root, key)) : undefined;
-    };
-    for (const [key, target] of rules.symlinks) {
-      if (!(await linkStaysInside(key.split("/"), target, lookup))) {
-        throw tarError(ErrorCodes.TAR_LINK_OUTSIDE, `archive rejected: ${showPath(key)} is a symlink to ${showPath(target)}, which leaves the workspace`, key);
-      }
-    }
-  }
-
+  await plan(staging, target, "", ops);
   for (const op of ops) {
     if (op.kind === "replace") await unlink(op.to);
     await rename(op.from, op.to);

@@ -8,6 +8,12 @@
  * Identical workspaces therefore give identical bytes and one snapshot id.
  * The price: hydrated files all carry mtime 0 (1970), so tools that compare
  * mtimes across a hydrate (make, .pyc caches) rebuild rather than trust them.
+ *
+ * packDir reaches every path below an fd of the packed directory
+ * (`/proc/self/fd/N/<rel>`), so the host's own prefix never pushes a path
+ * past PATH_MAX: the walk only descends into directories whose path passed
+ * the rules (at most MAX_ARCHIVE_PATH_BYTES), so every path it names is
+ * shorter than PATH_MAX, and a longer one fails with WORKSPACE_LIMIT.
  */
 import { constants as fsc, type Stats } from "node:fs";
 import { lstat, open, opendir, readlink } from "node:fs/promises";
@@ -49,19 +55,19 @@ function typeOf(st: Stats): Headers["type"] {
   return "fifo"; // any other kind: the rules drop it in normalize mode
 }
 
-/** Streams a regular file's first `size` bytes; never follows a link, never blocks on a FIFO. */
-async function* fileChunks(path: string, st: Stats): AsyncGenerator<Buffer> {
+/** Streams a regular file's first `size` bytes; never follows a link, never blocks on a FIFO. `rel` names it in messages. */
+async function* fileChunks(path: string, rel: string, st: Stats): AsyncGenerator<Buffer> {
   const fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
   try {
     const now = await fh.stat();
     if (!now.isFile() || now.ino !== st.ino || now.dev !== st.dev) {
-      throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `${showPath(path)} changed while it was being archived`);
+      throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `${showPath(rel)} changed while it was being archived`);
     }
     let left = st.size;
     while (left > 0) {
       const buf = Buffer.allocUnsafe(Math.min(READ_CHUNK, left));
       const { bytesRead } = await fh.read(buf, 0, buf.length, null);
-      if (bytesRead === 0) throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `${showPath(path)} shrank while it was being archived`);
+      if (bytesRead === 0) throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `${showPath(rel)} shrank while it was being archived`);
       left -= bytesRead;
       yield bytesRead === buf.length ? buf : buf.subarray(0, bytesRead);
     }
@@ -72,8 +78,8 @@ async function* fileChunks(path: string, st: Stats): AsyncGenerator<Buffer> {
 
 /**
  * A deterministic tar of `hostDir`: regular files, directories and symlinks
- * (stored as links, never followed); other kinds are skipped, as are links
- * that would leave the root. Limits fail the stream with WORKSPACE_LIMIT.
+ * (stored as links whatever their target, never followed); other kinds are
+ * skipped. Limits (path length included) fail the stream with WORKSPACE_LIMIT.
  * `stats` on the returned stream is complete once it has ended.
  */
 export function packDir(hostDir: string, opts: PackOptions & PackExtras = {}): ArchiveStream {
@@ -86,8 +92,13 @@ export function packDir(hostDir: string, opts: PackOptions & PackExtras = {}): A
   const stats = { files: 0, bytes: 0, entries: 0, skipped: 0 };
   return packStream(stats, async (pack) => {
     const top = await lstat(hostDir);
-    if (!top.isDirectory()) throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, `${showPath(hostDir)} is not a directory`);
-    await walk(pack, rules, hostDir, "");
+    if (!top.isDirectory()) throw new SnapshotError(ErrorCodes.SNAPSHOT_STORE, "the directory to archive is not a directory");
+    const root = await open(hostDir, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+    try {
+      await walk(pack, rules, `/proc/self/fd/${root.fd}`, "");
+    } finally {
+      await root.close();
+    }
     Object.assign(stats, rules.stats);
   });
 }
@@ -115,7 +126,7 @@ async function prepare(abs: string, rel: string, rules: EntryRules, budget: { by
     if (st.isFile() && st.size <= PREFETCH_FILE_MAX && budget.bytes + st.size <= PREFETCH_BUDGET && !rules.isExcluded(rel)) {
       budget.bytes += st.size;
       const chunks: Buffer[] = [];
-      for await (const c of fileChunks(abs, st)) chunks.push(c);
+      for await (const c of fileChunks(abs, rel, st)) chunks.push(c);
       return { st, content: Buffer.concat(chunks) };
     }
     return { st };
@@ -157,11 +168,11 @@ async function walk(pack: Pack, rules: EntryRules, abs: string, rel: string, bud
       mtime: st.mtime,
     };
     if (prep.linkname !== undefined) header.linkname = prep.linkname;
-    const entry = await rules.check(header);
+    const entry = rules.check(header);
     if (entry !== null) {
       if (entry.kind === "file") {
         const content = prep.content;
-        await packEntry(pack, headerFor(entry), content ? (async function* () { yield content; })() : fileChunks(childAbs, st));
+        await packEntry(pack, headerFor(entry), content ? (async function* () { yield content; })() : fileChunks(childAbs, childRel, st));
       } else await packEntry(pack, headerFor(entry));
     }
     if (prep.content) budget.bytes -= prep.content.length;
@@ -182,7 +193,7 @@ function retar(tar: Readable, mode: RuleMode, limits: ArchiveLimits, extra: { ex
   return packStream(stats, async (pack) => {
     for await (const e of readEntries(tar)) {
       // readEntries skips whatever of a body is not read: dropped entries and non-files need nothing.
-      const entry = await rules.check(e.header);
+      const entry = rules.check(e.header);
       if (entry === null) continue;
       await packEntry(pack, headerFor(entry), entry.kind === "file" ? e.body : undefined);
     }
@@ -223,7 +234,7 @@ export function filesToTar(files: Record<string, string | { base64: string }>): 
     for (const name of names) {
       const content = files[name]!;
       const body = typeof content === "string" ? Buffer.from(content, "utf8") : Buffer.from(content.base64, "base64");
-      const entry = await rules.check({ name, type: "file", size: body.length, mode: 0o644, mtime: new Date(0) });
+      const entry = rules.check({ name, type: "file", size: body.length, mode: 0o644, mtime: new Date(0) });
       if (entry === null) throw tarError(ErrorCodes.TAR_CORRUPT, `inline file ${showPath(name)} names the workspace itself`, name);
       await packEntry(pack, headerFor(entry), (async function* () {
         yield body;

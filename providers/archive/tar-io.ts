@@ -12,8 +12,12 @@ import type { Pack } from "tar-stream";
 import type { CheckedEntry } from "./entry-rules.js";
 import { DATA, HEADER, NEED, TarReader } from "./tar-reader.js";
 
-/** A header as the reader produces it and tar-stream's pack writes it (fields may be missing in hostile archives). */
-export type Headers = Parameters<Pack["entry"]>[0];
+/**
+ * A header as the reader produces it and tar-stream's pack writes it (fields
+ * may be missing in hostile archives). `sparse`: the reader saw a GNU sparse
+ * entry (refused by the rules; never written).
+ */
+export type Headers = Parameters<Pack["entry"]>[0] & { sparse?: boolean };
 
 export interface TarEntry {
   header: Headers & { size: number };

@@ -13,7 +13,10 @@
  * Formats: POSIX ustar (the prefix field), pax extended headers ('x':
  * path, linkpath, size; other keys ignored), pax global headers ('g',
  * ignored: they must not rename later entries), GNU long names ('L') and
- * long link names ('K'), base-256 numbers. Rejected (TAR_CORRUPT): a bad
+ * long link names ('K'), base-256 numbers. GNU sparse entries (type 'S',
+ * or any GNU.sparse.* pax key: formats 0.0, 0.1 and 1.0) are marked
+ * `sparse` for the rules to refuse: their body is a sparse map plus data,
+ * not the file's content. Rejected (TAR_CORRUPT): a bad
  * header checksum, an unknown header format, non-numeric numeric fields,
  * malformed pax records, metadata bodies over 1 MiB, metadata headers not
  * followed by an entry, non-zero data after the end-of-archive marker, an
@@ -73,7 +76,7 @@ function typeOf(flag: number): EntryType | undefined {
     case 0x37:
       return "contiguous-file";
     default:
-      return undefined; // GNU 'D', 'M', 'S', 'V', ...: refused by the rules as special entries
+      return undefined; // GNU 'D', 'M', 'S' (sparse), 'V', ...: refused by the rules as special entries
   }
 }
 
@@ -133,6 +136,7 @@ interface Pax {
   path?: string;
   linkpath?: string;
   size?: number;
+  sparse?: boolean;
 }
 
 /** pax records: "<len> <key>=<value>\n", len counting the whole record. */
@@ -155,6 +159,7 @@ function parsePax(buf: Buffer): Pax {
     if (eq === -1 || eq >= end - 1 || eq === sp + 1) throw corrupt("malformed pax record");
     const key = buf.toString("utf8", sp + 1, eq);
     const value = buf.toString("utf8", eq + 1, end - 1);
+    if (key.startsWith("GNU.sparse.")) out.sparse = true;
     if (key === "path") out.path = value;
     else if (key === "linkpath") out.linkpath = value;
     else if (key === "size") {
@@ -314,6 +319,7 @@ export class TarReader {
     if (ustar && b[at + 345] !== 0) name = `${str(b, at + 345, 155)}/${name}`;
     let type = typeOf(flag);
     if (type === "file" && flag === 0 && name.endsWith("/")) type = "directory"; // pre-POSIX directories
+    let sparse = flag === 0x53; // 'S': old GNU sparse
     const mode = num(b, at + 100, 8);
     const uid = num(b, at + 108, 8);
     const gid = num(b, at + 116, 8);
@@ -331,6 +337,7 @@ export class TarReader {
       if (pax.path) name = pax.path;
       if (pax.linkpath) linkname = pax.linkpath;
       if (pax.size !== undefined) entrySize = pax.size;
+      if (pax.sparse) sparse = true;
     }
     this.pax = null;
     this.longName = null;
@@ -348,6 +355,7 @@ export class TarReader {
       uname: str(b, at + 265, 32),
       gname: str(b, at + 297, 32),
     };
+    if (sparse) this.header.sparse = true;
     if (entrySize < 0) throw tarError(ErrorCodes.TAR_SIZE_MISMATCH, `archive rejected: ${JSON.stringify(name).slice(0, 120)} has an invalid size`, name);
     this.bodyLeft = entrySize;
     this.padLeft = (BLOCK - (entrySize % BLOCK)) % BLOCK;

@@ -151,7 +151,7 @@ probe("docker", lambda: unix("/var/run/docker.sock"))
     const cases: Array<[string, Parameters<typeof rawTar>[0]]> = [
       [ErrorCodes.TAR_PARENT_PATH, [{ name: "../../x", body: "x" }]],
       [ErrorCodes.TAR_ABSOLUTE_PATH, [{ name: "/tmp/x", body: "x" }]],
-      [ErrorCodes.TAR_LINK_OUTSIDE, [{ name: "l", type: "symlink", linkname: "/etc" }, { name: "l/x", body: "x" }]],
+      [ErrorCodes.TAR_THROUGH_SYMLINK, [{ name: "l", type: "symlink", linkname: "/etc" }, { name: "l/x", body: "x" }]],
       [ErrorCodes.TAR_HARDLINK, [{ name: "h", type: "link", linkname: "/etc/shadow" }]],
       [ErrorCodes.TAR_SPECIAL_FILE, [{ name: "mem", type: "character-device", devmajor: 1, devminor: 1 }]],
       [ErrorCodes.TAR_SETID, [{ name: "suid", mode: 0o4755, body: "x" }]],

@@ -280,7 +280,7 @@ print("fork", os.waitpid(os.fork() or os._exit(0) or 0, 0)[1] if False else "ok"
   });
 
   describe("symlinks planted for the host", () => {
-    it("a snapshot stores in-workspace symlinks as links and drops links pointing out, never their targets' content", async () => {
+    it("a snapshot stores every symlink as a link, never its target's content; restored, links resolve inside the sandbox", async () => {
       const shadowHead = readFileSync("/etc/shadow", "utf8").split("\n")[0]!;
       const r = await rig.run({
         kind: "shell",
@@ -289,14 +289,17 @@ print("fork", os.waitpid(os.fork() or os._exit(0) or 0, 0)[1] if False else "ok"
       });
       expect(r.status, r.stderr).toBe("succeeded");
       const entries = await tarEntries(readSnapshot(r.snapshot!.id));
-      const names = entries.map((e) => e.name.replace(/^\.\//, "").replace(/\/$/, "")).sort();
-      expect(names).toEqual(["d", "inlink", "plain"]);
-      expect(entries.find((e) => e.name.includes("inlink"))).toMatchObject({ type: "symlink", linkname: "plain" });
+      const links = Object.fromEntries(entries.filter((e) => e.type === "symlink").map((e) => [e.name.replace(/^\.\//, ""), e.linkname]));
+      expect(links).toEqual({ shadow: "/etc/shadow", root: "/", env: "/proc/self/environ", up: "../../../../../etc/passwd", "d/etc": "/etc", inlink: "plain" });
       const all = readSnapshot(r.snapshot!.id).toString("latin1");
       expect(all).not.toContain(shadowHead);
       expect(all).not.toContain(CANARY);
-      const next = await rig.run({ kind: "shell", script: "cat inlink; ls", workspace: { from: r.snapshot!.id } });
-      expect(next.stdout).toBe("ok\nd\ninlink\nplain\n");
+      // In the next sandbox they point into that sandbox's own root: its generated /etc (no shadow, its own passwd).
+      const next = await rig.run({ kind: "shell", script: "cat inlink; cat shadow 2>/dev/null || echo no-shadow; cat up; cat env | tr '\\0' '\\n'", workspace: { from: r.snapshot!.id } });
+      expect(next.stdout).toMatch(/^ok\nno-shadow\n/);
+      expect(next.stdout).toContain("sandbox:x:1000:1000");
+      expect(next.stdout).not.toContain(shadowHead);
+      expect(next.stdout).not.toContain(CANARY);
     });
 
     it("fifos and sockets in the workspace are skipped by the snapshot (the host never blocks on them)", async () => {
@@ -342,7 +345,7 @@ print("fork", os.waitpid(os.fork() or os._exit(0) or 0, 0)[1] if False else "ok"
       { name: "absolute path", code: ErrorCodes.TAR_ABSOLUTE_PATH, entries: [{ name: `${outside}-abs`, body: "x" }] },
       {
         name: "absolute symlink, then a write through it",
-        code: ErrorCodes.TAR_LINK_OUTSIDE,
+        code: ErrorCodes.TAR_THROUGH_SYMLINK,
         entries: [
           { name: "link", type: "symlink", linkname: "/tmp" },
           { name: `link/${path.basename(outside)}-through`, body: "x" },
@@ -357,7 +360,7 @@ print("fork", os.waitpid(os.fork() or os._exit(0) or 0, 0)[1] if False else "ok"
           { name: "link/x", body: "x" },
         ],
       },
-      { name: "symlink pointing outside, relative", code: ErrorCodes.TAR_LINK_OUTSIDE, entries: [{ name: "l", type: "symlink", linkname: "../../../../etc" }, { name: "l/x", body: "x" }] },
+      { name: "symlink pointing outside, relative, then a write through it", code: ErrorCodes.TAR_THROUGH_SYMLINK, entries: [{ name: "l", type: "symlink", linkname: "../../../../etc" }, { name: "l/x", body: "x" }] },
       { name: "hardlink to a host file", code: ErrorCodes.TAR_HARDLINK, entries: [{ name: "h", type: "link", linkname: "/etc/shadow" }] },
       { name: "character device", code: ErrorCodes.TAR_SPECIAL_FILE, entries: [{ name: "mem", type: "character-device", devmajor: 1, devminor: 1 }] },
       { name: "block device", code: ErrorCodes.TAR_SPECIAL_FILE, entries: [{ name: "disk", type: "block-device", devmajor: 8, devminor: 0 }] },

@@ -1,6 +1,7 @@
 /** Helpers for the archive tests: hand-made tars and tree listings. */
 import { createHash } from "node:crypto";
-import { lstat, mkdtemp, readdir, readFile, readlink, rm } from "node:fs/promises";
+import { constants as fsc } from "node:fs";
+import { lstat, mkdir, mkdtemp, open, readdir, readFile, readlink, rm, rmdir, unlink } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -78,4 +79,38 @@ export function setTypeflag(tar: Buffer, offset: number, flag: string): Buffer {
   for (let i = offset; i < offset + 512; i++) sum += out[i]!;
   out.write(`${sum.toString(8).padStart(6, "0")}\0 `, offset + 148, "latin1");
   return out;
+}
+
+/**
+ * Removes a tree of any depth: every path is taken below an fd of its
+ * parent (/proc/self/fd/N/name), so none reaches PATH_MAX (fs.rm fails
+ * with ENAMETOOLONG on such trees).
+ */
+export async function removeDeep(path: string): Promise<void> {
+  const st = await lstat(path).catch(() => null);
+  if (st === null) return;
+  if (!st.isDirectory()) return unlink(path);
+  const dir = await open(path, fsc.O_RDONLY | fsc.O_DIRECTORY | fsc.O_NOFOLLOW);
+  try {
+    for (const name of await readdir(`/proc/self/fd/${dir.fd}`)) await removeDeep(`/proc/self/fd/${dir.fd}/${name}`);
+  } finally {
+    await dir.close();
+  }
+  await rmdir(path);
+}
+
+/** Creates `count` nested directories named `segment` below `dir` (beyond PATH_MAX if need be); returns the relative path. */
+export async function makeDeep(dir: string, segment: string, count: number): Promise<string> {
+  let fh = await open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  try {
+    for (let i = 0; i < count; i++) {
+      await mkdir(`/proc/self/fd/${fh.fd}/${segment}`);
+      const next = await open(`/proc/self/fd/${fh.fd}/${segment}`, fsc.O_RDONLY | fsc.O_DIRECTORY);
+      await fh.close();
+      fh = next;
+    }
+  } finally {
+    await fh.close();
+  }
+  return Array.from({ length: count }, () => segment).join("/");
 }

@@ -1,10 +1,11 @@
-import { mkdir, readdir, symlink, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { mkdir, readdir, readFile, readlink, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { ErrorCodes, SnapshotError } from "../../errors/index.js";
-import { extractTar, validateTar } from "../../providers/archive/index.js";
-import { collect, LIMITS, listTree, rawTar, setTypeflag, streamOf, tempDir, type RawEntry } from "./archive-helpers.js";
+import { extractTar, MAX_ARCHIVE_PATH_BYTES, MAX_ARCHIVE_SEGMENT_BYTES, packDir, validateTar } from "../../providers/archive/index.js";
+import { collect, LIMITS, listTree, rawTar, removeDeep, setTypeflag, streamOf, tempDir, type RawEntry } from "./archive-helpers.js";
 
 let tmp: { path: string; cleanup: () => Promise<void> };
 let target: string;
@@ -65,25 +66,40 @@ describe("extractTar / validateTar reject hostile archives and write nothing", (
     expect(await listTree(tmp.path)).toEqual(before);
   });
 
-  test("symlink targets that leave the root", async () => {
-    await expectRejected(await rawTar([{ name: "l", type: "symlink", linkname: "/etc/passwd" }]), ErrorCodes.TAR_LINK_OUTSIDE);
-    await expectRejected(await rawTar([{ name: "a/l", type: "symlink", linkname: "../../x" }]), ErrorCodes.TAR_LINK_OUTSIDE);
-  });
-
-  test("symlink chains that leave the root only together (either order)", async () => {
-    const up: RawEntry = { name: "up", type: "symlink", linkname: "." };
-    const p: RawEntry = { name: "p", type: "symlink", linkname: "up/.." };
-    await expectRejected(await rawTar([up, p]), ErrorCodes.TAR_LINK_OUTSIDE);
-    await expectRejected(await rawTar([p, up]), ErrorCodes.TAR_LINK_OUTSIDE);
-  });
-
-  test("a symlink that escapes only together with a symlink already in the target", async () => {
-    await symlink(".", join(target, "up"));
+  test("links pointing out of the workspace are kept as links; nothing is ever written through one", async () => {
+    // Absolute and climbing targets only mean something inside the sandbox (its own root); the host never follows them.
+    const links: RawEntry[] = [
+      { name: "venv/bin/python", type: "symlink", linkname: "/usr/bin/python3" },
+      { name: "etc", type: "symlink", linkname: "/etc" },
+      { name: "a/up", type: "symlink", linkname: "../../../../etc" },
+      { name: "self", type: "symlink", linkname: "." },
+      { name: "p", type: "symlink", linkname: "self/.." },
+    ];
+    await extractTar(target, streamOf(await rawTar(links)), LIMITS);
     before = await listTree(tmp.path);
-    await expect(extractTar(target, streamOf(await rawTar([{ name: "p", type: "symlink", linkname: "up/.." }])), LIMITS)).rejects.toMatchObject({
-      code: ErrorCodes.TAR_LINK_OUTSIDE,
-    });
-    expect(await listTree(tmp.path)).toEqual(before);
+    expect((await listTree(target)).filter((l) => l.includes("->"))).toEqual([
+      "a/up -> ../../../../etc",
+      "etc -> /etc",
+      "p -> self/..",
+      "self -> .",
+      "venv/bin/python -> /usr/bin/python3",
+    ]);
+    // Later entries below any of them: in the same archive, or merged into a target that has them.
+    for (const below of ["etc/passwd", "a/up/passwd", "p/escaped", "venv/bin/python/x"]) {
+      await expectRejected(await rawTar([...links, file(below)]), ErrorCodes.TAR_THROUGH_SYMLINK);
+      before = await listTree(tmp.path);
+      await expect(extractTar(target, streamOf(await rawTar([file("ok"), file(below)])), LIMITS)).rejects.toMatchObject({
+        code: ErrorCodes.TAR_THROUGH_SYMLINK,
+      });
+      expect(await listTree(tmp.path)).toEqual(before);
+    }
+    // A file or link over one replaces the link itself; its target is untouched.
+    const outside = join(tmp.path, "outside.txt");
+    await writeFile(outside, "host file");
+    await symlink(outside, join(target, "to-host"));
+    await extractTar(target, streamOf(await rawTar([file("to-host", "replaced")])), LIMITS);
+    expect(await readFile(outside, "utf8")).toBe("host file");
+    expect(await readFile(join(target, "to-host"), "utf8")).toBe("replaced");
   });
 
   test("a file where the target has a directory", async () => {
@@ -142,6 +158,66 @@ describe("extractTar / validateTar reject hostile archives and write nothing", (
   test("duplicate entries", async () => {
     await expectRejected(await rawTar([file("a"), file("b"), file("./a")]), ErrorCodes.TAR_DUPLICATE);
     await expectRejected(await rawTar([file("a"), file("a/b")]), ErrorCodes.TAR_DUPLICATE);
+  });
+
+  test("paths longer than a workspace can hold: TAR_PATH_TOO_LONG, without the host's paths in the message", async () => {
+    const seg = "d".repeat(200);
+    const at = (bytes: number) => `${`${seg}/`.repeat(Math.floor(bytes / 201))}${"f".repeat(bytes % 201 || 1)}`.slice(0, bytes);
+    const deep = { ...LIMITS, maxDepth: 64 };
+    expect(Buffer.byteLength(at(MAX_ARCHIVE_PATH_BYTES + 1))).toBe(MAX_ARCHIVE_PATH_BYTES + 1);
+    for (const name of [at(4096), at(MAX_ARCHIVE_PATH_BYTES + 1), `a/${"s".repeat(MAX_ARCHIVE_SEGMENT_BYTES + 1)}`]) {
+      await expectRejected(await rawTar([file("ok"), file(name)]), ErrorCodes.TAR_PATH_TOO_LONG, deep);
+      const err = (await extractTar(target, streamOf(await rawTar([file(name)])), deep).catch((e: unknown) => e)) as SnapshotError;
+      expect(err.message).toMatch(/limited to \d+ bytes/);
+      expect(err.message).not.toContain(tmp.path);
+    }
+    await expectRejected(await rawTar([{ name: "l", type: "symlink", linkname: "x".repeat(4096) }]), ErrorCodes.TAR_PATH_TOO_LONG);
+  });
+
+  test("a path of exactly the maximum extracts wherever the workspace lives (a host prefix of 1.5 KiB)", async () => {
+    // The host path of the entry is ~4.6 KiB, past PATH_MAX: only the fd-relative paths make it work.
+    let host = tmp.path;
+    while (Buffer.byteLength(host) < 1500) host = join(host, "h".repeat(250));
+    await mkdir(host, { recursive: true });
+    const name = `${"d".repeat(200)}/`.repeat(15).concat("f".repeat(MAX_ARCHIVE_PATH_BYTES - 15 * 201));
+    expect(Buffer.byteLength(name)).toBe(MAX_ARCHIVE_PATH_BYTES);
+    const ws = join(host, "ws");
+    await extractTar(ws, streamOf(await rawTar([file(name, "deep"), { name: "l", type: "symlink", linkname: "y".repeat(4095) }])), { ...LIMITS, maxDepth: 64 });
+    // Packing it again (the persist of that workspace) gives the entries back; read them where the host can name them.
+    const back = join(tmp.path, "back");
+    await extractTar(back, packDir(ws), { ...LIMITS, maxDepth: 64 });
+    expect(await readFile(join(back, name), "utf8")).toBe("deep");
+    expect(await readlink(join(back, "l"))).toBe("y".repeat(4095));
+    await removeDeep(ws); // fs.rm in afterEach would hit ENAMETOOLONG
+  });
+
+  test("GNU sparse files, old and pax formats 0.0, 0.1 and 1.0, are refused as special entries", async () => {
+    const src = join(tmp.path, "sparse-src");
+    await mkdir(src);
+    // A hole, 4 bytes of data at 40000, a hole to 86016.
+    execFileSync("sh", ["-c", "truncate -s 86016 sp && printf data | dd of=sp bs=1 seek=40000 conv=notrunc status=none"], { cwd: src });
+    before = await listTree(tmp.path);
+    const variants = [["--format=gnu"], ...["0.0", "0.1", "1.0"].map((v) => ["--format=posix", `--sparse-version=${v}`])];
+    for (const args of variants) {
+      const tar = execFileSync("tar", ["-c", "--sparse", ...args, "-f", "-", "sp"], { cwd: src });
+      await expectRejected(Buffer.concat([await rawTar([file("ok")]).then((b) => b.subarray(0, 1024)), tar]), ErrorCodes.TAR_SPECIAL_FILE);
+      const err = (await extractTar(target, streamOf(tar), LIMITS).catch((e: unknown) => e)) as SnapshotError;
+      expect(err.message, args.join(" ")).toContain("sparse");
+    }
+  });
+
+  test("the archive root './': a directory is accepted, anything else is refused as it would be elsewhere", async () => {
+    const root = (extra: Partial<RawEntry>): RawEntry => ({ name: "./", type: "directory", mode: 0o755, ...extra });
+    await expectRejected(await rawTar([root({ type: "link", linkname: "/etc/passwd" }), file("ok")]), ErrorCodes.TAR_HARDLINK);
+    await expectRejected(await rawTar([root({ name: ".", type: "symlink", linkname: "/etc" }), file("ok")]), ErrorCodes.TAR_DUPLICATE);
+    await expectRejected(await rawTar([root({ name: ".", type: "file", body: "z".repeat(1024 * 1024) }), file("ok")]), ErrorCodes.TAR_DUPLICATE);
+    await expectRejected(await rawTar([root({ name: ".", type: "fifo" })]), ErrorCodes.TAR_SPECIAL_FILE);
+    await expectRejected(await rawTar([root({ mode: 0o1777 })]), ErrorCodes.TAR_SETID);
+    await expectRejected(setTypeflag(await rawTar([{ name: ".", type: "file", mode: 0o755, body: "z".repeat(600) }]), 0, "5"), ErrorCodes.TAR_SIZE_MISMATCH);
+    // What GNU tar writes for `tar -C dir .`: a './' directory first.
+    const stats = await extractTar(target, streamOf(await rawTar([root({}), file("./new.txt", "hi")])), LIMITS);
+    expect(stats).toEqual({ files: 1, bytes: 2 });
+    expect((await readdir(target)).sort()).toEqual(["keep.txt", "new.txt"]);
   });
 
   test("corrupt data", async () => {

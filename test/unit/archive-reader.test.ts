@@ -5,7 +5,7 @@
  * and every chunking of the input.
  */
 import { execFileSync } from "node:child_process";
-import { mkdir, readFile, symlink, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readlink, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { ErrorCodes, SnapshotError } from "../../errors/index.js";
@@ -237,7 +237,8 @@ describe("tar reader", () => {
     await rejects(viaPax(p("path", "../escape"), block({ name: "fine", size: 0 })), ErrorCodes.TAR_PARENT_PATH);
     await rejects(viaPax(p("path", "/etc/passwd"), block({ name: "fine", size: 0 })), ErrorCodes.TAR_ABSOLUTE_PATH);
     await rejects(viaPax(p("path", "nul\0inside"), block({ name: "fine", size: 0 })), ErrorCodes.TAR_CORRUPT);
-    await rejects(viaPax(p("linkpath", "/etc"), block({ name: "l", type: "2", linkname: "ok" })), ErrorCodes.TAR_LINK_OUTSIDE);
+    await rejects(viaPax(p("linkpath", "x".repeat(4096)), block({ name: "l", type: "2", linkname: "ok" })), ErrorCodes.TAR_PATH_TOO_LONG);
+    await rejects(viaPax(p("path", `${"a/".repeat(1600)}x`), block({ name: "fine", size: 0 })), ErrorCodes.TAR_PATH_TOO_LONG);
     await rejects(viaPax(p("size", "10"), block({ name: "d", type: "5", size: 0 })), ErrorCodes.TAR_SIZE_MISMATCH);
     const L = "/abs/name";
     await rejects(
@@ -249,6 +250,18 @@ describe("tar reader", () => {
     await rejects(emptyL, ErrorCodes.TAR_ABSOLUTE_PATH);
     // Unknown typeflags (GNU sparse 'S', volume 'V') are special entries.
     await rejects(Buffer.concat([block({ name: "sparse", type: "S", size: 0 }), END]), ErrorCodes.TAR_SPECIAL_FILE);
+    // Any GNU.sparse.* pax key makes a regular-looking entry a sparse one (its body is a map, not the content).
+    for (const key of ["GNU.sparse.major", "GNU.sparse.map", "GNU.sparse.numblocks", "GNU.sparse.realsize", "GNU.sparse.name"]) {
+      await rejects(viaPax(p(key, "1"), Buffer.concat([block({ name: "GNUSparseFile.0/f", size: 3 }), padded("abc")])), ErrorCodes.TAR_SPECIAL_FILE);
+    }
+  });
+
+  test("a pax linkpath replaces the header's, verbatim (absolute targets included)", async () => {
+    const rec = paxRecord("linkpath", "/usr/bin/python3");
+    const tar = Buffer.concat([block({ name: "PaxHeader", type: "x", size: rec.length }), padded(rec), block({ name: "python", type: "2", linkname: "ok" }), END]);
+    const out = join(tmp.path, "out");
+    await extractTar(out, streamOf(tar), LIMITS);
+    expect(await readlink(join(out, "python"))).toBe("/usr/bin/python3");
   });
 
   test("normalizeTar reads through the same reader", async () => {

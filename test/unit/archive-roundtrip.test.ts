@@ -3,8 +3,8 @@ import { chmod, lstat, mkdir, readFile, readlink, stat, symlink, truncate, write
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, test } from "vitest";
 import { ErrorCodes } from "../../errors/index.js";
-import { compileExcludes, extractTar, filesToTar, normalizeTar, packDir, validateTar } from "../../providers/archive/index.js";
-import { collect, LIMITS, listTree, rawTar, sha, streamOf, tempDir } from "./archive-helpers.js";
+import { compileExcludes, extractTar, filesToTar, MAX_ARCHIVE_PATH_BYTES, normalizeTar, packDir, validateTar } from "../../providers/archive/index.js";
+import { collect, LIMITS, listTree, makeDeep, rawTar, removeDeep, sha, streamOf, tempDir } from "./archive-helpers.js";
 
 let tmp: { path: string; cleanup: () => Promise<void> };
 let src: string;
@@ -129,19 +129,72 @@ describe("packDir filtering and limits", () => {
     expect(m("b/z")).toBe(false);
   });
 
-  test("special files skipped, setid bits and escaping links dropped", async () => {
+  test("special files skipped, setid bits dropped", async () => {
     execFileSync("mkfifo", [join(src, "pipe")]);
     await chmod(join(src, "dir/a.txt"), 0o4755);
-    await symlink("/etc/passwd", join(src, "abs-link"));
-    await symlink("../../outside", join(src, "dir/up-link"));
     const tar = packDir(src);
     const buf = await collect(tar);
-    expect(tar.stats.skipped).toBe(3);
+    expect(tar.stats.skipped).toBe(1);
     const out = join(tmp.path, "out");
     await extractTar(out, streamOf(buf), LIMITS); // passes the strict rules
-    const tree = (await listTree(out)).join("\n");
-    expect(tree).not.toMatch(/pipe|abs-link|up-link/);
+    expect((await listTree(out)).join("\n")).not.toMatch(/pipe/);
     expect((await stat(join(out, "dir/a.txt"))).mode & 0o7777).toBe(0o755);
+  });
+
+  test("links pointing anywhere round-trip as links; the host never reads through them", async () => {
+    // A venv's interpreter link, and links out of the tree to a host directory holding a marker.
+    const host = join(tmp.path, "host-side");
+    await mkdir(host);
+    const marker = `host-content-${process.pid}-${Date.now()}`;
+    await writeFile(join(host, "secret.txt"), marker);
+    await mkdir(join(src, "venv/bin"), { recursive: true });
+    await symlink("/usr/bin/python3", join(src, "venv/bin/python"));
+    await symlink(host, join(src, "abs-dir"));
+    await symlink(join(host, "secret.txt"), join(src, "abs-file"));
+    await symlink("../host-side", join(src, "up-dir"));
+    await symlink("../../host-side/secret.txt", join(src, "dir/up-file"));
+    const first = packDir(src);
+    const buf = await collect(first);
+    expect(first.stats.skipped).toBe(0);
+    expect(buf.toString("latin1")).not.toContain(marker); // packing lstat()s, never opens or lists through a link
+    const out = join(tmp.path, "out");
+    await extractTar(out, streamOf(buf), LIMITS);
+    expect(await readlink(join(out, "venv/bin/python"))).toBe("/usr/bin/python3");
+    expect(await readlink(join(out, "abs-dir"))).toBe(host);
+    expect(await readlink(join(out, "abs-file"))).toBe(join(host, "secret.txt"));
+    expect(await readlink(join(out, "up-dir"))).toBe("../host-side");
+    expect(await readlink(join(out, "dir/up-file"))).toBe("../../host-side/secret.txt");
+    // Persisting the hydrated workspace again: same bytes, still no host content.
+    expect(sha(await collect(packDir(out)))).toBe(sha(buf));
+    // A later hydrate never writes through them: refused, the host side untouched.
+    for (const below of ["abs-dir/secret.txt", "up-dir/new.txt", "venv/bin/python/x"]) {
+      await expect(extractTar(out, filesToTar({ [below]: "pwned" }), LIMITS)).rejects.toMatchObject({ code: ErrorCodes.TAR_THROUGH_SYMLINK });
+    }
+    // A file over one replaces the link, not what it points at.
+    await extractTar(out, filesToTar({ "abs-file": "mine" }), LIMITS);
+    expect(await readFile(join(out, "abs-file"), "utf8")).toBe("mine");
+    expect(await readFile(join(host, "secret.txt"), "utf8")).toBe(marker);
+    expect((await listTree(host)).length).toBe(1);
+  });
+
+  test("a path longer than MAX_ARCHIVE_PATH_BYTES fails with WORKSPACE_LIMIT, even past PATH_MAX, unless excluded", async () => {
+    // 22 x 200 bytes: the relative path alone is past PATH_MAX (what a job can build with `mkdir d; cd d` in a loop).
+    const rel = await makeDeep(src, "d".repeat(199), 22);
+    expect(Buffer.byteLength(rel)).toBeGreaterThan(4096);
+    try {
+      const limits = { maxDepth: 64 };
+      const err = await collect(packDir(src, limits)).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: ErrorCodes.WORKSPACE_LIMIT, retryable: false, details: { limit: "path length" } });
+      expect((err as Error).message).not.toContain(tmp.path);
+      // Up to the limit it packs; one byte more does not.
+      await writeFile(join(src, rel.slice(0, 15 * 200 - 1), "f".repeat(MAX_ARCHIVE_PATH_BYTES - 15 * 200)), "x");
+      const fits = await collect(packDir(src, { ...limits, exclude: [rel.slice(0, 16 * 200 - 1)] }));
+      expect(execFileSync("tar", ["-tf", "-"], { input: fits }).toString()).toContain(`${"f".repeat(MAX_ARCHIVE_PATH_BYTES - 15 * 200)}\n`);
+      await writeFile(join(src, rel.slice(0, 15 * 200 - 1), "g".repeat(MAX_ARCHIVE_PATH_BYTES - 15 * 200 + 1)), "x");
+      await expect(collect(packDir(src, { ...limits, exclude: [rel.slice(0, 16 * 200 - 1)] }))).rejects.toMatchObject({ code: ErrorCodes.WORKSPACE_LIMIT });
+    } finally {
+      await removeDeep(join(src, "d".repeat(199)));
+    }
   });
 
   test("limits fail with WORKSPACE_LIMIT", async () => {
