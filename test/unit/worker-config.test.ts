@@ -34,7 +34,7 @@ describe("worker config", () => {
     expect(bad({}, { concurrency: "0" })).toContain('--concurrency="0": expected an integer from 1 to 1024');
     expect(bad({ REDIS_URL: "http://x" })).toContain("REDIS_URL");
     expect(bad({ SANDQUEUE_LOG: "yes" })).toContain('SANDQUEUE_LOG="yes": expected true or false');
-    expect(bad({ SANDQUEUE_PROVIDER: "vm" })).toContain("expected local or docker");
+    expect(bad({ SANDQUEUE_PROVIDER: "vm" })).toContain("expected one of local, docker");
     expect(bad({ SANDQUEUE_DEFAULT_TIMEOUT_MS: "5000", SANDQUEUE_MAX_TIMEOUT_MS: "1000" })).toContain("above the maximum");
   });
 
