@@ -3,7 +3,8 @@
  * two workers, excludes, workspace limits, hostile archives from outside,
  * secrets resolved, masked, and absent from everything stored in Redis.
  */
-import { readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -12,6 +13,7 @@ import type { SandqueueClient } from "../../producer/client.js";
 import type { JobResult } from "../../producer/job-result.js";
 import type { WorkerRuntime } from "../../worker/runtime.js";
 import { REDIS_URL, requireCommand, startTestWorker, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { rawTar } from "../unit/archive-helpers.js";
 
 requireCommand("bwrap", "bubblewrap");
 
@@ -94,6 +96,46 @@ describe("workspaces, snapshots and secrets through the pipeline", () => {
       r = await run({ kind: "shell", script: "head -c 2000000 /dev/zero > big", workspace: { persist: true } });
     }
     expect(r).toMatchObject({ worker: "ws-b", status: "killed", reason: "workspace_limit", snapshot: null });
+  });
+
+  it("a venv created in one job runs in the next, hydrated from its snapshot (absolute symlinks are kept)", async () => {
+    const make = await run({ kind: "shell", script: "python3 -m venv --without-pip venv && readlink venv/bin/python3", workspace: { persist: true } });
+    expect(make, make.stderr).toMatchObject({ status: "succeeded", stdout: expect.stringMatching(/^\/usr\/bin\/python3/) });
+    const use = await run({
+      kind: "shell",
+      script: "venv/bin/python -c 'import sys; print(sys.prefix, sys.executable, sys.prefix != sys.base_prefix)'",
+      workspace: { from: make.snapshot!.id },
+    });
+    expect(use).toMatchObject({ status: "succeeded", stdout: "/workspace/venv /workspace/venv/bin/python True\n" });
+  });
+
+  it("a workspace path over MAX_ARCHIVE_PATH_BYTES ends killed/workspace_limit on the first attempt; an excluded one persists", async () => {
+    // 13 nested 250-byte directories: 3262 bytes, within what the host can name, over what an archive may hold.
+    const script = 'd=$(printf "d%.0s" $(seq 250)); for i in $(seq 13); do mkdir $d && cd $d; done; echo deep > f; echo made';
+    const r = await run({ kind: "shell", script, workspace: { persist: true } });
+    expect(r).toMatchObject({ status: "killed", reason: "workspace_limit", attempts: 1, snapshot: null, error: null, stdout: "made\n" });
+    const excluded = await run({ kind: "shell", script: `${script}; cd /workspace && echo kept > top`, workspace: { persist: true, exclude: ["d*"] } });
+    expect(excluded).toMatchObject({ status: "succeeded", attempts: 1 });
+    const back = await run({ kind: "shell", script: "cat top; ls", workspace: { from: excluded.snapshot!.id } });
+    expect(back.stdout).toBe("kept\ntop\n");
+  });
+
+  it("a snapshot holding a path the host cannot hold ends error TAR_PATH_TOO_LONG on the first attempt, without host paths", async () => {
+    const store = (buf: Buffer): string => {
+      const hex = createHash("sha256").update(buf).digest("hex");
+      mkdirSync(join(snapshots, "sha256"), { recursive: true });
+      writeFileSync(join(snapshots, "sha256", `${hex}.tar`), buf);
+      return `sha256:${hex}`;
+    };
+    const seg = "d".repeat(200);
+    for (const name of [`${`${seg}/`.repeat(20)}f`.slice(0, 4096), `a/${"s".repeat(256)}`]) {
+      const id = store(await rawTar([{ name, type: "file", mode: 0o644, body: "x" }]));
+      const r = await run({ kind: "shell", script: "echo SHOULD-NOT-RUN", workspace: { from: id } });
+      expect(r).toMatchObject({ status: "error", attempts: 1, stdout: "" });
+      expect(r.error?.code).toBe(ErrorCodes.TAR_PATH_TOO_LONG);
+      expect(r.error?.message).toMatch(/limited to \d+ bytes/);
+      expect(r.error?.message).not.toMatch(/\/tmp\/|\.sandqueue|\/proc\//);
+    }
   });
 
   it("resolves secrets from the environment and a directory, masks them, keeps them out of Redis", async () => {
