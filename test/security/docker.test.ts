@@ -147,6 +147,13 @@ probe("docker", lambda: unix("/var/run/docker.sock"))
     expect(tar).toContain("inlink");
   });
 
+  it("links to anywhere persist as links and resolve inside the next container", async () => {
+    const a = await rig.run({ kind: "shell", script: "ln -s /usr/bin/python3 py; mkdir -p a/b; ln -s ../../../etc a/b/up", workspace: { persist: true } });
+    expect(a.status, a.stderr).toBe("succeeded");
+    const b = await rig.run({ kind: "shell", script: "readlink py a/b/up; ./py -c 'print(6*7)'; test -f a/b/up/os-release && echo etc", workspace: { from: a.snapshot!.id } });
+    expect(b.stdout).toBe("/usr/bin/python3\n../../../etc\n42\netc\n");
+  });
+
   it("hostile archives in workspace.from end as error with their TAR code", async () => {
     const cases: Array<[string, Parameters<typeof rawTar>[0]]> = [
       [ErrorCodes.TAR_PARENT_PATH, [{ name: "../../x", body: "x" }]],
