@@ -22,7 +22,7 @@ import {
   queueNameProblem,
   redisUnavailable,
 } from "./redis.js";
-import { cancelChannel, type QueuedJobData } from "./queue-protocol.js";
+import { RETRY_BACKOFF, cancelChannel, type QueuedJobData } from "./queue-protocol.js";
 
 export interface ClientOptions {
   redisUrl?: string;
@@ -289,7 +289,8 @@ export class SandqueueClient {
   private jobOptions() {
     return {
       attempts: this.opts.attempts,
-      backoff: { type: "exponential" as const, delay: this.opts.backoffMs },
+      // Exponential, but a backend's Retry-After can stretch it (the worker's backoffStrategy).
+      backoff: { type: RETRY_BACKOFF, delay: this.opts.backoffMs },
       removeOnComplete: { age: Math.ceil(this.opts.resultTtlMs / 1000), count: this.opts.maxResults },
       removeOnFail: { age: Math.ceil(this.opts.resultTtlMs / 1000), count: this.opts.maxResults },
     };

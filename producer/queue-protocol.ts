@@ -5,6 +5,14 @@
 import type { JobSpec } from "./job-spec.js";
 
 /** BullMQ job data. `v` lets a future worker read older envelopes. */
+/**
+ * The jobs' backoff type: exponential from `delay`, or longer when the
+ * failure carried a backend's Retry-After. BullMQ calls the worker's
+ * `settings.backoffStrategy` for a type it does not know, which is how the
+ * worker sees the error; see worker/retry-backoff.ts.
+ */
+export const RETRY_BACKOFF = "sandqueue-retry";
+
 export interface QueuedJobData {
   v: 1;
   spec: JobSpec;

@@ -21,6 +21,7 @@ import type { WorkerConfig } from "./config.js";
 import { resolveLimits } from "./limits.js";
 import { Heartbeat } from "./heartbeat.js";
 import { checkCapabilities } from "./capabilities.js";
+import { retryDelayMs } from "./retry-backoff.js";
 import { silentLogger, type Logger } from "./log.js";
 import {
   ShutdownInterrupt,
@@ -136,6 +137,7 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
         stalledInterval: this.config.stalledIntervalMs,
         maxStalledCount: this.config.maxStalledCount,
         autorun: false,
+        settings: { backoffStrategy: retryDelayMs },
         // Results are kept per the producer's job options.
       });
       this.bull.on("error", (err) => this.log.log("warn", "worker.redis_error", { error: err.message }));
