@@ -1,0 +1,104 @@
+/**
+ * `npm run standin -- kubernetes --kubeconfig FILE [options]`: starts a
+ * stand-in service on 127.0.0.1, writes a kubeconfig pointing at it, prints
+ * where it listens, and runs until SIGTERM or SIGINT (then releases every
+ * sandbox and removes the kubeconfig it wrote).
+ */
+import { parseArgs } from "node:util";
+import { mkdtemp, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { LocalProvider } from "../providers/local/index.js";
+import { KubernetesStandin } from "./kubernetes/index.js";
+import { parseIntFlag, parsePairs, usage } from "../cli/args.js";
+import { isSandqueueError } from "../errors/index.js";
+
+const USAGE = `usage: npm run standin -- kubernetes --kubeconfig FILE [options]
+
+  --kubeconfig FILE        write a kubeconfig for the stand-in here (required)
+  --port N                 listen on 127.0.0.1:N (default: a free port)
+  --namespace NS           create this namespace too, and make it the kubeconfig's (repeatable; first wins)
+  --image IMAGE=LOCAL      run pods of container image IMAGE on local image LOCAL (repeatable)
+  --default-image LOCAL    local image for other images (default host; "none": ErrImagePull)
+  --memory-mb N            memory of pods without memory limits (default 512)
+  --pids N                 pids limit of every pod (default 256)
+  --exec-protocol P        serve only this exec subprotocol (v5.channel.k8s.io or v4.channel.k8s.io; repeatable)
+  --work-root DIR          local sandboxes' work root (default: a fresh temporary directory)
+  --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)
+  --no-token               accept requests without a bearer token`;
+
+export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const [kind, ...rest] = argv;
+  if (kind !== "kubernetes") {
+    console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes)\n\n${USAGE}`);
+    return kind === "--help" ? 0 : 2;
+  }
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      kubeconfig: { type: "string" },
+      port: { type: "string" },
+      namespace: { type: "string", multiple: true },
+      image: { type: "string", multiple: true },
+      "default-image": { type: "string" },
+      "memory-mb": { type: "string" },
+      pids: { type: "string" },
+      "exec-protocol": { type: "string", multiple: true },
+      "work-root": { type: "string" },
+      "images-dir": { type: "string" },
+      "no-token": { type: "boolean" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (!values.kubeconfig) throw usage(`--kubeconfig FILE is required\n\n${USAGE}`);
+  const kubeconfig = path.resolve(values.kubeconfig);
+  const ownWorkRoot = values["work-root"] === undefined;
+  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-standin-")));
+  const provider = new LocalProvider({
+    workRoot,
+    cgroupParent: "sandqueue-standin",
+    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  });
+  let standin: KubernetesStandin | undefined;
+  try {
+    const defaultImage = values["default-image"];
+    standin = await KubernetesStandin.start({
+      provider,
+      port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+      ...(values["no-token"] ? { token: null } : {}),
+      namespaces: values.namespace ?? [],
+      images: parsePairs("image", values.image),
+      defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),
+      ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 1, 1024 * 1024) } : {}),
+      ...(values.pids ? { podPidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+      ...(values["exec-protocol"] ? { execProtocols: values["exec-protocol"] } : {}),
+    });
+    await standin.writeKubeconfig(kubeconfig, values.namespace?.[0] ?? "default");
+    console.log(`kubernetes stand-in listening on ${standin.url}; kubeconfig ${kubeconfig}; sandboxes under ${workRoot}`);
+    await new Promise<void>((resolve) => {
+      process.once("SIGTERM", resolve);
+      process.once("SIGINT", resolve);
+    });
+    console.log("kubernetes stand-in stopping: releasing sandboxes");
+    return 0;
+  } finally {
+    await standin?.stop();
+    await provider.close();
+    if (standin) await rm(kubeconfig, { force: true });
+    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
+  }
+}
+
+main(process.argv.slice(2), process.env).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    console.error(isSandqueueError(err) ? err.message : err);
+    process.exitCode = isSandqueueError(err) ? 2 : 70;
+  },
+);
