@@ -30,6 +30,10 @@ export const ErrorCodes = {
   PROVIDER_FAILED: "SANDQ_ERR_PROVIDER_FAILED",
   CGROUP_UNAVAILABLE: "SANDQ_ERR_CGROUP_UNAVAILABLE",
   SANDBOX_RELEASED: "SANDQ_ERR_SANDBOX_RELEASED",
+  SANDBOX_LOST: "SANDQ_ERR_SANDBOX_LOST",
+  PROVIDER_RATE_LIMITED: "SANDQ_ERR_PROVIDER_RATE_LIMITED",
+  PROVIDER_CREDENTIALS: "SANDQ_ERR_PROVIDER_CREDENTIALS",
+  CAPABILITY_UNSUPPORTED: "SANDQ_ERR_CAPABILITY_UNSUPPORTED",
   // workspace archives and snapshots
   SNAPSHOT_NOT_FOUND: "SANDQ_ERR_SNAPSHOT_NOT_FOUND",
   SNAPSHOT_STORE: "SANDQ_ERR_SNAPSHOT_STORE",
@@ -62,12 +66,15 @@ export interface SandqueueErrorOptions {
   cause?: unknown;
   /** Small, secret-free, JSON-safe facts for callers (field paths, sizes). */
   details?: Record<string, unknown>;
+  /** The backend asked us to wait this long before trying again (Retry-After). */
+  retryAfterMs?: number;
 }
 
 export class SandqueueError extends Error {
   readonly code: ErrorCode;
   readonly retryable: boolean;
   readonly details: Record<string, unknown> | undefined;
+  readonly retryAfterMs: number | undefined;
 
   constructor(code: ErrorCode, message: string, opts: SandqueueErrorOptions = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
@@ -75,6 +82,7 @@ export class SandqueueError extends Error {
     this.code = code;
     this.retryable = opts.retryable ?? false;
     this.details = opts.details;
+    this.retryAfterMs = opts.retryAfterMs;
   }
 
   toJSON(): { code: ErrorCode; message: string; retryable: boolean } {

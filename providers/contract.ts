@@ -78,6 +78,8 @@ export function describeProviderContract(
     limits: { memoryMb: opts.memoryMb ?? 256, pids: opts.pids ?? 64, ...over },
     network: "none",
     labels: { "sandqueue.test": "contract" },
+    annotations: {},
+    maxLifetimeMs: 600_000,
   });
 
   describe(`provider contract: ${name}`, () => {

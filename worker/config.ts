@@ -11,6 +11,7 @@ import { ConfigError, ErrorCodes } from "../errors/index.js";
 import { DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_REDIS_URL } from "../producer/redis.js";
 import { LIMIT_BOUNDS, type ResolvedLimits } from "../producer/job-spec.js";
 import { parseDurationMs } from "./snapshot/store.js";
+import { DEFAULT_ARCHIVE_LIMITS } from "../providers/archive/index.js";
 import { DEFAULT_PROVIDER, providerDefinition, providerSettings } from "../providers/registry.js";
 
 const int = (min: number, max: number) =>
@@ -175,9 +176,9 @@ export function parseWorkerConfig(
     defaultLimits,
     maxLimits,
     workspaceLimits: {
-      maxBytes: parsed.workspaceMaxBytes ?? 1024 * 1024 * 1024,
-      maxEntries: parsed.workspaceMaxFiles ?? 100_000,
-      maxDepth: parsed.workspaceMaxDepth ?? 64,
+      maxBytes: parsed.workspaceMaxBytes ?? DEFAULT_ARCHIVE_LIMITS.maxBytes,
+      maxEntries: parsed.workspaceMaxFiles ?? DEFAULT_ARCHIVE_LIMITS.maxEntries,
+      maxDepth: parsed.workspaceMaxDepth ?? DEFAULT_ARCHIVE_LIMITS.maxDepth,
     },
     logJobs: parsed.logJobs ?? true,
     workerId,

@@ -42,11 +42,17 @@ export class Heartbeat implements OwnerLiveness {
     await this.redis.set(this.key, JSON.stringify({ worker: this.workerId, at: Date.now(), ...this.info }), "PX", this.ttlMs);
   }
 
-  /** Stops beating and removes the key: called once every sandbox of this worker is gone. */
+  /**
+   * Stops beating and removes the key: called once every sandbox of this
+   * worker is gone. Bounded: with Redis down the key simply expires.
+   */
   async stop(): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
-    await this.redis.del(this.key);
+    if (this.redis.status !== "ready") return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([this.redis.del(this.key).catch(() => 0), new Promise((r) => (timer = setTimeout(r, 1000)))]);
+    clearTimeout(timer);
   }
 
   async liveOwners(workerLabels: readonly string[]): Promise<ReadonlySet<string>> {

@@ -19,7 +19,7 @@ import type { Readable } from "node:stream";
 import { ErrorCodes, SandqueueError } from "../errors/index.js";
 import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-spec.js";
 import { NO_OUTPUT, errorJobResult, type JobResult, type KillReason, type SnapshotRef, type Timings } from "../producer/job-result.js";
-import { WORKSPACE_DIR, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
+import { WORKSPACE_DIR, ownershipLabels, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
 import type { ArchiveLimits } from "../providers/archive/index.js";
 
 /** Resolves secret names to values; values never leave the worker process. */
@@ -78,6 +78,11 @@ export interface RunContext {
    * The owner awaits every handed-over release before closing the provider.
    */
   releaseInBackground?: (released: Promise<void>) => void;
+  /**
+   * A release that could not remove everything (the job's result stands; the
+   * provider's reap retries the remains). Without it the failure is dropped.
+   */
+  onReleaseFailed?: (err: unknown) => void;
   /** Observes phase durations as they complete (metrics). */
   onPhase?: (phase: string, ms: number) => void;
 }
@@ -115,7 +120,9 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
           image: spec.image,
           limits: { memoryMb: ctx.limits.memoryMb, pids: ctx.limits.pids },
           network: spec.network,
-          labels: { "sandqueue.job": ctx.jobId, ...prefixed(spec.labels) },
+          labels: ownershipLabels(ctx.workerId, ctx.jobId),
+          annotations: spec.labels,
+          maxLifetimeMs: ctx.limits.timeoutMs + LIFETIME_SLACK_MS,
         },
         { signal: ctx.signal },
       ),
@@ -180,7 +187,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
     throw err;
   } finally {
     if (sandbox) {
-      const released = sandbox.release().catch(() => {});
+      const released = sandbox.release().catch((err: unknown) => ctx.onReleaseFailed?.(err));
       if (ctx.releaseInBackground) ctx.releaseInBackground(released);
       else await released;
     }
@@ -272,6 +279,9 @@ function baseEnv(): Record<string, string> {
   };
 }
 
-function prefixed(labels: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(labels).map(([k, v]) => [`sandqueue.label.${k}`, v]));
-}
+/**
+ * A sandbox's backstop lifetime is the job's wall time plus this: room for
+ * acquire, hydrate and persist, after which a backend with native expiry
+ * removes the sandbox even if its worker never comes back.
+ */
+const LIFETIME_SLACK_MS = 15 * 60_000;

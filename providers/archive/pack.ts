@@ -26,12 +26,16 @@ import { compileExcludes } from "./glob.js";
 import type { ArchiveLimits, PackOptions } from "./index.js";
 import { headerFor, packEntry, packStream, readEntries, type ArchiveStream, type Headers } from "./tar-io.js";
 
-/** Used when PackOptions leave a limit out. */
-export const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = {
-  maxBytes: 10 * 1024 * 1024 * 1024,
-  maxEntries: 1_000_000,
+/**
+ * The one default for workspace archives, in and out, on every provider
+ * (and the worker's SANDQUEUE_WORKSPACE_MAX_* defaults): a snapshot
+ * persisted under the defaults on one provider hydrates on every other.
+ */
+export const DEFAULT_ARCHIVE_LIMITS: Readonly<ArchiveLimits> = Object.freeze({
+  maxBytes: 1024 * 1024 * 1024,
+  maxEntries: 100_000,
   maxDepth: 64,
-};
+});
 
 export interface PackExtras {
   /** Keep file mtimes instead of writing 0 (breaks de-duplication of identical workspaces). */

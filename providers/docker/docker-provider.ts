@@ -8,7 +8,7 @@ import os from "node:os";
 import type { Readable } from "node:stream";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
-import { normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
+import { DEFAULT_ARCHIVE_LIMITS, normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import {
   WORKSPACE_DIR,
   type ExecRequest,
@@ -17,6 +17,12 @@ import {
   type Sandbox,
   type SandboxProvider,
   type SandboxSpec,
+  type OwnerLiveness,
+  LABEL_MANAGED_BY,
+  LABEL_WORKER,
+  MANAGED_BY,
+  labelSafe,
+  ownershipLabels,
 } from "../provider.js";
 import { EngineClient, EngineHttpError, parseDockerHost, readAll } from "./engine-client.js";
 import { imageNotFound, translateEngineError, type EngineErrorContext } from "./engine-errors.js";
@@ -24,9 +30,9 @@ import { podmanProfilePath } from "./seccomp-profile.js";
 import { parseCounters, runExec, type Counters, type ExecTarget } from "./exec.js";
 import { INIT_SCRIPT, launcherCommand } from "./launcher.js";
 import { WarmPool, type WarmPoolOptions } from "./warm-pool.js";
+import { dockerDefinition } from "./definition.js";
 import { checkedWorkspaceDir } from "./workspace-path.js";
 
-export const LABEL_OWNER = "sandqueue.owner";
 export const LABEL_PID = "sandqueue.pid";
 export const LABEL_HOST = "sandqueue.host";
 export const LABEL_POOLED = "sandqueue.pooled";
@@ -35,7 +41,7 @@ export interface DockerProviderOptions {
   /** `unix:///path` or `tcp://host:port`; defaults to $DOCKER_HOST, then /var/run/docker.sock. */
   dockerHost?: string;
   apiVersion?: string;
-  /** Worker id, put on every container as `sandqueue.owner`. */
+  /** Worker id: every container carries it (label-safe) as `sandqueue.io/worker`. */
   owner: string;
   /** Extra labels on every container (pooled ones included). */
   labels?: Record<string, string>;
@@ -53,7 +59,6 @@ export interface DockerProviderOptions {
 }
 
 /** Default caps for incoming archives when the caller gives none. */
-const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 256 * 1024 * 1024, maxEntries: 100_000, maxDepth: 64 };
 const NOBODY = "65534:65534";
 
 const CONTAINER_ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"];
@@ -81,15 +86,11 @@ interface Container {
 
 export class DockerProvider implements SandboxProvider {
   readonly name = "docker";
-  readonly capabilities: ProviderCapabilities = {
-    memoryLimit: true,
-    pidsLimit: true,
-    networkIsolation: true,
-    hostWorkspace: false,
-  };
+  readonly capabilities: ProviderCapabilities = dockerDefinition.capabilities;
   readonly engine: EngineClient;
   private readonly opts: DockerProviderOptions;
   private readonly baseLabels: Record<string, string>;
+  private readonly ownerLabel: string;
   private readonly users = new Map<string, Promise<string>>();
   private readonly live = new Set<DockerSandbox>();
   readonly pool: WarmPool<Container>;
@@ -102,9 +103,10 @@ export class DockerProvider implements SandboxProvider {
     this.opts = opts;
     this.engine = new EngineClient({ dockerHost: opts.dockerHost ?? process.env.DOCKER_HOST, apiVersion: opts.apiVersion });
     this.localEngine = parseDockerHost(opts.dockerHost ?? process.env.DOCKER_HOST).kind === "unix";
+    this.ownerLabel = labelSafe(opts.owner);
     this.baseLabels = {
       ...opts.labels,
-      [LABEL_OWNER]: opts.owner,
+      ...ownershipLabels(opts.owner),
       [LABEL_PID]: String(process.pid),
       [LABEL_HOST]: os.hostname(),
     };
@@ -115,7 +117,7 @@ export class DockerProvider implements SandboxProvider {
     );
   }
 
-  /** The worker id in every container's `sandqueue.owner` label. */
+  /** The worker id (its label-safe form is in every container's `sandqueue.io/worker` label). */
   get owner(): string {
     return this.opts.owner;
   }
@@ -148,12 +150,15 @@ export class DockerProvider implements SandboxProvider {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode "${String(spec.network)}" is not supported`);
     }
     // Pooled containers were created before this job existed, so they carry
-    // the provider labels (owner, pid, host) but not spec.labels: Docker
-    // labels cannot be changed after create. Reaping works on owner labels.
+    // the provider's ownership labels (managed-by, worker, pid, host) but not
+    // the job's: Docker labels cannot be changed after create. Reaping needs
+    // only the worker label.
     const pooled = await this.pool.take(poolKey(spec), templateOf(spec), opts.signal);
     if (pooled && opts.signal?.aborted) await this.removeContainer(pooled.id).catch(() => {});
     throwIfAborted(opts.signal);
-    const container = pooled ?? (await this.createContainer({ ...templateOf(spec), labels: spec.labels }, opts.signal));
+    // Docker has no annotations: the job's own labels become `sandqueue.label.<key>` labels.
+    const labels = { ...spec.labels, ...prefixedAnnotations(spec.annotations) };
+    const container = pooled ?? (await this.createContainer({ ...templateOf(spec), labels }, opts.signal));
     const box = new DockerSandbox(this, container, spec, this.opts.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS);
     this.live.add(box);
     return box;
@@ -322,29 +327,30 @@ export class DockerProvider implements SandboxProvider {
   }
 
   /**
-   * Removes sandqueue containers whose owner is gone: same host and the
-   * labelled pid no longer alive. Containers matching a given
-   * `sandqueue.owner` label of another worker are removed whatever their pid
-   * (the caller knows that worker is dead). Never touches this provider's own.
+   * Removes sandqueue containers whose owner is dead: its worker label has no
+   * heartbeat (`owners`, from the worker), or it was made on this host by a
+   * process that is gone. Works across hosts sharing one engine. Never
+   * touches this provider's own containers, nor a live worker's.
    */
-  async reap(labels: Record<string, string> = {}): Promise<number> {
-    const filters = { label: [LABEL_OWNER, ...Object.entries(labels).map(([k, v]) => `${k}=${v}`)] };
+  async reap(owners?: OwnerLiveness): Promise<number> {
     const list = await this.call({ op: "list containers" }, () =>
       this.engine.json<Array<{ Id: string; Labels: Record<string, string> | null }>>({
         method: "GET",
         path: "/containers/json",
-        query: { all: true, filters: JSON.stringify(filters) },
+        query: { all: true, filters: JSON.stringify({ label: [`${LABEL_MANAGED_BY}=${MANAGED_BY}`] }) },
       }),
     );
     const host = os.hostname();
-    const ownerGiven = labels[LABEL_OWNER] !== undefined;
+    const mine = (l: Record<string, string>): boolean =>
+      l[LABEL_WORKER] === this.ownerLabel && l[LABEL_PID] === String(process.pid) && l[LABEL_HOST] === host;
+    const others = list.filter((c) => !mine(c.Labels ?? {}));
+    const live = owners ? await owners.liveOwners([...new Set(others.map((c) => c.Labels?.[LABEL_WORKER] ?? ""))]) : null;
     let removed = 0;
-    for (const c of list) {
+    for (const c of others) {
       const l = c.Labels ?? {};
-      const mine = l[LABEL_OWNER] === this.opts.owner && l[LABEL_PID] === String(process.pid) && l[LABEL_HOST] === host;
-      if (mine) continue;
-      const dead = ownerGiven || (l[LABEL_HOST] === host && !pidAlive(Number(l[LABEL_PID])));
-      if (!dead) continue;
+      const localDead = l[LABEL_HOST] === host && !pidAlive(Number(l[LABEL_PID]));
+      const noHeartbeat = live !== null && !live.has(l[LABEL_WORKER] ?? "");
+      if (!localDead && !noHeartbeat) continue;
       await this.removeContainer(c.Id);
       removed++;
     }
@@ -492,6 +498,10 @@ class DockerSandbox implements Sandbox, ExecTarget {
     })();
     return this.released;
   }
+}
+
+function prefixedAnnotations(a: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(a).map(([k, v]) => [`sandqueue.label.${k}`, v]));
 }
 
 /** The image part of a pool key. */

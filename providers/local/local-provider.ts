@@ -15,19 +15,21 @@
  * creation off the job's path, as the docker provider's warm pool does.
  */
 import { accessSync, constants as fsConstants, existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { access, readFile, readdir, rm, constants } from "node:fs/promises";
+import { access, readdir, rm, constants } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
-import type { ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
-import type { ArchiveLimits } from "../archive/index.js";
+import { ownershipLabels, type OwnerLiveness, type ProviderCapabilities, type Sandbox, type SandboxProvider, type SandboxSpec } from "../provider.js";
+import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { detectCgroups, type CgroupLimits, type CgroupManager, type SandboxCgroup } from "./cgroups.js";
 import { HOST_IMAGE, dirImageOps, hostImageOps } from "./image-root.js";
 import { LocalSandbox } from "./local-sandbox.js";
+import { localDefinition } from "./definition.js";
 import { Spawner } from "./spawner.js";
 import { seccompProgram } from "./seccomp.js";
 import { mountWorkRootTmpfs, type WorkRootMount } from "./workspace-mount.js";
+import { removeTree } from "./remove-tree.js";
 
 export interface LocalProviderOptions {
   /** Where sandbox workspaces live. Default: `os.tmpdir()/sandqueue-work`. */
@@ -58,6 +60,8 @@ export interface LocalProviderOptions {
   prestart?: number;
   /** Runs the spawn helper (spawner.py). Default: /usr/bin/python3, else `python3` on PATH. */
   pythonPath?: string;
+  /** The owning worker's id, recorded (as ownership labels) in each sandbox's owner.json. */
+  owner?: string;
 }
 
 const SYSTEM_PYTHON = "/usr/bin/python3";
@@ -70,7 +74,6 @@ const PRESTART_LIMITS = { memoryMb: 64, pids: 16 };
 /** Processes bwrap itself keeps in the cgroup: its monitor and the namespace's pid 1. */
 export const BWRAP_OVERHEAD_PIDS = 2;
 
-const DEFAULT_ARCHIVE_LIMITS: ArchiveLimits = { maxBytes: 1024 ** 3, maxEntries: 100_000, maxDepth: 64 };
 const SANDBOX_NAME = /^sq-(\d+)-[0-9a-f]{12}$/;
 /** Files of one provider instance in the work root: the host image's /etc and the seccomp program. */
 const PROVIDER_FILE_NAME = /^\.(?:host-etc|seccomp)-(\d+)-[0-9a-f]{12}$/;
@@ -130,12 +133,7 @@ function positiveInt(v: unknown): v is number {
 
 export class LocalProvider implements SandboxProvider {
   readonly name = "local";
-  readonly capabilities: ProviderCapabilities = {
-    memoryLimit: true,
-    pidsLimit: true,
-    networkIsolation: true,
-    hostWorkspace: true,
-  };
+  readonly capabilities: ProviderCapabilities = localDefinition.capabilities;
 
   readonly workRoot: string;
   private readonly imagesDir: string | undefined;
@@ -154,6 +152,8 @@ export class LocalProvider implements SandboxProvider {
   private readonly workMount: WorkRootMount | null;
   private readonly spawner: Spawner;
   private readonly prestartCount: number;
+  /** Ownership labels every sandbox of this provider carries (owner.json). */
+  private readonly ownerLabels: Record<string, string>;
   /** Idle pre-started sandboxes per image, most recently used image last. */
   private readonly warm = new Map<string, LocalSandbox[]>();
   private filling: Promise<void> | null = null;
@@ -182,6 +182,7 @@ export class LocalProvider implements SandboxProvider {
     }
     this.spawner = new Spawner(python);
     this.prestartCount = opts.prestart ?? 0;
+    this.ownerLabels = opts.owner === undefined ? {} : ownershipLabels(opts.owner);
     this.cgroups = detectCgroups({ parent: opts.cgroupParent ?? "sandqueue", version: opts.cgroupVersion });
     this.workRoot = path.resolve(opts.workRoot ?? path.join(os.tmpdir(), "sandqueue-work"));
     mkdirSync(this.workRoot, { recursive: true, mode: 0o700 });
@@ -249,7 +250,7 @@ export class LocalProvider implements SandboxProvider {
       try {
         box.adopt(
           cgroupLimits(spec.limits),
-          JSON.stringify({ pid: process.pid, labels: spec.labels, image: spec.image }),
+          JSON.stringify({ pid: process.pid, labels: { ...this.ownerLabels, ...spec.labels }, annotations: spec.annotations, image: spec.image }),
         );
         return box;
       } catch {
@@ -316,8 +317,8 @@ export class LocalProvider implements SandboxProvider {
     try {
       // Three metadata calls: synchronous is cheaper than three thread-pool round trips.
       mkdirSync(sandboxDir, { mode: 0o700 });
-      releasers.push(() => rm(sandboxDir, { recursive: true, force: true }));
-      writeFileSync(path.join(sandboxDir, "owner.json"), JSON.stringify({ pid: process.pid, labels, image }));
+      releasers.push(() => removeTree(sandboxDir));
+      writeFileSync(path.join(sandboxDir, "owner.json"), JSON.stringify({ pid: process.pid, labels: { ...this.ownerLabels, ...labels }, image }));
       mkdirSync(workspaceHostDir, { mode: 0o755 });
       const cgroup: SandboxCgroup = await this.cgroups.create(id, cgroupLimits(limits));
       releasers.push(() => cgroup.remove());
@@ -394,35 +395,45 @@ export class LocalProvider implements SandboxProvider {
   }
 
   /**
-   * Removes sandboxes whose owner process is gone. With labels, a workspace
-   * is reaped only if its owner.json carries all of them; a cgroup without
-   * its workspace has no labels left and is reaped whenever its owner is dead.
+   * Removes sandboxes whose owner process is gone, and this process's own
+   * that no provider holds any more (a release that could not finish).
+   * Every local sandbox lives on this host, so its owner's pid (in its name)
+   * is the authority: heartbeats (`_owners`) add nothing here, and a live
+   * worker's sandboxes are never touched.
    */
-  async reap(labels: Record<string, string> = {}): Promise<number> {
+  async reap(_owners?: OwnerLiveness): Promise<number> {
     const names = new Set<string>([
       ...(await readdir(this.workRoot).catch(() => [] as string[])),
       ...(await this.cgroups.list()),
     ]);
     let count = 0;
+    // One leftover that cannot be removed must not shelter the others: all are
+    // tried, then the failures are reported together (the next reap retries them).
+    const failures: string[] = [];
     for (const name of names) {
-      const own = PROVIDER_FILE_NAME.exec(name);
-      // Not a sandbox, not counted: the /etc copy or seccomp file of a dead provider.
-      if (own && Number(own[1]) !== process.pid && !pidAlive(Number(own[1]))) {
-        await rm(path.join(this.workRoot, name), { recursive: true, force: true });
+      try {
+        const own = PROVIDER_FILE_NAME.exec(name);
+        // Not a sandbox, not counted: the /etc copy or seccomp file of a dead provider.
+        if (own && Number(own[1]) !== process.pid && !pidAlive(Number(own[1]))) {
+          await removeTree(path.join(this.workRoot, name));
+        }
+        const m = SANDBOX_NAME.exec(name);
+        if (!m || heldInProcess.has(name)) continue;
+        const ownerPid = Number(m[1]);
+        if (ownerPid !== process.pid && pidAlive(ownerPid)) continue;
+        await this.cgroups.open(name).remove();
+        await removeTree(path.join(this.workRoot, name));
+        count++;
+      } catch (err) {
+        failures.push(`${name}: ${(err as Error).message}`);
       }
-      const m = SANDBOX_NAME.exec(name);
-      if (!m || heldInProcess.has(name)) continue;
-      const ownerPid = Number(m[1]);
-      if (ownerPid !== process.pid && pidAlive(ownerPid)) continue;
-      const dir = path.join(this.workRoot, name);
-      const owner = await readFile(path.join(dir, "owner.json"), "utf8").then(
-        (t) => JSON.parse(t) as { labels?: Record<string, string> },
-        () => null,
+    }
+    if (failures.length > 0) {
+      throw new ProviderError(
+        ErrorCodes.PROVIDER_FAILED,
+        `reap removed ${count} sandbox(es) but could not remove ${failures.length} leftover(s), left for the next reap: ${failures.slice(0, 3).join("; ")}${failures.length > 3 ? "; ..." : ""}`,
+        { retryable: true },
       );
-      if (owner && !Object.entries(labels).every(([k, v]) => owner.labels?.[k] === v)) continue;
-      await this.cgroups.open(name).remove();
-      await rm(dir, { recursive: true, force: true });
-      count++;
     }
     return count;
   }
@@ -433,7 +444,7 @@ export class LocalProvider implements SandboxProvider {
       this.warm.clear();
       const results = await Promise.allSettled([
         ...[...this.live.values()].map((s) => s.release()),
-        rm(this.hostEtcDir, { recursive: true, force: true }),
+        removeTree(this.hostEtcDir),
         rm(this.seccompFile, { force: true }),
       ]);
       this.spawner.close();

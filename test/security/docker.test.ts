@@ -48,7 +48,7 @@ describe("security: hostile jobs (docker provider)", () => {
   beforeAll(async () => {
     await requireEngine();
     process.env[CANARY_NAME] = CANARY;
-    rig = await startRig("sec-docker", { provider: "docker", dockerHost: DOCKER_HOST, pool: { minIdle: 0, maxSize: 0 }, snapshotsUrl: `file://${snapshots}` }, { image: IMAGE });
+    rig = await startRig("sec-docker", { provider: "docker", providerSettings: { dockerHost: DOCKER_HOST, poolMinIdle: 0, poolMaxSize: 0 }, snapshotsUrl: `file://${snapshots}` }, { image: IMAGE });
   });
   afterEach(async () => {
     await rig.assertHealthy();

@@ -65,7 +65,7 @@ export async function startTestWorker(queue: string, overrides: Partial<WorkerCo
     metricsPort: 0,
     logJobs: false,
     concurrency: 2,
-    workRoot: tempDir("work"),
+    providerSettings: { workRoot: tempDir("work") },
     stalledIntervalMs: 2000,
     lockDurationMs: 10_000,
     ...overrides,
