@@ -5,10 +5,10 @@
  * launcher (launcher.ts) on stdin: over attach to the container's waiting
  * main process for the first exec, through an engine exec after that.
  */
-import os from "node:os";
 import type { Duplex, Readable } from "node:stream";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import type { ExecLimitHit, ExecRequest, ExecResult } from "../provider.js";
+import type { ExecRequest, ExecResult } from "../provider.js";
+import { ExecSupervision, notRunResult } from "../exec-supervision.js";
 import type { EngineClient } from "./engine-client.js";
 import { EXEC_SCRIPT, TrailerScanner, encodeRequest, launcherCommand, newTag } from "./launcher.js";
 import { FrameDecoder, type FrameStream } from "./stream-frames.js";
@@ -34,7 +34,6 @@ export interface Counters {
 
 /** After asking the init to kill, how long before the whole container is killed. */
 const KILL_GRACE_MS = 2_000;
-const SIGNAL_NAMES = new Map(Object.entries(os.constants.signals).map(([name, n]) => [n, name]));
 
 // cgroup v1 and v2 paths as mounted inside the container; `oom_kill` and
 // `max` lines are what we need. Errors are silenced: a missing file just
@@ -52,24 +51,7 @@ const OOM_POLL_MS = 100;
  */
 export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = false): Promise<ExecResult> {
   const startedAt = performance.now();
-  const out = { stdout: [] as Buffer[], stderr: [] as Buffer[] };
-  const size = { stdout: 0, stderr: 0 };
-  const truncated = { stdout: false, stderr: false };
-  let limitHit: ExecLimitHit | null = null;
-  const result = (exitCode: number | null, signal: string | null): ExecResult => ({
-    exitCode,
-    signal,
-    stdout: Buffer.concat(out.stdout),
-    stderr: Buffer.concat(out.stderr),
-    stdoutTruncated: truncated.stdout,
-    stderrTruncated: truncated.stderr,
-    limitHit,
-    durationMs: Math.round(performance.now() - startedAt),
-  });
-  if (req.signal?.aborted) {
-    limitHit = "aborted";
-    return result(null, null);
-  }
+  if (req.signal?.aborted) return notRunResult(startedAt);
 
   const tag = newTag();
   // Validates the request before anything is started.
@@ -104,55 +86,41 @@ export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = fal
 
   let ended = false;
   let escalate: NodeJS.Timeout | undefined;
-  const hit = (reason: ExecLimitHit): void => {
-    if (limitHit === null) limitHit = reason;
-    if (escalate) return;
-    t.killProcesses().catch(() => t.killContainer());
-    // The init may be unable to act (stopped, replaced); then the container goes.
-    escalate = setTimeout(() => {
-      if (!ended) {
-        void t.killContainer();
-        output.destroy();
-      }
-    }, KILL_GRACE_MS);
-  };
-
-  const collect = (stream: FrameStream, payload: Buffer): void => {
-    if (truncated[stream]) return;
-    const room = req.maxOutputBytes - size[stream];
-    if (payload.length > room) {
-      if (room > 0) out[stream].push(payload.subarray(0, room));
-      size[stream] = req.maxOutputBytes;
-      truncated[stream] = true;
-      // Stop collecting this stream and kill the tree; keep reading until
-      // the launcher's trailers say the tree is dead, so the other stream's
-      // last bytes (the engine forwards the two pipes independently) still
-      // arrive. If the tree does not die, the escalation timer ends it.
-      hit("output");
-      return;
-    }
-    out[stream].push(payload);
-    size[stream] += payload.length;
-  };
+  // Timer, abort (the job's signal and the sandbox's release), output caps
+  // and the limit precedence are the shared supervision's; the kill is ours.
+  // An output overflow stops collecting that stream and kills the tree; we
+  // keep reading until the launcher's trailers say the tree is dead, so the
+  // other stream's last bytes (the engine forwards the two pipes
+  // independently) still arrive. If the tree does not die, the escalation
+  // timer ends it.
+  const sup = new ExecSupervision(req, {
+    abortSignals: [t.releasing],
+    kill: () => {
+      t.killProcesses().catch(() => t.killContainer());
+      // The init may be unable to act (stopped, replaced); then the container goes.
+      escalate = setTimeout(() => {
+        if (!ended) {
+          void t.killContainer();
+          output.destroy();
+        }
+      }, KILL_GRACE_MS);
+    },
+  });
+  const capture = { stdout: sup.stdout, stderr: sup.stderr };
   const trailers = {
-    stdout: new TrailerScanner(tag, (b) => collect("stdout", b)),
-    stderr: new TrailerScanner(tag, (b) => collect("stderr", b)),
+    stdout: new TrailerScanner(tag, (b) => capture.stdout.push(b)),
+    stderr: new TrailerScanner(tag, (b) => capture.stderr.push(b)),
   };
-  const decoder = new FrameDecoder((stream, payload) => trailers[stream].push(payload));
-
-  const timer = setTimeout(() => hit("timeout"), req.timeoutMs);
+  const decoder = new FrameDecoder((stream: FrameStream, payload) => trailers[stream].push(payload));
   // The kernel OOM-kills one process; the rest of the job would go on (and
   // end as a timeout). As with memory.oom.group on cgroup v2, the first OOM
   // kill ends the whole exec. Only where the host's cgroup files are readable.
   const hostCounters = t.hostCounters;
   const oomPoll = hostCounters
     ? setInterval(() => {
-        void hostCounters().then((c) => (c && c.oomKills > t.counters.oomKills ? hit("memory") : undefined), () => undefined);
+        void hostCounters().then((c) => (c && c.oomKills > t.counters.oomKills ? sup.hit("memory") : undefined), () => undefined);
       }, OOM_POLL_MS)
     : undefined;
-  const onAbort = (): void => hit("aborted");
-  req.signal?.addEventListener("abort", onAbort, { once: true });
-  t.releasing.addEventListener("abort", onAbort, { once: true });
   try {
     await new Promise<void>((resolve) => {
       output.on("data", (c: Buffer) => {
@@ -170,10 +138,8 @@ export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = fal
     });
   } finally {
     ended = true;
-    clearTimeout(timer);
+    sup.stop();
     clearInterval(oomPoll);
-    req.signal?.removeEventListener("abort", onAbort);
-    t.releasing.removeEventListener("abort", onAbort);
     socket.destroy();
     output.destroy();
   }
@@ -186,17 +152,14 @@ export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = fal
     // No trailer: the launcher itself was killed (our kill sweep, or a kill
     // the job sent). The exec's own record says how it ended.
     try {
-      exitCode = await execExitCode(t, execId, limitHit === null ? startedAt + req.timeoutMs : performance.now() + KILL_GRACE_MS, () => {
-        if (limitHit === null) limitHit = "timeout";
-      });
+      exitCode = await execExitCode(t, execId, sup.limitHit === null ? startedAt + req.timeoutMs : performance.now() + KILL_GRACE_MS, () => sup.note("timeout"));
     } catch (err) {
       // Released under us: the container (and the exec's record) is gone.
       if (!t.releasing.aborted) throw err;
     }
   }
   // Released during the exec: the container is going away with the job.
-  if (exitCode === null && t.releasing.aborted) return result(null, "SIGKILL");
-  let signal: string | null = null;
+  if (exitCode === null && t.releasing.aborted) return sup.result({ exitCode: null, signal: "SIGKILL" });
 
   // Ask the cgroup what happened when the process failed and we did not kill it.
   // The host's cgroup files are cheap, so they are read after every exec (a
@@ -204,8 +167,8 @@ export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = fal
   // them an exec inside the container reads the counters, only when the
   // process failed.
   // Read after our own kills too, so their events are not blamed on the next exec.
-  if (t.hostCounters !== null || (limitHit === null && exitCode !== 0)) {
-    if (limitHit === null && exitCode !== 0) {
+  if (t.hostCounters !== null || (sup.limitHit === null && exitCode !== 0)) {
+    if (sup.limitHit === null && exitCode !== 0) {
       // Leftover background processes (a fork bomb's children, forking
       // faster than the launcher's sweep) would hold the pids the next
       // exec needs; the tree goes now.
@@ -213,23 +176,18 @@ export async function runExec(t: ExecTarget, req: ExecRequest, viaLauncher = fal
     }
     const ev = t.hostCounters ? await t.hostCounters().catch(() => null) : await readCounters(t);
     if (ev) {
-      if (limitHit === null && ev.oomKills > t.counters.oomKills) limitHit = "memory";
-      else if (limitHit === null && ev.pidsMax > t.counters.pidsMax) limitHit = "pids";
+      if (sup.limitHit === null && ev.oomKills > t.counters.oomKills) sup.note("memory");
+      else if (sup.limitHit === null && ev.pidsMax > t.counters.pidsMax) sup.note("pids");
       t.counters = ev;
     }
   }
-  if (exitCode === null && limitHit === null) {
+  if (exitCode === null && sup.limitHit === null) {
     // The sandbox's main process died under the job (nothing we did).
-    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "the sandbox ended without reporting the job's exit status", { retryable: true });
+    throw new ProviderError(ErrorCodes.SANDBOX_LOST, "the sandbox ended without reporting the job's exit status", { retryable: true });
   }
-  // A signal death reads as 128+n; only trust that reading when we know a
-  // kill happened, since a program may also exit(137) itself.
-  if (exitCode !== null && exitCode > 128 && exitCode < 128 + 65 && limitHit !== null && limitHit !== "pids") {
-    signal = SIGNAL_NAMES.get(exitCode - 128) ?? null;
-    if (signal) exitCode = null;
-  }
-  if (exitCode === null && signal === null && limitHit !== null) signal = "SIGKILL";
-  return result(exitCode, signal);
+  // A 128+n status means death by signal n only where a limit explains it
+  // (a program may exit(137) itself): the supervision applies that rule.
+  return sup.result({ exitCode, signal: exitCode === null ? "SIGKILL" : null });
 }
 
 /** Waits for an exec to end (until `overdue`, then kills as for a timeout); its exit code. */

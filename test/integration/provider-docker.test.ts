@@ -24,7 +24,7 @@ import {
   type DockerProviderOptions,
 } from "../../providers/docker/index.js";
 import { aptMirror, listImages } from "../../providers/images/index.js";
-import { LABEL_MANAGED_BY, LABEL_WORKER, MANAGED_BY, labelSafe, type OwnerLiveness, type SandboxSpec } from "../../providers/provider.js";
+import { LABEL_JOB, LABEL_MANAGED_BY, LABEL_WORKER, MANAGED_BY, labelSafe, type OwnerLiveness, type SandboxSpec } from "../../providers/provider.js";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const DOCKER_HOST = process.env.DOCKER_HOST ?? `unix://${path.join(ROOT, ".sandqueue/podman/podman.sock")}`;
@@ -128,7 +128,7 @@ describe("docker provider specifics", () => {
 
   it("creates hardened containers: limits, no network, read-only root, no caps, non-root, labels", async () => {
     const p = makeProvider();
-    const box = await p.acquire(spec({ memoryMb: 96, pids: 20 }, { "sandqueue.job": "j-1" }), {});
+    const box = await p.acquire({ ...spec({ memoryMb: 96, pids: 20 }, { [LABEL_JOB]: "j-1" }), annotations: { team: "x" } }, {});
     try {
       const info = await engine.json<{
         Config: { User: string; Labels: Record<string, string> };
@@ -144,10 +144,13 @@ describe("docker provider specifics", () => {
       expect(Object.keys(hc.Tmpfs as object)).toEqual(expect.arrayContaining(["/workspace", "/tmp"]));
       expect(info.Config.User).toBe("65534:65534");
       expect(info.Config.Labels).toMatchObject({
-        "sandqueue.owner": expect.stringContaining("test-"),
+        [LABEL_MANAGED_BY]: MANAGED_BY,
+        [LABEL_WORKER]: expect.stringContaining("test-"),
         "sandqueue.pid": String(process.pid),
         "sandqueue.host": os.hostname(),
-        "sandqueue.job": "j-1",
+        [LABEL_JOB]: "j-1",
+        // The job's own labels: Docker has no annotations, so they become prefixed labels.
+        "sandqueue.label.team": "x",
       });
       const r = await box.exec(req("id -u; grep -E 'CapEff|NoNewPrivs' /proc/self/status; df -k /workspace | tail -1"));
       const out = r.stdout.toString();
