@@ -390,7 +390,8 @@ export class LocalProvider implements SandboxProvider {
     const pool = this.poolIds();
     const mine = (n: string) => SANDBOX_NAME.test(n) && !pool.has(n);
     const dirs = (await readdir(this.workRoot).catch(() => [] as string[])).filter(mine);
-    const cgroups = (await this.cgroups.list()).filter(mine);
+    // The cgroup parent is shared by every provider on the host: only this process's count.
+    const cgroups = (await this.cgroups.list()).filter((n) => mine(n) && n.startsWith(`sq-${process.pid}-`));
     return [...dirs.map((n) => path.join(this.workRoot, n)), ...cgroups.flatMap((n) => this.cgroups.dirsOf(n).filter(existsSync))].sort();
   }
 
