@@ -306,7 +306,7 @@ export class LocalSandbox implements Sandbox {
         // the sandbox (an operator, a reaper, the host's OOM killer): a runner
         // fault to retry, never the job's own failure.
         throw new ProviderError(
-          ErrorCodes.PROVIDER_FAILED,
+          ErrorCodes.SANDBOX_LOST,
           `sandbox ${this.id} was killed from outside (bwrap ended by ${signal}; no limit of the job was hit)`,
           { retryable: true },
         );

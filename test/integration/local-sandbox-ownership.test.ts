@@ -3,7 +3,7 @@
  * several worker runtimes in one process (the queue bench runs two) share the
  * cgroup parent, and one's reaper must never take the other's sandboxes for
  * leftovers. And a sandbox killed by something other than the job's limits
- * is a runner fault (retried, then `error`), never the user's `failed`.
+ * is a runner fault (SANDBOX_LOST: retried, then `error`), never the user's `failed`.
  * Real Redis, real bubblewrap, real cgroups.
  */
 import { existsSync, readFileSync } from "node:fs";
@@ -120,13 +120,13 @@ describe("a sandbox killed by something other than the job's limits", () => {
     expect(r, JSON.stringify(r)).toMatchObject({ status: "succeeded", stdout: "ran\n", attempts: 2 });
   });
 
-  it("on the last attempt ends `error` with SANDQ_ERR_PROVIDER_FAILED", async () => {
+  it("on the last attempt ends `error` with SANDQ_ERR_SANDBOX_LOST", async () => {
     const w = await worker("foreign-kill-last", {}, 1);
     const marker = `sleep 5.${nonce()}`;
     const job = await w.client.enqueue({ kind: "shell", script: `${marker}; echo ran` });
     await killSandboxRunning(w.provider, marker);
     const r = await w.client.waitForResult(job.id, { timeoutMs: 30_000 });
-    expect(r, JSON.stringify(r)).toMatchObject({ status: "error", attempts: 1, error: { code: ErrorCodes.PROVIDER_FAILED } });
+    expect(r, JSON.stringify(r)).toMatchObject({ status: "error", attempts: 1, error: { code: ErrorCodes.SANDBOX_LOST } });
     expect(r.error?.message).toMatch(/killed from outside/);
   });
 });
