@@ -17,6 +17,8 @@ import { startWorkerRuntime } from "../worker/runtime.js";
 import { runBatch } from "./batch-command.js";
 import { formatSummary } from "./latency-summary.js";
 
+export const DEMO_USAGE = "usage: sandqueue demo [--serve] [--verbose]";
+
 export const DEMO_JOBS: { title: string; spec: JobSpecInput }[] = [
   { title: "shell: hello + workspace file", spec: { kind: "shell", script: 'echo "hello from $(hostname)"; echo data > out.txt; wc -c < out.txt' } },
   { title: "python: compute", spec: { kind: "python", code: "print(sum(i * i for i in range(10**6)))" } },
@@ -36,7 +38,15 @@ export const DEMO_JOBS: { title: string; spec: JobSpecInput }[] = [
 ];
 
 export async function demoCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parseArgs({ args, options: { serve: { type: "boolean" }, verbose: { type: "boolean" } }, strict: true });
+  const { values } = parseArgs({
+    args,
+    options: { serve: { type: "boolean" }, verbose: { type: "boolean" }, help: { type: "boolean", short: "h" } },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${DEMO_USAGE}\n`);
+    return 0;
+  }
   // A queue of its own, so the demo never competes with workers already running.
   const queue = `demo-${randomBytes(4).toString("hex")}`;
   const config = parseWorkerConfig(env, {}, { queue, provider: "local", logJobs: Boolean(values.verbose) });

@@ -19,7 +19,8 @@ const USAGE = `usage:
   sandqueue image ls [--no-engine]`;
 
 export async function imageCommand(args: string[], env: Env): Promise<number> {
-  const [sub, ...rest] = args;
+  // `image --help` names no subcommand: the flag stands where the subcommand would.
+  const [sub, ...rest] = args[0] === "--help" || args[0] === "-h" ? ["help", ...args.slice(1)] : args;
   let parsed;
   try {
     parsed = parseArgs({

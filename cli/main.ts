@@ -4,7 +4,7 @@
  */
 import { isSandqueueError, ErrorCodes } from "../errors/index.js";
 import { BATCH_USAGE, batchCommand } from "./batch-command.js";
-import { demoCommand } from "./demo-command.js";
+import { DEMO_USAGE, demoCommand } from "./demo-command.js";
 import { RUN_USAGE, runCommand } from "./run-command.js";
 import { WORKER_USAGE, workerCommand } from "./worker-command.js";
 
@@ -13,11 +13,11 @@ const USAGE = `sandqueue — queue-driven sandbox job runner
 ${WORKER_USAGE}
 ${RUN_USAGE}
 ${BATCH_USAGE}
-usage: sandqueue demo [--serve] [--verbose]
+${DEMO_USAGE}
 usage: sandqueue snapshot (get ID --out FILE.tar | ls | rm ID | prune --older-than 7d)
 usage: sandqueue image (build NAME [--debian SUITE] [--packages p1,p2] | ls)
 
-Environment: REDIS_URL (default redis://127.0.0.1:6379), SANDQUEUE_QUEUE (default sandqueue); see README.
+Every command takes --help. Environment: REDIS_URL (default redis://127.0.0.1:6379), SANDQUEUE_QUEUE (default sandqueue); see README.
 `;
 
 type Command = (args: string[], env: NodeJS.ProcessEnv) => Promise<number>;
@@ -50,7 +50,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       return err.code === ErrorCodes.CONFIG_INVALID || err.code === ErrorCodes.SPEC_INVALID ? 2 : 1;
     }
     if (err instanceof TypeError && (err as NodeJS.ErrnoException).code?.startsWith("ERR_PARSE_ARGS")) {
-      process.stderr.write(`sandqueue ${name}: ${err.message}\n`);
+      process.stderr.write(`sandqueue ${name}: ${err.message}\n(sandqueue ${name} --help shows the usage)\n`);
       return 2;
     }
     throw err;

@@ -3,15 +3,15 @@
  * wait for it, print the result. Exit status: the job's exit code, 124 when
  * it timed out, 125 when it ended in `error`.
  */
-import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
+import { DEFAULT_SPEC_SIZE_LIMITS } from "../producer/job-spec.js";
 import { exitStatusFor, type JobResult } from "../producer/job-result.js";
-import { parseDurationMs, parseIntFlag, parsePairs, usage } from "./args.js";
-import { clientFromEnv } from "./client-from-env.js";
+import { inlineContent, parseDurationMs, parseIntFlag, parsePairs, readCapped, refuseEmpty, usage } from "./args.js";
+import { clientFromEnv, queueFrom } from "./client-from-env.js";
 
 export const RUN_USAGE = `usage: sandqueue run (--shell SCRIPT | --python CODE) [--image I] [--timeout 10s] [--memory MB]
                      [--pids N] [--max-output BYTES] [--env K=V]... [--secret NAME]... [--file PATH=LOCALFILE]...
-                     [--from SNAPSHOT] [--persist] [--key IDEMPOTENCY_KEY] [--wait 5m] [--json]`;
+                     [--from SNAPSHOT] [--persist] [--key IDEMPOTENCY_KEY] [--wait 5m] [--queue NAME] [--json]`;
 
 export async function runCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const { values } = parseArgs({
@@ -33,39 +33,54 @@ export async function runCommand(args: string[], env: NodeJS.ProcessEnv): Promis
       wait: { type: "string" },
       json: { type: "boolean" },
       queue: { type: "string" },
+      help: { type: "boolean", short: "h" },
     },
     strict: true,
   });
-  if ((values.shell === undefined) === (values.python === undefined)) throw usage(`exactly one of --shell or --python is required\n${RUN_USAGE}`);
-
-  const files: Record<string, string> = {};
-  for (const [path, local] of Object.entries(parsePairs("file", values.file))) {
-    files[path] = await readFile(local, "utf8").catch((err: NodeJS.ErrnoException) => {
-      throw usage(`--file ${path}=${local}: cannot read ${local} (${err.code ?? err.message})`);
-    });
+  if (values.help) {
+    process.stdout.write(`${RUN_USAGE}\n`);
+    return 0;
   }
+  // Every flag is checked before anything is enqueued: a bad one must not leave a job behind.
+  refuseEmpty(values);
+  if ((values.shell === undefined) === (values.python === undefined)) throw usage(`exactly one of --shell or --python is required\n${RUN_USAGE}`);
   const limits: Record<string, number> = {};
-  if (values.timeout) limits.timeoutMs = parseDurationMs("timeout", values.timeout);
-  if (values.memory) limits.memoryMb = parseIntFlag("memory", values.memory, 1, 1 << 20);
-  if (values.pids) limits.pids = parseIntFlag("pids", values.pids, 1, 1_000_000);
-  if (values["max-output"]) limits.maxOutputBytes = parseIntFlag("max-output", values["max-output"], 0, 1 << 30);
+  if (values.timeout !== undefined) limits.timeoutMs = parseDurationMs("timeout", values.timeout);
+  if (values.memory !== undefined) limits.memoryMb = parseIntFlag("memory", values.memory, 1, 1 << 20);
+  if (values.pids !== undefined) limits.pids = parseIntFlag("pids", values.pids, 1, 1_000_000);
+  if (values["max-output"] !== undefined) limits.maxOutputBytes = parseIntFlag("max-output", values["max-output"], 0, 1 << 30);
+  const waitMs = values.wait !== undefined ? parseDurationMs("wait", values.wait) : 10 * 60_000;
+  const queue = queueFrom(env, values.queue);
+  const envVars = parsePairs("env", values.env);
+
+  // Bytes, not text: binary files travel as base64. Read no more than the inline files limit allows.
+  const maxFiles = DEFAULT_SPEC_SIZE_LIMITS.maxFilesBytes;
+  const files: Record<string, string | { base64: string }> = {};
+  let used = 0;
+  for (const [path, local] of Object.entries(parsePairs("file", values.file))) {
+    used += Buffer.byteLength(path);
+    const bytes = await readCapped("file", `${path}=${local}`, local, Math.max(0, maxFiles - used), maxFiles);
+    used += bytes.length;
+    files[path] = inlineContent(bytes);
+  }
 
   const spec = {
     ...(values.shell !== undefined ? { kind: "shell", script: values.shell } : { kind: "python", code: values.python }),
-    ...(values.image ? { image: values.image } : {}),
-    env: parsePairs("env", values.env),
+    ...(values.image !== undefined ? { image: values.image } : {}),
+    env: envVars,
     secrets: values.secret ?? [],
     files,
     limits,
-    ...(values.from || values.persist ? { workspace: { ...(values.from ? { from: values.from } : {}), persist: Boolean(values.persist) } } : {}),
-    ...(values.key ? { idempotencyKey: values.key } : {}),
+    ...(values.from !== undefined || values.persist
+      ? { workspace: { ...(values.from !== undefined ? { from: values.from } : {}), persist: Boolean(values.persist) } }
+      : {}),
+    ...(values.key !== undefined ? { idempotencyKey: values.key } : {}),
     submittedBy: env.USER ? `cli:${env.USER}` : "cli",
   };
 
-  const client = clientFromEnv(env, values.queue);
+  const client = clientFromEnv(env, queue);
   try {
     const { id } = await client.enqueue(spec);
-    const waitMs = values.wait ? parseDurationMs("wait", values.wait) : 10 * 60_000;
     const result = await client.waitForResult(id, { timeoutMs: waitMs });
     printResult(result, Boolean(values.json));
     return exitStatusFor(result);

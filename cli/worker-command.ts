@@ -4,6 +4,7 @@
  * then go back to the queue); a second signal skips the grace period.
  */
 import { parseArgs } from "node:util";
+import { refuseEmpty } from "./args.js";
 import { parseWorkerConfig } from "../worker/config.js";
 import { jsonLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
@@ -20,10 +21,17 @@ export async function workerCommand(args: string[], env: NodeJS.ProcessEnv): Pro
       queue: { type: "string" },
       redis: { type: "string" },
       "metrics-port": { type: "string" },
+      help: { type: "boolean", short: "h" },
     },
     strict: true,
   });
-  const config = parseWorkerConfig(env, values);
+  if (values.help) {
+    process.stdout.write(`${WORKER_USAGE}\n(settings also come from environment variables: see README, Configuration)\n`);
+    return 0;
+  }
+  const { help: _help, ...flags } = values;
+  refuseEmpty(flags); // config would read '' as "not given" and fall back to a default
+  const config = parseWorkerConfig(env, flags);
   const log = jsonLogger({ worker: config.workerId });
   const runtime = await startWorkerRuntime(config, log);
 

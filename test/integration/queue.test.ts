@@ -6,8 +6,10 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ErrorCodes } from "../../errors/index.js";
 import type { JobResult } from "../../producer/job-result.js";
 import type { WorkerRuntime } from "../../worker/runtime.js";
-import { freePort, requireCommand, startRedis, startTestWorker, testClient, uniqueQueue } from "../support/harness.js";
+import { REDIS_URL, freePort, requireCommand, startRedis, startTestWorker, testClient, uniqueQueue } from "../support/harness.js";
 import { SandqueueClient } from "../../producer/client.js";
+import { DEFAULT_PREFIX } from "../../producer/redis.js";
+import { Queue } from "bullmq";
 import { Redis } from "ioredis";
 
 requireCommand("bwrap", "bubblewrap");
@@ -152,5 +154,37 @@ describe("queue semantics", () => {
     expect(results.every((r) => r.status === "succeeded")).toBe(true);
     const counts = await client.counts();
     expect(counts.completed).toBe(3);
+  });
+
+  it("a spec written straight into Redis ends SPEC_INVALID on attempt 1, whatever the job data holds", async () => {
+    const queue = uniqueQueue("garbage");
+    const w = await worker(queue, "garbage-a");
+    const retries: string[] = [];
+    w.rt.worker.on("job:retry", ({ jobId }) => retries.push(jobId));
+    const client = testClient(queue);
+    cleanups.push(() => client.close());
+    // Past the producer's validation: BullMQ directly, as anything with Redis access could.
+    const connection = new Redis(REDIS_URL, { maxRetriesPerRequest: null });
+    cleanups.push(async () => connection.disconnect());
+    const raw = new Queue(queue, { connection, prefix: DEFAULT_PREFIX });
+    cleanups.push(() => raw.close());
+    const bad: [data: unknown, says: string][] = [
+      [{ v: 1, spec: { kind: "shell", script: "true", image: { toString: 1, valueOf: 1 } } }, 'image: expected an image name (got {"toString":1,"valueOf":1})'],
+      [{ v: 1, spec: { kind: "shell", script: "true", image: ["x"] } }, "image: expected an image name"],
+      [{ v: 1, spec: JSON.parse('{"kind":"shell","script":"true","files":{"__proto__":"x"}}') as unknown }, 'files["__proto__"]: "__proto__" is not accepted as a key'],
+      [{ v: 1, spec: { kind: "shell", script: "a\0b" } }, "script: expected text without NUL bytes"],
+      [{ v: 1, spec: "echo hi" }, '(spec): expected a job spec object with a "kind" field (got "echo hi")'],
+      [null, "(spec): expected a job spec object"],
+      [{ v: 1, spec: { kind: { nested: [1, 2] } } }, 'kind: expected "shell" or "python" (got {"nested":[1,2]})'],
+    ];
+    const opts = { attempts: 3, backoff: { type: "fixed" as const, delay: 50 } };
+    const jobs = await Promise.all(bad.map(([data]) => raw.add("shell", data, opts)));
+    const results = await Promise.all(jobs.map((j) => client.waitForResult(j.id!, { timeoutMs: 20_000 })));
+    results.forEach((r, i) => {
+      expect(r, JSON.stringify(bad[i]![0])).toMatchObject({ status: "error", attempts: 1, error: { code: ErrorCodes.SPEC_INVALID } });
+      expect(r.error?.message).toContain(bad[i]![1]);
+      expect(typeof r.image).toBe("string");
+    });
+    expect(retries).toEqual([]);
   });
 });
