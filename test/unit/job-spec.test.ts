@@ -28,7 +28,7 @@ describe("job spec", () => {
       image: "host",
       env: { K: "V" },
       secrets: ["API_TOKEN"],
-      files: { "input/data.csv": "a,b\n1,2\n" },
+      files: { "input/data.csv": "a,b\n1,2\n", "bin/logo.png": { base64: "iVBORw0KGgo=" } },
       limits: { timeoutMs: 10000, memoryMb: 256, pids: 128, maxOutputBytes: 1048576 },
       network: "none",
       labels: { team: "x" },
@@ -36,6 +36,7 @@ describe("job spec", () => {
     });
     expect(spec.kind).toBe("shell");
     expect(spec.limits.timeoutMs).toBe(10000);
+    expect(fileBytes(spec.files["bin/logo.png"]!).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))).toBe(true);
     const py = parseJobSpec({ kind: "python", code: "print(6*7)" });
     expect(py).toMatchObject({ image: "host", env: {}, secrets: [], files: {}, limits: {}, network: "none", labels: {} });
     expect(commandFor(py)).toEqual(["python3", "-c", "print(6*7)"]);
