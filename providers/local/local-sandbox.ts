@@ -5,8 +5,7 @@
  * (launch-request.ts). A sandbox from the pre-start pool has that bwrap
  * running already, so its exec skips bwrap's namespace and mount setup.
  */
-import { constants as fsConstants, openSync, readdirSync, rmdirSync, unlinkSync, writeFileSync } from "node:fs";
-import { rm } from "node:fs/promises";
+import { constants as fsConstants, openSync, unlinkSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import os, { constants as osConstants } from "node:os";
 import path from "node:path";
@@ -18,9 +17,10 @@ import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.
 import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { buildBwrapArgs } from "./bwrap-args.js";
 import { readProcs, type CgroupLimits, type ExecCgroup, type SandboxCgroup } from "./cgroups.js";
-import { CappedCapture } from "./output-capture.js";
+import { ExecSupervision, notRunResult } from "../exec-supervision.js";
 import { hostDirFor } from "./workspace-path.js";
 import { isListed, killAllExcept, waitFor } from "./sandbox-kill.js";
+import { removeSandboxDir } from "./remove-tree.js";
 import { LAUNCHER_ARGV, REQUEST_FD, launchScript } from "./launch-request.js";
 import type { Spawner, SpawnedProcess } from "./spawner.js";
 
@@ -33,8 +33,6 @@ const POOL_NICE = 10;
 /** bwrap reads the seccomp program from this fd. */
 const SECCOMP_FD = 4;
 
-/** Order in which simultaneous limit hits are reported. */
-const LIMIT_PRIORITY: readonly ExecLimitHit[] = ["aborted", "timeout", "output", "memory", "pids"];
 
 const SIGNAL_NAMES = new Map<number, NodeJS.Signals>(Object.entries(osConstants.signals).map(([name, n]) => [n, name as NodeJS.Signals]));
 
@@ -181,10 +179,7 @@ export class LocalSandbox implements Sandbox {
     }
     const script = launchScript(req);
     const started = performance.now();
-    const notRun = (): ExecResult => ({
-      exitCode: null, signal: null, stdout: Buffer.alloc(0), stderr: Buffer.alloc(0),
-      stdoutTruncated: false, stderrTruncated: false, limitHit: "aborted", durationMs: Math.round(performance.now() - started),
-    });
+    const notRun = (): ExecResult => notRunResult(started);
     if (req.signal?.aborted) return notRun();
     // Busy from here on (archive calls and a second exec are refused); a kill
     // requested before the process exists is replayed once it does.
@@ -216,15 +211,11 @@ export class LocalSandbox implements Sandbox {
       return notRun();
     }
     const { proc, cg, procsFile } = l;
-    const hits = new Set<ExecLimitHit>();
-    let killed = false;
     // Cgroup sweeps started from event handlers; awaited before exec returns so
     // a late sweep can never hit the next exec's processes.
     const sweeps: Promise<void>[] = [];
-    const kill = (why: ExecLimitHit): void => {
-      hits.add(why);
-      if (killed) return;
-      killed = true;
+    // The whole tree goes, once, for the first limit hit (the shared supervision decides when).
+    const killTree = (): void => {
       if (!procsFile) {
         safeKill(proc.pid);
         sweeps.push(cg.killAll().catch(() => undefined));
@@ -247,12 +238,12 @@ export class LocalSandbox implements Sandbox {
       );
     };
 
-    let stdout: CappedCapture;
-    let stderr: CappedCapture;
     const writers: net.Socket[] = [];
+    let sup: ExecSupervision | undefined;
     try {
-      stdout = new CappedCapture(fifoSocket(l.fifos.stdout, "read"), req.maxOutputBytes, () => kill("output"));
-      stderr = new CappedCapture(fifoSocket(l.fifos.stderr, "read"), req.maxOutputBytes, () => kill("output"));
+      const streams = { stdout: fifoSocket(l.fifos.stdout, "read"), stderr: fifoSocket(l.fifos.stderr, "read") };
+      // Timer, abort, output caps and the limit precedence: providers/exec-supervision.ts.
+      sup = new ExecSupervision(req, { kill: killTree, streams });
       // Without a writer the program reads end-of-file, as from /dev/null. The
       // writer opens before the request: the program never sees a premature end.
       if (req.stdin !== undefined) {
@@ -266,6 +257,7 @@ export class LocalSandbox implements Sandbox {
     } catch (err) {
       // The launcher is gone (ENXIO: no reader) or the FIFOs are: nothing of the job ran.
       this.running = null;
+      sup?.stop();
       for (const w of writers) w.destroy();
       await this.discard(l);
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id}: could not hand the request to bwrap: ${(err as Error).message}`, {
@@ -273,10 +265,11 @@ export class LocalSandbox implements Sandbox {
         cause: err,
       });
     }
+    const supervised = sup;
+    const kill = (why: ExecLimitHit): void => supervised.hit(why);
     this.running = { kill };
     if (earlyKill) kill(earlyKill);
 
-    const timer = setTimeout(() => kill("timeout"), req.timeoutMs);
     // cgroup v1 has no memory.oom.group: the first OOM event ends the whole
     // exec, as on v2, instead of leaving survivors to run into the timeout.
     // The helper reports it from a kernel eventfd (sent as the kernel declares
@@ -284,12 +277,10 @@ export class LocalSandbox implements Sandbox {
     void proc.oom.then(() => {
       if (this.running?.kill === kill) kill("memory");
     });
-    const onAbort = (): void => kill("aborted");
-    req.signal?.addEventListener("abort", onAbort, { once: true });
 
     try {
       const status = await proc.exited;
-      await Promise.all([stdout.done, stderr.done]);
+      await Promise.all([sup.stdout.done, sup.stderr.done]);
       const exitCode = status.code;
       const signal = status.signal === null ? null : (SIGNAL_NAMES.get(status.signal) ?? `SIG${status.signal}`);
       // bwrap exits only after the namespace's init, and the kernel kills every
@@ -297,10 +288,10 @@ export class LocalSandbox implements Sandbox {
       // (the leaf removal below sweeps the cgroup once more anyway).
       await Promise.all(sweeps);
       const after = await cg.counters();
-      if (after.oomKills > 0) hits.add("memory");
-      if (after.pidsMaxHits > 0) hits.add("pids");
-      if (this.releasing && killed) hits.add("aborted");
-      if (signal !== null && !killed && hits.size === 0) {
+      if (after.oomKills > 0) sup.note("memory");
+      if (after.pidsMaxHits > 0) sup.note("pids");
+      if (this.releasing && sup.killed) sup.note("aborted");
+      if (signal !== null && !sup.killed && sup.limitHit === null) {
         // bwrap's monitor runs outside the sandbox's pid namespace: nothing of
         // the job can signal it, and we did not. Something on the host killed
         // the sandbox (an operator, a reaper, the host's OOM killer): a runner
@@ -311,17 +302,8 @@ export class LocalSandbox implements Sandbox {
           { retryable: true },
         );
       }
-      return {
-        // A sandbox the provider killed reports the kill, whatever bwrap's own exit status.
-        exitCode: killed ? null : exitCode,
-        signal: killed ? "SIGKILL" : signal,
-        stdout: stdout.bytes,
-        stderr: stderr.bytes,
-        stdoutTruncated: stdout.truncated,
-        stderrTruncated: stderr.truncated,
-        limitHit: LIMIT_PRIORITY.find((lim) => hits.has(lim)) ?? null,
-        durationMs: Math.round(performance.now() - started),
-      };
+      // A sandbox the provider killed reports the kill, whatever bwrap's own exit status.
+      return sup.result({ exitCode, signal });
     } catch (err) {
       // An exited bwrap's pid may be reused: only a live one is killed (the leaf removal below sweeps the cgroup).
       if (!proc.hasExited) kill("aborted");
@@ -338,8 +320,7 @@ export class LocalSandbox implements Sandbox {
       const removal = cg.remove().then(() => unlinkFifos(launched), () => undefined);
       this.leafRemovals.add(removal);
       void removal.then(() => this.leafRemovals.delete(removal));
-      clearTimeout(timer);
-      req.signal?.removeEventListener("abort", onAbort);
+      sup.stop();
       this.running = null;
     }
   }
@@ -397,7 +378,7 @@ export class LocalSandbox implements Sandbox {
       () => (idle ? this.discard(idle) : Promise.resolve()),
       () => Promise.all(this.leafRemovals),
       () => this.ctx.cgroup.remove(),
-      // fs.rm does not follow symlinks planted in the workspace: it unlinks them.
+      // Any depth; symlinks planted in the workspace are unlinked, never followed (remove-tree.ts).
       () => removeSandboxDir(this.ctx.sandboxDir, this.ctx.workspaceHostDir),
     ];
     let firstError: unknown;
@@ -457,25 +438,4 @@ function unlinkFifos(l: Launched): void {
       // already gone (or never made)
     }
   }
-}
-
-/**
- * Removes a sandbox directory. A job that left its workspace empty (the
- * common case for one-shot jobs) costs a few synchronous unlink/rmdir calls
- * (the sandbox directory then holds only files of ours); anything else goes
- * through the asynchronous recursive rm, which never follows symlinks and
- * never blocks the event loop on a large tree.
- */
-async function removeSandboxDir(sandboxDir: string, workspaceHostDir: string): Promise<void> {
-  try {
-    if (readdirSync(workspaceHostDir).length === 0) {
-      rmdirSync(workspaceHostDir);
-      for (const name of readdirSync(sandboxDir)) unlinkSync(path.join(sandboxDir, name));
-      rmdirSync(sandboxDir);
-      return;
-    }
-  } catch {
-    // fall through to the general path
-  }
-  await rm(sandboxDir, { recursive: true, force: true, maxRetries: 3 });
 }
