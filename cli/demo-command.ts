@@ -16,6 +16,7 @@ import { jsonLogger, silentLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
 import { runBatch } from "./batch-command.js";
 import { formatSummary } from "./latency-summary.js";
+import { DEFAULT_PROVIDER } from "../providers/registry.js";
 
 export const DEMO_USAGE = "usage: sandqueue demo [--serve] [--verbose]";
 
@@ -49,11 +50,11 @@ export async function demoCommand(args: string[], env: NodeJS.ProcessEnv): Promi
   }
   // A queue of its own, so the demo never competes with workers already running.
   const queue = `demo-${randomBytes(4).toString("hex")}`;
-  const config = parseWorkerConfig(env, {}, { queue, provider: "local", logJobs: Boolean(values.verbose) });
+  const config = parseWorkerConfig(env, {}, { queue, provider: DEFAULT_PROVIDER, logJobs: Boolean(values.verbose) });
   const log = values.verbose ? jsonLogger({ worker: config.workerId }) : silentLogger;
   // The in-process worker would wait for Redis forever: a demo fails at once instead.
   await assertRedisReachable(config.redisUrl);
-  process.stdout.write(`sandqueue demo: worker ${config.workerId} on queue ${queue}, provider local, concurrency ${config.concurrency}\n`);
+  process.stdout.write(`sandqueue demo: worker ${config.workerId} on queue ${queue}, provider ${config.provider}, concurrency ${config.concurrency}\n`);
   const runtime = await startWorkerRuntime(config, log);
   const client = new SandqueueClient({ redisUrl: config.redisUrl, queue, prefix: config.prefix, resultTtlMs: 3600_000 });
   try {

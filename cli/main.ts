@@ -16,6 +16,7 @@ ${BATCH_USAGE}
 ${DEMO_USAGE}
 usage: sandqueue snapshot (get ID --out FILE.tar | ls | rm ID | prune --older-than 7d)
 usage: sandqueue image (build NAME [--debian SUITE] [--packages p1,p2] | ls)
+usage: sandqueue providers [--json | --markdown]
 
 Every command takes --help. Environment: REDIS_URL (default redis://127.0.0.1:6379), SANDQUEUE_QUEUE (default sandqueue); see README.
 `;
@@ -29,6 +30,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   demo: async () => demoCommand,
   snapshot: async () => (await import("./snapshot-command.js")).snapshotCommand,
   image: async () => (await import("./image-command.js")).imageCommand,
+  providers: async () => (await import("./providers-command.js")).providersCommand,
 };
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {

@@ -10,7 +10,7 @@ import { jsonLogger } from "../worker/log.js";
 import { startWorkerRuntime } from "../worker/runtime.js";
 
 export const WORKER_USAGE =
-  "usage: sandqueue worker [--provider local|docker] [--concurrency N] [--queue NAME] [--redis URL] [--metrics-port PORT]";
+  "usage: sandqueue worker [--provider NAME] [--concurrency N] [--queue NAME] [--redis URL] [--metrics-port PORT]   (NAME: see sandqueue providers)";
 
 export async function workerCommand(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const { values } = parseArgs({
