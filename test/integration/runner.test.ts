@@ -85,6 +85,21 @@ describe("runner end to end (local provider)", () => {
     expect(after).toEqual(before);
   });
 
+  it("refuses different specs under one idempotency key in one enqueueMany, and queue names workers refuse", async () => {
+    const before = await client.counts();
+    const key = `conflict-${Date.now()}`;
+    await expect(
+      client.enqueueMany([
+        { kind: "shell", script: "echo a", idempotencyKey: key },
+        { kind: "shell", script: "echo b", idempotencyKey: key },
+      ]),
+    ).rejects.toThrow(`1 of 2 job specs are invalid; nothing was enqueued:\n[1] idempotencyKey "${key}" is also used by [0] with a different spec`);
+    expect(await client.counts()).toEqual(before);
+    for (const queue of ["", "a:b", "has space"]) {
+      expect(() => testClient(queue)).toThrow(expect.objectContaining({ code: ErrorCodes.CONFIG_INVALID, message: expect.stringContaining(`queue ${JSON.stringify(queue)}: expected a queue name`) }));
+    }
+  });
+
   it("runs a job once per idempotency key", async () => {
     const spec = { kind: "shell", script: "echo once", idempotencyKey: `key-${Date.now()}` };
     const a = await client.enqueue(spec);
