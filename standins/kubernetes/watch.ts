@@ -24,6 +24,8 @@ export interface WatchRequest {
 
 export function serveWatch(store: ObjectStore, w: WatchRequest, req: IncomingMessage, res: ServerResponse): void {
   res.writeHead(200, { "Content-Type": "application/json", "Transfer-Encoding": "chunked", "Cache-Control": "no-cache, private" });
+  // Headers go out now, as from the API server: a client waits for them before it reads events, and there may be none for a while.
+  res.flushHeaders();
   let headersSent = false;
   const render = (o: KubeObject): unknown => {
     if (!w.table) return { ...o, kind: w.type.kind, apiVersion: apiVersionOf(w.type) };
