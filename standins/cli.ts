@@ -25,7 +25,8 @@ const USAGE = `usage: npm run standin -- kubernetes --kubeconfig FILE [options]
   --exec-protocol P        serve only this exec subprotocol (v5.channel.k8s.io or v4.channel.k8s.io; repeatable)
   --work-root DIR          local sandboxes' work root (default: a fresh temporary directory)
   --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)
-  --no-token               accept requests without a bearer token`;
+  --no-token               accept requests without a bearer token
+  --no-tls                 plain HTTP instead of HTTPS with a self-signed certificate (kubectl then sends no token)`;
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const [kind, ...rest] = argv;
@@ -47,6 +48,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       "work-root": { type: "string" },
       "images-dir": { type: "string" },
       "no-token": { type: "boolean" },
+      "no-tls": { type: "boolean" },
       help: { type: "boolean" },
     },
   });
@@ -70,6 +72,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
       provider,
       port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
       ...(values["no-token"] ? { token: null } : {}),
+      ...(values["no-tls"] ? { tls: false } : {}),
       namespaces: values.namespace ?? [],
       images: parsePairs("image", values.image),
       defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),

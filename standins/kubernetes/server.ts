@@ -207,8 +207,16 @@ export class KubernetesStandin {
 
   private async onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     const url = new URL(req.url ?? "/", "http://standin");
+    const entry = (code: number): RequestLogEntry => ({
+      method: req.method ?? "GET",
+      path: url.pathname + url.search,
+      verb: "exec",
+      resource: "pods",
+      code,
+      ...(req.headers["user-agent"] ? { userAgent: req.headers["user-agent"] } : {}),
+    });
     const refuse = (status: Status) => {
-      this.record({ method: req.method ?? "GET", path: url.pathname + url.search, verb: "exec", resource: "pods", code: status.code });
+      this.record(entry(status.code));
       const body = JSON.stringify(status);
       socket.end(
         `HTTP/1.1 ${status.code} ${STATUS_CODES[status.code] ?? ""}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
@@ -233,7 +241,7 @@ export class KubernetesStandin {
       if (!protocol) {
         return refuse(badRequest(`requested protocol(s) are not supported: [${offered ?? ""}]; supports [${this.execProtocols.join(" ")}]`));
       }
-      this.record({ method: req.method ?? "GET", path: url.pathname + url.search, verb: "exec", resource: "pods", code: 101 });
+      this.record(entry(101));
       this.exec.upgrade(req, socket, head, target, protocol);
     } catch {
       socket.destroy();

@@ -17,6 +17,7 @@ import { PassThrough, Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
 import { CoreV1Api, Exec, KubeConfig, NetworkingV1Api, Watch, type V1Pod, type V1Status } from "@kubernetes/client-node";
 import { LocalProvider } from "../../providers/local/index.js";
 import { KubernetesStandin, V4, type FaultSpec } from "../../standins/kubernetes/index.js";
@@ -45,7 +46,7 @@ async function debianKubectl(): Promise<string> {
 }
 
 /** A request with the stand-in's CA, token optional: for what no client library call shows (headers, 401). */
-function raw(method: string, pathAndQuery: string, opts: { token?: boolean; body?: unknown } = {}): Promise<{ code: number; headers: Record<string, unknown>; body: any }> {
+function raw(method: string, pathAndQuery: string, opts: { token?: boolean; body?: unknown; contentType?: string } = {}): Promise<{ code: number; headers: Record<string, unknown>; body: any }> {
   const url = new URL(pathAndQuery, standin.url);
   return new Promise((resolve, reject) => {
     const req = https.request(
@@ -55,7 +56,7 @@ function raw(method: string, pathAndQuery: string, opts: { token?: boolean; body
         ca: standin.caPem!,
         headers: {
           ...(opts.token === false ? {} : { Authorization: `Bearer ${standin.token}` }),
-          ...(opts.body === undefined ? {} : { "Content-Type": "application/json" }),
+          ...(opts.body === undefined ? {} : { "Content-Type": opts.contentType ?? "application/json" }),
         },
       },
       (res) => {
@@ -295,6 +296,45 @@ describe("Kubernetes stand-in through @kubernetes/client-node", () => {
     await core.deleteNamespacedPod({ name: "flaky", namespace: NS, gracePeriodSeconds: 0 });
   });
 
+  it("patches and replaces pods as the API allows, deletes collections by selector, and deletes namespaces with their pods", async () => {
+    await core.createNamespacedPod({ namespace: NS, body: pod("patched", { labels: { suite: "patch" } }) });
+    // client-node sends JSON Patch; kubectl's strategic and RFC 7386 merge patches are served too.
+    const adopted = await core.patchNamespacedPod({
+      name: "patched",
+      namespace: NS,
+      body: [{ op: "add", path: "/metadata/labels/sandqueue.io~1job", value: "job-1" }],
+    });
+    expect(adopted.metadata?.labels).toEqual({ suite: "patch", "sandqueue.io/job": "job-1" });
+    const merged = await raw("PATCH", `/api/v1/namespaces/${NS}/pods/patched`, {
+      contentType: "application/merge-patch+json",
+      body: { metadata: { labels: { "sandqueue.io/job": null, extra: "1" }, annotations: { note: "free text" } } },
+    });
+    expect(merged.code).toBe(200);
+    expect(merged.body.metadata.labels).toEqual({ suite: "patch", extra: "1" });
+    const specChange = await raw("PATCH", `/api/v1/namespaces/${NS}/pods/patched`, {
+      contentType: "application/strategic-merge-patch+json",
+      body: { spec: { restartPolicy: "Always" } },
+    });
+    expect(specChange.code).toBe(422);
+    expect(specChange.body.details.causes[0]).toMatchObject({ reason: "FieldValueForbidden", field: "spec" });
+    const stale = await apiError(core.replaceNamespacedPod({ name: "patched", namespace: NS, body: { ...adopted, metadata: { ...adopted.metadata, labels: {} } } }));
+    expect(stale.code).toBe(409);
+    expect(stale.status).toMatchObject({ reason: "Conflict", message: expect.stringContaining("the object has been modified") });
+
+    await core.createNamespacedPod({ namespace: NS, body: pod("patched-2", { labels: { suite: "patch" } }) });
+    const removed = await core.deleteCollectionNamespacedPod({ namespace: NS, labelSelector: "suite=patch", gracePeriodSeconds: 0 });
+    // The API answers a deletecollection with the list of what it deleted (its OpenAPI says Status; the generic store returns the list).
+    expect(removed.kind).toBe("PodList");
+    expect((await core.listNamespacedPod({ namespace: NS, labelSelector: "suite=patch" })).items).toEqual([]);
+
+    await core.createNamespace({ body: { metadata: { name: "short-lived" } } });
+    await core.createNamespacedPod({ namespace: "short-lived", body: pod("inside") });
+    const terminating = await core.deleteNamespace({ name: "short-lived" });
+    expect((terminating as { status?: { phase?: string } }).status?.phase).toBe("Terminating");
+    await waitFor("namespace gone", async () => ((await apiError(core.readNamespace({ name: "short-lived" }))).code === 404 ? true : undefined));
+    expect((await apiError(core.readNamespacedPod({ name: "inside", namespace: "short-lived" }))).code).toBe(404);
+  });
+
   it("stores NetworkPolicies (networking.k8s.io/v1) with the API's defaults", async () => {
     const net = kc.makeApiClient(NetworkingV1Api);
     await net.createNamespacedNetworkPolicy({
@@ -343,6 +383,23 @@ describe("Kubernetes stand-in through @kubernetes/client-node", () => {
       const r = await execIn(kc4, "v4", ["sh", "-c", "echo out; echo err >&2; exit 3"]);
       expect(r.protocol).toBe(V4);
       expect([r.stdout, r.stderr, exitCodeOf(r.status)]).toEqual(["out\n", "err\n", 3]);
+
+      // v4 cannot close stdin (client-node closes the whole socket instead): frame by frame with ws, the
+      // command starts once stdin has been quiet for v4StdinIdleMs and reads what came.
+      const ws = new WebSocket(`${v4.url.replace("https", "wss")}/api/v1/namespaces/${NS}/pods/v4/exec?command=wc&command=-c&stdin=true&stdout=true`, [V4], {
+        ca: v4.caPem!,
+        headers: { Authorization: `Bearer ${v4.token}` },
+      });
+      const frames: Buffer[] = [];
+      ws.on("message", (m: Buffer) => frames.push(m));
+      await new Promise((resolve, reject) => ws.once("open", resolve).once("error", reject));
+      ws.send(Buffer.concat([Buffer.from([0]), Buffer.from("12345")]));
+      ws.send(Buffer.concat([Buffer.from([0]), Buffer.from("678")]));
+      await new Promise((resolve) => ws.once("close", resolve));
+      expect(frames.map((f) => [f[0], f.subarray(1).toString()])).toEqual([
+        [1, "8\n"],
+        [3, JSON.stringify({ metadata: {}, status: "Success" })],
+      ]);
     } finally {
       await v4.stop();
     }
