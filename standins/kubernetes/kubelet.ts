@@ -95,6 +95,7 @@ export function exitCodeOf(r: ExecResult): number {
 export class Kubelet {
   private readonly pods = new Map<string, PodRuntime>();
   private readonly pending = new Set<Promise<unknown>>();
+  private readonly startDelays = new Map<string, number>();
   private readonly unsubscribe: () => void;
   private nextIp = 2;
 
@@ -111,7 +112,6 @@ export class Kubelet {
   delayStart(namespace: string, name: string, ms: number): void {
     this.startDelays.set(keyOf(namespace, name), ms);
   }
-  private readonly startDelays = new Map<string, number>();
 
   private track<T>(p: Promise<T>): Promise<T> {
     this.pending.add(p);

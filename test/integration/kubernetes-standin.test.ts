@@ -453,12 +453,14 @@ describe("Kubernetes stand-in through @kubernetes/client-node", () => {
   it("kills the process when the client closes the exec connection", async () => {
     await core.createNamespacedPod({ namespace: NS, body: pod("closer") });
     await waitRunning("closer");
-    const r = await execIn(kc, "closer", ["sh", "-c", "sleep 2; echo survived > /workspace/marker"], undefined, (close) => setTimeout(close, 300));
+    const r = await execIn(kc, "closer", ["sh", "-c", "touch /workspace/started; sleep 2; touch /workspace/survived"], undefined, (close) =>
+      setTimeout(close, 500),
+    );
     expect(r.status).toBeNull();
     // Execs of a pod run one after another: this one starts once the killed one is gone.
     await new Promise((res) => setTimeout(res, 2500));
     const ls = await execIn(kc, "closer", ["ls", "-A", "/workspace"]);
-    expect(ls.stdout).toBe("");
+    expect(ls.stdout).toBe("started\n");
     await core.deleteNamespacedPod({ name: "closer", namespace: NS, gracePeriodSeconds: 0 });
   });
 
