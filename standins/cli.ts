@@ -5,7 +5,7 @@
  * sandbox and removes the kubeconfig it wrote).
  */
 import { parseArgs } from "node:util";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, rmdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { LocalProvider } from "../providers/local/index.js";
@@ -91,6 +91,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   } finally {
     await standin?.stop();
     await provider.close();
+    // The parent cgroups, when empty (another stand-in may still use them: rmdir refuses then).
+    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
     if (standin) await rm(kubeconfig, { force: true });
     if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
   }
