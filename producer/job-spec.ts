@@ -8,6 +8,7 @@
  */
 import { z } from "zod";
 import { ErrorCodes, SpecError } from "../errors/index.js";
+import { NetworkSchema, boundSecretClashes } from "./network-policy.js";
 
 /** Absolute bounds of the contract. Workers may configure lower maximums. */
 export const LIMIT_BOUNDS = {
@@ -188,7 +189,8 @@ const common = {
     .superRefine(checkFileClashes)
     .default({}),
   limits: LimitsSchema.default({}),
-  network: z.literal("none", { error: "expected \"none\" (no other network mode is supported yet)" }).default("none"),
+  /** "none", or an egress policy enforced by the worker's proxy (network-policy.ts). */
+  network: NetworkSchema.default("none"),
   labels: z
     .record(
       z.string().regex(LABEL_KEY, { error: "expected a label key: letters, digits and . _ / - (at most 63 characters)" }),
@@ -279,8 +281,22 @@ function describeInput(v: unknown): string {
   return s.length > 60 ? `${s.slice(0, 57)}...` : s;
 }
 
+/**
+ * Under `network`, a union whose input has one option's type (the policy
+ * given as an object, a rule given as an object) reports that option's own
+ * issues, with their field paths, instead of one message for the union.
+ */
+function unwrapUnions(issues: readonly z.core.$ZodIssue[]): z.core.$ZodIssue[] {
+  return issues.flatMap((issue) => {
+    if (issue.code !== "invalid_union" || issue.path[0] !== "network") return [issue];
+    const typed = issue.errors.filter((opt) => !opt.some((i) => i.path.length === 0 && (i.code === "invalid_type" || i.code === "invalid_value")));
+    if (typed.length !== 1) return [issue];
+    return unwrapUnions(typed[0]!.map((i) => ({ ...i, path: [...issue.path, ...i.path] }) as z.core.$ZodIssue));
+  });
+}
+
 function formatIssues(error: z.ZodError, input: unknown): SpecIssue[] {
-  return error.issues.map((issue) => {
+  return unwrapUnions(error.issues).map((issue) => {
     const path = formatPath(issue.path);
     if (issue.code === "unrecognized_keys") return { path, message: `unknown field(s) ${issue.keys.map((k) => `'${k}'`).join(", ")}` };
     // A bad record key: the key's own reason (the record-level text says nothing).
@@ -295,6 +311,14 @@ function protoKeyIssues(input: Record<string, unknown>): SpecIssue[] {
   return RECORD_FIELDS.filter((f) => isObject(input[f]) && Object.hasOwn(input[f], "__proto__")).map((f) => ({
     path: formatPath([f, "__proto__"]),
     message: "\"__proto__\" is not accepted as a key",
+  }));
+}
+
+/** A secret bound to hosts (`network.secrets`) must not also go to the environment (`secrets`). */
+function networkIssues(spec: JobSpec): SpecIssue[] {
+  return boundSecretClashes(spec.secrets, spec.network).map(({ index, name }) => ({
+    path: formatPath(["secrets", index]),
+    message: `${name} is bound to hosts in network.secrets, and a bound secret never enters the sandbox: name it in one place only`,
   }));
 }
 
@@ -335,7 +359,7 @@ export function parseJobSpec(input: unknown, sizeLimits: SpecSizeLimits = DEFAUL
   try {
     if (!isObject(input)) throw invalid([{ path: "(spec)", message: `expected a job spec object with a "kind" field (got ${describeInput(input)})` }]);
     const parsed = JobSpecSchema.safeParse(input, { reportInput: true });
-    const issues = [...protoKeyIssues(input), ...(parsed.success ? [] : formatIssues(parsed.error, input))];
+    const issues = [...protoKeyIssues(input), ...(parsed.success ? networkIssues(parsed.data) : formatIssues(parsed.error, input))];
     const unique = [...new Map(issues.map((i) => [`${i.path}\0${i.message}`, i])).values()];
     if (unique.length || !parsed.success) throw invalid(unique);
     spec = parsed.data;

@@ -20,8 +20,12 @@ export interface SandboxSpec {
   /** Image name; `host` on the local provider means the host's /usr, read-only. */
   image: string;
   limits: SandboxLimits;
-  /** Only "none" today: no network interface but loopback. */
-  network: "none";
+  /**
+   * "none": no network interface but loopback. "proxy": the same, plus a way
+   * to the worker's egress proxy and nothing else (`Sandbox.egress`); only
+   * asked of providers whose capabilities include `networkPolicy`.
+   */
+  network: "none" | "proxy";
   /**
    * Ownership labels (`ownershipLabels()`: managed-by, worker, job), already
    * label-safe. Put on every backend object so any worker's reaper finds it.
@@ -106,8 +110,28 @@ export interface ExecResult {
   durationMs: number;
 }
 
+/**
+ * How a sandbox acquired with `network: "proxy"` reaches the worker's
+ * egress proxy. The worker's proxy listens on `<hostDir>/EGRESS_SOCKET` for
+ * this sandbox alone (the socket is the job's identity) and may leave files
+ * for the job's clients in `hostDir` (its CA bundle); the sandbox sees the
+ * directory read-only at `sandboxDir`, and the provider bridges `proxyUrl`
+ * inside the sandbox to the socket.
+ */
+export interface SandboxEgress {
+  readonly hostDir: string;
+  readonly sandboxDir: string;
+  /** The proxy as the job's clients reach it (what HTTP_PROXY says), e.g. http://127.0.0.1:3128. */
+  readonly proxyUrl: string;
+}
+
+/** The unix socket the worker's proxy listens on in `SandboxEgress.hostDir`. */
+export const EGRESS_SOCKET = "proxy.sock";
+
 export interface Sandbox {
   readonly id: string;
+  /** Present when acquired with `network: "proxy"`. */
+  readonly egress?: SandboxEgress;
   exec(req: ExecRequest): Promise<ExecResult>;
   /**
    * Extracts a (validated) tar stream into `dir` inside the sandbox. Aborting

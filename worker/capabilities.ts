@@ -5,6 +5,7 @@
  */
 import { ErrorCodes, SpecError } from "../errors/index.js";
 import type { JobSpec } from "../producer/job-spec.js";
+import { isNetworkPolicy } from "../producer/network-policy.js";
 import type { ProviderCapabilities } from "../providers/provider.js";
 
 export function checkCapabilities(spec: JobSpec, caps: ProviderCapabilities, provider: string): void {
@@ -14,8 +15,9 @@ export function checkCapabilities(spec: JobSpec, caps: ProviderCapabilities, pro
   };
   need(spec.limits.memoryMb !== undefined, "memoryLimit", "limits.memoryMb");
   need(spec.limits.pids !== undefined, "pidsLimit", "limits.pids");
-  // "none" is every job's network today: a provider that cannot cut the network runs nothing.
-  need(spec.network === "none", "networkIsolation", "network");
+  // Every job needs the network cut: "none" has no route out, a policy has one route, to the worker's proxy.
+  need(true, "networkIsolation", "network");
+  need(isNetworkPolicy(spec.network), "networkPolicy", "network");
   if (problems.length) {
     throw new SpecError(ErrorCodes.CAPABILITY_UNSUPPORTED, problems.join("; "), { details: { problems } });
   }

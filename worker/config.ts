@@ -13,6 +13,9 @@ import { LIMIT_BOUNDS, type ResolvedLimits } from "../producer/job-spec.js";
 import { parseDurationMs } from "./snapshot/store.js";
 import { DEFAULT_ARCHIVE_LIMITS } from "../providers/archive/index.js";
 import { DEFAULT_PROVIDER, providerDefinition, providerSettings } from "../providers/registry.js";
+import { NETWORK_POLICY_BOUNDS } from "../producer/network-policy.js";
+import { DEFAULT_EGRESS_CONFIG, cidrProblem, type EgressConfig } from "./egress/config.js";
+import { isIP } from "node:net";
 
 const int = (min: number, max: number) =>
   z
@@ -25,6 +28,17 @@ const int = (min: number, max: number) =>
 const bool = z.enum(["true", "false"], { error: "expected true or false" }).transform((s) => s === "true");
 const redisUrl = z.string().regex(/^rediss?:\/\//, { error: "expected a redis:// or rediss:// URL" });
 const name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/, { error: "expected letters, digits and . _ - (at most 100 characters)" });
+
+const egressDnsServers = z
+  .string()
+  .transform((v) => v.split(",").map((x) => x.trim()).filter(Boolean))
+  .refine((a) => a.length > 0 && a.every((x) => isIP(x) !== 0 || /^(\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:.]+\]):\d{1,5}$/.test(x)), {
+    error: "expected DNS server addresses separated by commas (1.2.3.4, 1.2.3.4:5353, [::1]:53)",
+  });
+const egressCidrs = z
+  .string()
+  .transform((v) => v.split(",").map((x) => x.trim()).filter(Boolean))
+  .refine((a) => a.every((x) => cidrProblem(x) === null), { error: "expected addresses or CIDR ranges separated by commas (10.1.0.0/16, 2001:db8::/32)" });
 
 /** Every setting: its environment variable, its flag (if any), its parser. */
 const SETTINGS = {
@@ -64,6 +78,15 @@ const SETTINGS = {
   workspaceMaxFiles: { env: "SANDQUEUE_WORKSPACE_MAX_FILES", flag: undefined, schema: int(1, 10_000_000) },
   workspaceMaxDepth: { env: "SANDQUEUE_WORKSPACE_MAX_DEPTH", flag: undefined, schema: int(1, 1024) },
   logJobs: { env: "SANDQUEUE_LOG", flag: undefined, schema: bool },
+  // Egress policies (worker/egress/): the proxy every job with a network policy goes through.
+  egressMaxRules: { env: "SANDQUEUE_EGRESS_MAX_RULES", flag: undefined, schema: int(0, NETWORK_POLICY_BOUNDS.maxRules) },
+  egressMaxBytes: { env: "SANDQUEUE_EGRESS_MAX_BYTES", flag: undefined, schema: int(NETWORK_POLICY_BOUNDS.maxBytes.min, NETWORK_POLICY_BOUNDS.maxBytes.max) },
+  egressAllowPrivate: { env: "SANDQUEUE_EGRESS_ALLOW_PRIVATE", flag: undefined, schema: bool },
+  egressHostsFile: { env: "SANDQUEUE_EGRESS_HOSTS_FILE", flag: undefined, schema: z.string().min(1) },
+  egressDnsServers: { env: "SANDQUEUE_EGRESS_DNS_SERVERS", flag: undefined, schema: egressDnsServers },
+  egressDenyAddresses: { env: "SANDQUEUE_EGRESS_DENY_ADDRESSES", flag: undefined, schema: egressCidrs },
+  egressUpstreamCaFile: { env: "SANDQUEUE_EGRESS_UPSTREAM_CA", flag: undefined, schema: z.string().min(1) },
+  egressConnectTimeoutMs: { env: "SANDQUEUE_EGRESS_CONNECT_TIMEOUT_MS", flag: undefined, schema: int(100, 600_000) },
 } as const;
 
 type Settings = typeof SETTINGS;
@@ -97,6 +120,8 @@ export interface WorkerConfig {
   readonly workspaceLimits: { readonly maxBytes: number; readonly maxEntries: number; readonly maxDepth: number };
   readonly logJobs: boolean;
   readonly workerId: string;
+  /** The egress proxy's settings (SANDQUEUE_EGRESS_*). */
+  readonly egress: EgressConfig;
 }
 
 /** Where project-local state lives by default (images, snapshots). */
@@ -182,6 +207,16 @@ export function parseWorkerConfig(
     },
     logJobs: parsed.logJobs ?? true,
     workerId,
+    egress: {
+      maxRules: parsed.egressMaxRules ?? DEFAULT_EGRESS_CONFIG.maxRules,
+      maxBytes: parsed.egressMaxBytes ?? DEFAULT_EGRESS_CONFIG.maxBytes,
+      allowPrivate: parsed.egressAllowPrivate ?? DEFAULT_EGRESS_CONFIG.allowPrivate,
+      hostsFile: parsed.egressHostsFile,
+      dnsServers: parsed.egressDnsServers,
+      denyAddresses: parsed.egressDenyAddresses ?? [],
+      upstreamCaFile: parsed.egressUpstreamCaFile,
+      connectTimeoutMs: parsed.egressConnectTimeoutMs ?? DEFAULT_EGRESS_CONFIG.connectTimeoutMs,
+    },
     ...overrides,
     providerSettings: { ...providerSettings(provider, env, providerCtx), ...overrides.providerSettings },
   };

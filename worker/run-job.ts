@@ -18,6 +18,7 @@
 import type { Readable } from "node:stream";
 import { ErrorCodes, SandqueueError } from "../errors/index.js";
 import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-spec.js";
+import { isNetworkPolicy } from "../producer/network-policy.js";
 import { NO_OUTPUT, errorJobResult, type JobResult, type KillReason, type SnapshotRef, type Timings } from "../producer/job-result.js";
 import { WORKSPACE_DIR, ownershipLabels, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
 import type { ArchiveLimits } from "../providers/archive/index.js";
@@ -119,7 +120,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
         {
           image: spec.image,
           limits: { memoryMb: ctx.limits.memoryMb, pids: ctx.limits.pids },
-          network: spec.network,
+          network: isNetworkPolicy(spec.network) ? "proxy" : "none",
           labels: ownershipLabels(ctx.workerId, ctx.jobId),
           annotations: spec.labels,
           maxLifetimeMs: ctx.limits.timeoutMs + LIFETIME_SLACK_MS,

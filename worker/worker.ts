@@ -21,6 +21,7 @@ import type { WorkerConfig } from "./config.js";
 import { resolveLimits } from "./limits.js";
 import { Heartbeat } from "./heartbeat.js";
 import { checkCapabilities } from "./capabilities.js";
+import { checkEgressLimits } from "./egress/config.js";
 import { retryDelayMs } from "./retry-backoff.js";
 import { silentLogger, type Logger } from "./log.js";
 import {
@@ -236,6 +237,7 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
       spec = parseJobSpec(job.data?.spec);
       const parsedSpec = spec;
       checkCapabilities(spec, this.deps.provider.capabilities, this.deps.provider.name);
+      checkEgressLimits(spec.network, this.config.egress);
       this.emit("job:start", { jobId, spec, attempt });
       result = await runJob(spec, {
         ...base,
