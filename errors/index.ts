@@ -54,6 +54,17 @@ export const ErrorCodes = {
   // secrets
   SECRET_NOT_FOUND: "SANDQ_ERR_SECRET_NOT_FOUND",
   SECRET_IN_WORKSPACE: "SANDQ_ERR_SECRET_IN_WORKSPACE",
+  // HTTP API (sandqueue api): refused requests and webhook delivery
+  REQUEST_INVALID: "SANDQ_ERR_REQUEST_INVALID",
+  UNSUPPORTED_MEDIA_TYPE: "SANDQ_ERR_UNSUPPORTED_MEDIA_TYPE",
+  BODY_TOO_LARGE: "SANDQ_ERR_BODY_TOO_LARGE",
+  NOT_FOUND: "SANDQ_ERR_NOT_FOUND",
+  UNAUTHORIZED: "SANDQ_ERR_UNAUTHORIZED",
+  FORBIDDEN: "SANDQ_ERR_FORBIDDEN",
+  RATE_LIMITED: "SANDQ_ERR_RATE_LIMITED",
+  ACTIVE_JOBS_LIMIT: "SANDQ_ERR_ACTIVE_JOBS_LIMIT",
+  CALLBACK_REFUSED: "SANDQ_ERR_CALLBACK_REFUSED",
+  WEBHOOK_DELIVERY: "SANDQ_ERR_WEBHOOK_DELIVERY",
   // catch-all for bugs: a non-SandqueueError that reached the pipeline
   INTERNAL: "SANDQ_ERR_INTERNAL",
 } as const;
@@ -102,6 +113,8 @@ export class SnapshotError extends SandqueueError {}
 export class SecretError extends SandqueueError {}
 /** Producer-side failures: Redis down, timeouts, unknown jobs. */
 export class ClientError extends SandqueueError {}
+/** A request the HTTP API refuses (authentication, quotas, malformed requests) or a webhook it could not deliver. */
+export class ApiError extends SandqueueError {}
 
 export function isSandqueueError(err: unknown): err is SandqueueError {
   return err instanceof SandqueueError;

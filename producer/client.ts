@@ -55,6 +55,28 @@ const DEFAULTS = {
   connectTimeoutMs: 2000,
 };
 
+/** BullMQ options of every sandqueue job (the HTTP API enqueues with the same). */
+export function queuedJobOptions(o: { attempts: number; backoffMs: number; resultTtlMs: number; maxResults: number } = DEFAULTS) {
+  return {
+    attempts: o.attempts,
+    // Exponential, but a backend's Retry-After can stretch it (the worker's backoffStrategy).
+    backoff: { type: RETRY_BACKOFF, delay: o.backoffMs },
+    removeOnComplete: { age: Math.ceil(o.resultTtlMs / 1000), count: o.maxResults },
+    removeOnFail: { age: Math.ceil(o.resultTtlMs / 1000), count: o.maxResults },
+  };
+}
+
+/**
+ * Webhooks are signed with an API key's secret and delivered by `sandqueue
+ * api`; a spec enqueued here would carry its callbackUrl unheeded.
+ */
+function refuseCallback(spec: JobSpec): JobSpec {
+  if (spec.callbackUrl === undefined) return spec;
+  throw new SpecError(ErrorCodes.SPEC_INVALID, "invalid job spec: callbackUrl: webhooks are delivered by the HTTP API (sandqueue api); the Node client cannot deliver one", {
+    details: { issues: [{ path: "callbackUrl", message: "webhooks are delivered by the HTTP API (sandqueue api)" }] },
+  });
+}
+
 /** Job id for a spec: stable for an idempotency key, random otherwise. */
 export function jobIdFor(spec: JobSpec): string {
   if (spec.idempotencyKey === undefined) return randomUUID();
@@ -107,7 +129,7 @@ export class SandqueueClient {
 
   /** Validates and enqueues one job. Nothing is enqueued when the spec is invalid. */
   async enqueue(input: unknown): Promise<EnqueuedJob> {
-    const spec = parseJobSpec(input, this.opts.sizeLimits);
+    const spec = refuseCallback(parseJobSpec(input, this.opts.sizeLimits));
     return this.call(async () => {
       const id = jobIdFor(spec);
       await this.queue.add(spec.kind, this.dataFor(spec), { ...this.jobOptions(), jobId: id });
@@ -124,7 +146,7 @@ export class SandqueueClient {
     const problems: string[] = [];
     inputs.forEach((input, i) => {
       try {
-        specs.push(parseJobSpec(input, this.opts.sizeLimits));
+        specs.push(refuseCallback(parseJobSpec(input, this.opts.sizeLimits)));
       } catch (err) {
         if (!isSandqueueError(err)) throw err;
         problems.push(`[${i}] ${err.message}`);
@@ -287,13 +309,7 @@ export class SandqueueClient {
   }
 
   private jobOptions() {
-    return {
-      attempts: this.opts.attempts,
-      // Exponential, but a backend's Retry-After can stretch it (the worker's backoffStrategy).
-      backoff: { type: RETRY_BACKOFF, delay: this.opts.backoffMs },
-      removeOnComplete: { age: Math.ceil(this.opts.resultTtlMs / 1000), count: this.opts.maxResults },
-      removeOnFail: { age: Math.ceil(this.opts.resultTtlMs / 1000), count: this.opts.maxResults },
-    };
+    return queuedJobOptions(this.opts);
   }
 
   private rejectWaiters(id: string, err: Error): void {

@@ -47,6 +47,7 @@ const SNAPSHOT_ID = /^sha256:[0-9a-f]{64}$/;
 const LABEL_KEY = /^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$/;
 
 const GLOB = "expected a glob pattern (a string of 1 to 1024 characters)";
+const CALLBACK_URL = "expected an http:// or https:// URL of at most 2048 characters";
 
 function shortText(): z.ZodString {
   const error = "expected a string of 1 to 256 characters";
@@ -202,6 +203,11 @@ const common = {
   idempotencyKey: shortText().optional(),
   submittedBy: shortText().optional(),
   workspace: WorkspaceSchema.optional(),
+  /** Where the HTTP API POSTs the signed result (sandqueue api only; the worker ignores it). */
+  callbackUrl: z
+    .url({ protocol: /^https?$/, error: CALLBACK_URL })
+    .max(2048, { error: CALLBACK_URL })
+    .optional(),
 };
 
 export const ShellJobSpecSchema = z.strictObject({
