@@ -17,6 +17,8 @@ ${DEMO_USAGE}
 usage: sandqueue snapshot (get ID --out FILE.tar | ls | rm ID | prune --older-than 7d)
 usage: sandqueue image (build NAME [--debian SUITE] [--packages p1,p2] | ls)
 usage: sandqueue providers [--json | --markdown]
+usage: sandqueue api [--port N] [--host H]                          (the HTTP API; sandqueue api --help)
+usage: sandqueue api-key (create NAME [...] | ls | revoke NAME | webhook-secret NAME)
 
 Every command takes --help. Environment: REDIS_URL (default redis://127.0.0.1:6379), SANDQUEUE_QUEUE (default sandqueue); see README.
 `;
@@ -31,6 +33,8 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   snapshot: async () => (await import("./snapshot-command.js")).snapshotCommand,
   image: async () => (await import("./image-command.js")).imageCommand,
   providers: async () => (await import("./providers-command.js")).providersCommand,
+  api: async () => (await import("./api-command.js")).apiCommand,
+  "api-key": async () => (await import("./api-key-command.js")).apiKeyCommand,
 };
 
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
