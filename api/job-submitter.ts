@@ -78,7 +78,7 @@ export class JobSubmitter {
       const base = single ? "" : `jobs[${i}]`;
       try {
         let spec = parseJobSpec(withIdempotencyKey(input, idempotencyHeader, single ? null : i));
-        spec = applyKeyLimits(spec, key, this.config.defaultLimits, base ? `${base}.` : "");
+        spec = applyKeyLimits(spec, key, this.config.defaultLimits);
         // The key's name is the job's sender: audit lines and results say who sent it.
         specs.push({ ...spec, submittedBy: key.name });
       } catch (err) {

@@ -101,7 +101,7 @@ export class KeyQuotas {
  * refused (LIMIT_ABOVE_MAX, naming the field); an omitted one that the
  * workers' default would put above the key's maximum is set to the maximum.
  */
-export function applyKeyLimits(spec: JobSpec, key: ApiKey, defaults: { timeoutMs: number; memoryMb: number }, path = ""): JobSpec {
+export function applyKeyLimits(spec: JobSpec, key: ApiKey, defaults: { timeoutMs: number; memoryMb: number }): JobSpec {
   const checks = [
     { field: "timeoutMs", max: key.maxTimeoutMs, def: defaults.timeoutMs, unit: "ms" },
     { field: "memoryMb", max: key.maxMemoryMb, def: defaults.memoryMb, unit: "MiB" },
@@ -111,7 +111,7 @@ export function applyKeyLimits(spec: JobSpec, key: ApiKey, defaults: { timeoutMs
     if (c.max === undefined) continue;
     const given = spec.limits[c.field];
     if (given !== undefined && given > c.max) {
-      const p = `${path}limits.${c.field}`;
+      const p = `limits.${c.field}`;
       throw new SpecError(ErrorCodes.LIMIT_ABOVE_MAX, `${p}: ${given} ${c.unit} is above API key ${key.name}'s maximum of ${c.max} ${c.unit}`, {
         details: { issues: [{ path: p, message: `expected at most ${c.max} ${c.unit} for this API key (got ${given})` }] },
       });
