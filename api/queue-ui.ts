@@ -15,7 +15,7 @@ import { createBullBoard } from "@bull-board/api";
 import { BullMQAdapter } from "@bull-board/api/bullMQAdapter";
 import { FastifyAdapter } from "@bull-board/fastify";
 import type { Queue } from "bullmq";
-import type { FastifyInstance, FastifyRequest } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { ApiError, ErrorCodes } from "../errors/index.js";
 import { JobResultSchema } from "../producer/job-result.js";
 import type { ApiKeyStore } from "./api-keys.js";
@@ -92,7 +92,15 @@ function tokenOf(req: FastifyRequest): string | undefined {
   return h;
 }
 
-export async function mountQueueUi(app: FastifyInstance, opts: { queue: Queue; webhooks: Queue; keys: ApiKeyStore }): Promise<void> {
+export interface QueueUiOptions {
+  queue: Queue;
+  webhooks: Queue;
+  keys: ApiKeyStore;
+  /** Answers a refused request (problem+json): bull-board's own error handler would turn it into a 500. */
+  refuse: (err: unknown, req: FastifyRequest, reply: FastifyReply) => FastifyReply;
+}
+
+export async function mountQueueUi(app: FastifyInstance, opts: QueueUiOptions): Promise<void> {
   const server = new FastifyAdapter();
   server.setBasePath(UI_PATH);
   const main = new BullMQAdapter(opts.queue, { readOnlyMode: true, description: "sandqueue jobs, named by their sandqueue status" });
@@ -103,9 +111,13 @@ export async function mountQueueUi(app: FastifyInstance, opts: { queue: Queue; w
   createBullBoard({ queues: [main, hooks], serverAdapter: server, options: { uiConfig: { boardTitle: "sandqueue" } } });
 
   await app.register(async (scope) => {
-    scope.addHook("onRequest", async (req) => {
-      const key = await opts.keys.authenticate(tokenOf(req));
-      if (!key.ui) throw new ApiError(ErrorCodes.FORBIDDEN, `API key ${key.name} may not open the queue UI (sandqueue api-key create ... --ui)`);
+    scope.addHook("onRequest", async (req, reply) => {
+      try {
+        const key = await opts.keys.authenticate(tokenOf(req));
+        if (!key.ui) throw new ApiError(ErrorCodes.FORBIDDEN, `API key ${key.name} may not open the queue UI (sandqueue api-key create ... --ui)`);
+      } catch (err) {
+        return opts.refuse(err, req, reply);
+      }
     });
     await scope.register(server.registerPlugin(), { prefix: UI_PATH });
   });

@@ -111,7 +111,7 @@ export async function startApiServer(config: ApiConfig, log: Logger): Promise<Ap
       log,
     };
     const app = buildApp(ctx, keys, quotas);
-    await mountQueueUi(app, { queue, webhooks, keys });
+    await mountQueueUi(app, { queue, webhooks, keys, refuse: (err, req, reply) => sendProblem(ctx, err, req, reply) });
     closers.push(() => app.close());
     await app.listen({ port: config.port, host: config.host }).catch((err: NodeJS.ErrnoException) => {
       throw new ApiError(ErrorCodes.CONFIG_INVALID, `cannot listen on ${config.host}:${config.port} (${err.code ?? err.message}); set SANDQUEUE_API_PORT (or --port)`, { cause: err });
@@ -158,17 +158,7 @@ function buildApp(ctx: ApiContext, keys: ApiKeyStore, quotas: KeyQuotas): Fastif
     ctx.metrics.request(route.startsWith(UI_PATH) ? UI_PATH : waited ? `${route} (wait)` : route, req.method, reply.statusCode, reply.elapsedTime / 1000);
   });
 
-  app.setErrorHandler((err: FastifyError | SandqueueError, req, reply) => {
-    const e = apiErrorOf(err, ctx.redis, ctx.config.redisUrl, req.headers["content-type"]);
-    ctx.metrics.refusal(e.code);
-    const status = statusFor(e.code);
-    if (status >= 500) ctx.log.log("error", "api.error", { method: req.method, route: req.routeOptions.url, code: e.code, error: e.message });
-    if (status === 429 || status === 503) reply.header("retry-after", String(Math.max(1, Math.ceil((e.retryAfterMs ?? 1000) / 1000))));
-    if (e.code === ErrorCodes.UNAUTHORIZED) {
-      reply.header("www-authenticate", req.url.startsWith(UI_PATH) ? 'Basic realm="sandqueue queue UI", charset="UTF-8"' : 'Bearer realm="sandqueue"');
-    }
-    void reply.code(status).type(PROBLEM_CONTENT_TYPE).send(problemFor(e, req.url.split("?")[0]));
-  });
+  app.setErrorHandler((err: FastifyError | SandqueueError, req, reply) => sendProblem(ctx, err, req, reply));
   app.setNotFoundHandler((req, reply) => {
     const e = new ApiError(ErrorCodes.NOT_FOUND, `no route ${req.method} ${req.url.split("?")[0]} (the API is described at /openapi.json)`);
     ctx.metrics.refusal(e.code);
@@ -210,6 +200,19 @@ export function keyOf(req: FastifyRequest): ApiKey {
 export function ownJob(req: FastifyRequest, id: string): string {
   if (!ownedBy(keyOf(req), id)) throw notFound(id);
   return id;
+}
+
+/** Answers an error as problem+json (the one place errors become HTTP answers). */
+function sendProblem(ctx: ApiContext, err: unknown, req: FastifyRequest, reply: FastifyReply): FastifyReply {
+  const e = apiErrorOf(err, ctx.redis, ctx.config.redisUrl, req.headers["content-type"]);
+  ctx.metrics.refusal(e.code);
+  const status = statusFor(e.code);
+  if (status >= 500) ctx.log.log("error", "api.error", { method: req.method, route: req.routeOptions.url, code: e.code, error: e.message });
+  if (status === 429 || status === 503) reply.header("retry-after", String(Math.max(1, Math.ceil((e.retryAfterMs ?? 1000) / 1000))));
+  if (e.code === ErrorCodes.UNAUTHORIZED) {
+    reply.header("www-authenticate", req.url.startsWith(UI_PATH) ? 'Basic realm="sandqueue queue UI", charset="UTF-8"' : 'Bearer realm="sandqueue"');
+  }
+  return reply.code(status).type(PROBLEM_CONTENT_TYPE).send(problemFor(e, req.url.split("?")[0]));
 }
 
 /** Any error as a SandqueueError with the code the answer carries. */
