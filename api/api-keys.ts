@@ -59,15 +59,31 @@ export function formatRate(rate: { perSec: number; burst: number }): string {
   return rate.perSec >= 1 ? `${+rate.perSec.toFixed(3)}/s` : `${+(rate.perSec * 60).toFixed(3)}/m`;
 }
 
+/** How long an API process trusts a key it has read (revocations are also broadcast, so this is only the backstop). */
+export const KEY_CACHE_MS = 5000;
+
 export class ApiKeyStore {
   private readonly base: string;
+  /** Keys read recently, by id, with their stored hash: a request then costs no Redis round trip for auth. */
+  private readonly cache = new Map<string, { key: ApiKey; hash: Buffer; until: number }>();
 
   constructor(
     private readonly redis: Redis,
     prefix: string,
     queue: string,
+    private readonly cacheMs = 0,
   ) {
     this.base = apiKeyspace(prefix, queue);
+  }
+
+  /** Channel on which revocations and rotations are announced to every API process. */
+  get changesChannel(): string {
+    return `${this.base}changes`;
+  }
+
+  /** Forgets a cached key (a revocation or rotation announced on changesChannel). */
+  forget(id: string): void {
+    this.cache.delete(id);
   }
 
   private recordKey(id: string): string {
@@ -94,13 +110,21 @@ export class ApiKeyStore {
   async authenticate(token: string | undefined): Promise<ApiKey> {
     const m = token === undefined ? null : TOKEN.exec(token);
     if (!m) throw unauthorized(token === undefined ? "no API key: send Authorization: Bearer <key>" : "not a sandqueue API key");
-    const fields = await this.redis.hgetall(this.recordKey(m[1]!));
-    const stored = fields.hash ? Buffer.from(fields.hash, "hex") : null;
+    const id = m[1]!;
     const given = hashSecret(m[2]!);
+    const cached = this.cache.get(id);
+    if (cached && cached.until > Date.now()) {
+      if (!timingSafeEqual(given, cached.hash)) throw unauthorized("unknown or revoked API key");
+      return cached.key;
+    }
+    const fields = await this.redis.hgetall(this.recordKey(id));
+    const stored = fields.hash ? Buffer.from(fields.hash, "hex") : null;
     // Hash and compare even for an unknown id, so both paths cost the same.
     const ok = timingSafeEqual(given, stored && stored.length === given.length ? stored : Buffer.alloc(given.length)) && stored !== null;
     if (!ok) throw unauthorized("unknown or revoked API key");
-    return fromFields(m[1]!, fields);
+    const key = fromFields(id, fields);
+    if (this.cacheMs > 0) this.cache.set(id, { key, hash: stored, until: Date.now() + this.cacheMs });
+    return key;
   }
 
   async get(name: string): Promise<ApiKey | null> {
@@ -127,6 +151,7 @@ export class ApiKeyStore {
       .multi()
       .del(this.recordKey(id), `${this.base}rate:${id}`, `${this.base}active:${id}`)
       .hdel(this.namesKey, name)
+      .publish(this.changesChannel, id)
       .exec();
     return true;
   }
@@ -135,7 +160,7 @@ export class ApiKeyStore {
   async rotateWebhookSecret(name: string): Promise<ApiKey | null> {
     const id = await this.redis.hget(this.namesKey, name);
     if (!id || !(await this.redis.exists(this.recordKey(id)))) return null;
-    await this.redis.hincrby(this.recordKey(id), "webhookVersion", 1);
+    await this.redis.multi().hincrby(this.recordKey(id), "webhookVersion", 1).publish(this.changesChannel, id).exec();
     return this.get(name);
   }
 }

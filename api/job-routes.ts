@@ -62,8 +62,8 @@ export function registerJobRoutes(app: FastifyInstance, ctx: ApiContext): void {
   app.get<{ Params: { id: string }; Querystring: { wait?: string } }>("/v1/jobs/:id", async (req, reply): Promise<JobView> => {
     const id = ownJob(req, req.params.id);
     const waitMs = waitOf(req.query.wait, ctx.config.maxWaitMs);
-    const first = await readJob(ctx.queue, ctx.client, id);
-    if (first.state === "finished" || waitMs === 0) return first;
+    if (waitMs === 0) return readJob(ctx.queue, ctx.client, id);
+    // waitForResult looks at the job itself first (JOB_NOT_FOUND, or its result at once).
     return waitForJob(ctx, id, waitMs, reply);
   });
 

@@ -11,7 +11,7 @@ import { SandqueueClient } from "../producer/client.js";
 import { connectOrFail, createRedis, isConnectionError, redisUnavailable } from "../producer/redis.js";
 import type { Logger } from "../worker/log.js";
 import { openSnapshotStore, type SnapshotStore } from "../worker/snapshot/index.js";
-import { ApiKeyStore, apiKeyspace, type ApiKey } from "./api-keys.js";
+import { ApiKeyStore, KEY_CACHE_MS, apiKeyspace, type ApiKey } from "./api-keys.js";
 import { ApiMetrics } from "./api-metrics.js";
 import type { ApiConfig } from "./config.js";
 import { JobEventHub } from "./job-events.js";
@@ -74,7 +74,12 @@ export async function startApiServer(config: ApiConfig, log: Logger): Promise<Ap
     closers.push(() => queue.close(), () => webhooks.close(), () => flows.close());
     const client = new SandqueueClient({ redisUrl: config.redisUrl, queue: config.queue, prefix });
     closers.push(() => client.close());
-    const keys = new ApiKeyStore(redis, prefix, config.queue);
+    const keys = new ApiKeyStore(redis, prefix, config.queue, KEY_CACHE_MS);
+    // Revocations reach every instance at once; the cache's lifetime is only the backstop.
+    const changes = createRedis(config.redisUrl, "worker");
+    await changes.subscribe(keys.changesChannel);
+    changes.on("message", (_channel: string, id: string) => keys.forget(id));
+    closers.push(async () => changes.disconnect());
     const quotas = new KeyQuotas(redis, apiKeyspace(prefix, config.queue), `${prefix}:${config.queue}:`);
     const hub = new JobEventHub(redis, config.redisUrl, config.queue, prefix);
     closers.push(() => hub.close());

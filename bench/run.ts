@@ -1,10 +1,11 @@
 /**
- * `npm run bench [-- queue snapshot docker]`: runs the selected benchmarks
+ * `npm run bench [-- queue snapshot docker api]`: runs the selected benchmarks
  * (all by default) and prints each one's figures and ratios against a
  * baseline measured in the same run.
  */
 import { reportDockerBench, runDockerBench } from "./docker.js";
 import { runDockerQueueBench } from "./docker-queue.js";
+import { reportApiBench, runApiBench } from "./api-bench.js";
 import { reportQueueBench, runQueueBench } from "./queue-bench.js";
 import { runSnapshotBench } from "./snapshot.js";
 import { fmt } from "./stats.js";
@@ -31,6 +32,10 @@ const BENCHES: Record<string, () => Promise<void>> = {
     console.log(reportQueueBench(await runQueueBench()));
   },
   snapshot: () => runSnapshotBench(),
+  api: async () => {
+    await requireRedis();
+    console.log(reportApiBench(await runApiBench()));
+  },
   docker: async () => {
     await requireRedis();
     const direct = await runDockerBench();
