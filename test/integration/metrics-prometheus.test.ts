@@ -1,18 +1,22 @@
 /**
  * The metrics as an operator sees them: a real Prometheus (Debian's binary,
  * its own temp dir and port, 1 s scrapes, file_sd targets) scrapes two real
- * workers (local provider) on one queue while jobs of every status run; then
- * every query of every panel in grafana/dashboards/sandqueue.json is
+ * workers (local provider) and a `sandqueue api` on one queue while jobs of
+ * every status run, some through the API (with a webhook and refusals); then
+ * every query of every panel of every dashboard in grafana/dashboards/ is
  * evaluated through Prometheus's HTTP API and must be valid and return data.
  */
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { SandqueueClient } from "../../producer/client.js";
 import type { JobResult } from "../../producer/job-result.js";
 import type { WorkerRuntime } from "../../worker/runtime.js";
 import { freePort, requireCommand, startTestWorker, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { api, startTestApi, type TestApi } from "../support/api-harness.js";
 
 requireCommand("prometheus", "prometheus");
 requireCommand("promtool", "prometheus");
@@ -21,6 +25,9 @@ requireCommand("redis-server", "redis-server");
 
 const ROOT = join(import.meta.dirname, "../..");
 const DASHBOARD = join(ROOT, "grafana/dashboards/sandqueue.json");
+const DASHBOARDS = readdirSync(join(ROOT, "grafana/dashboards"))
+  .filter((f) => f.endsWith(".json"))
+  .map((f) => join(ROOT, "grafana/dashboards", f));
 const SHIPPED_CONFIG = join(ROOT, "grafana/prometheus/prometheus.yml");
 
 interface Target {
@@ -59,7 +66,7 @@ interface PromResponse {
   data: { resultType: string; result: { metric: Record<string, string>; value: [number, string] }[] };
 }
 
-describe("dashboard queries against a real Prometheus scraping two workers", () => {
+describe("dashboard queries against a real Prometheus scraping two workers and an API", () => {
   const queue = uniqueQueue("metrics");
   const dir = tempDir("prometheus");
   let prometheus: ChildProcess | undefined;
@@ -68,6 +75,8 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
   const workers: WorkerRuntime[] = [];
   const metricsPorts: number[] = [];
   let client: SandqueueClient;
+  let apiServer: TestApi;
+  let receiver: Server;
 
   async function query(expr: string): Promise<PromResponse> {
     const res = await fetch(`${promUrl}/api/v1/query?${new URLSearchParams({ query: expr })}`, { signal: AbortSignal.timeout(5000) });
@@ -98,9 +107,13 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
       );
     }
     client = testClient(queue);
+    apiServer = await startTestApi(queue, { callbackAllow: ["loopback"] });
+    receiver = createServer((req, res) => req.resume().on("end", () => res.writeHead(204).end()));
+    await new Promise<void>((r) => receiver.listen(0, "127.0.0.1", r));
 
-    // Workers are found through file_sd, as the shipped config does it.
-    writeFileSync(join(dir, "targets.yml"), `- targets: [${metricsPorts.map((p) => `"127.0.0.1:${p}"`).join(", ")}]\n`);
+    // Workers and the API are found through file_sd, as the shipped config does it.
+    const targets = [...metricsPorts, apiServer.server.port].map((p) => `"127.0.0.1:${p}"`);
+    writeFileSync(join(dir, "targets.yml"), `- targets: [${targets.join(", ")}]\n`);
     writeFileSync(
       join(dir, "prometheus.yml"),
       [
@@ -130,8 +143,8 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
     );
     prometheus.stderr!.on("data", (d: Buffer) => (promLog += d.toString()));
     await until("prometheus /-/ready", async () => ((await fetch(`${promUrl}/-/ready`)).ok ? true : undefined));
-    await until("both workers scraped and up", async () => {
-      const r = await query('sum(up{job="sandqueue"}) == 2');
+    await until("both workers and the API scraped and up", async () => {
+      const r = await query('sum(up{job="sandqueue"}) == 3');
       return r.data.result.length === 1 ? true : undefined;
     });
   });
@@ -144,6 +157,8 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
       await Promise.race([exited, new Promise((r) => setTimeout(r, 5000))]);
       if (prometheus.exitCode === null) prometheus.kill("SIGKILL");
     }
+    await apiServer?.server.close();
+    await new Promise((r) => receiver?.close(r));
     await Promise.all(workers.map((w) => w.close(1000)));
     rmSync(dir, { recursive: true, force: true });
   });
@@ -154,18 +169,22 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
     expect(out).not.toContain("WARNING");
   });
 
-  it("ships a dashboard with a datasource variable and no hard-coded data source", () => {
-    const dash = JSON.parse(readFileSync(DASHBOARD, "utf8")) as Dashboard;
-    const vars = Object.fromEntries(dash.templating.list.map((v) => [v.name, v]));
-    expect(vars.datasource).toMatchObject({ type: "datasource", query: "prometheus" });
-    for (const name of ["queue", "provider"]) {
-      expect(vars[name]?.type).toBe("query");
-      expect(JSON.stringify(vars[name]?.query)).toContain("label_values(");
-      expect(vars[name]?.datasource?.uid).toBe("${datasource}");
-    }
-    for (const p of panelsOf(dash.panels).filter((p) => p.type !== "row")) {
-      expect(p.datasource?.uid, p.title).toBe("${datasource}");
-      for (const t of p.targets ?? []) expect(t.datasource?.uid ?? "${datasource}", p.title).toBe("${datasource}");
+  it("ships dashboards with a datasource variable and no hard-coded data source", () => {
+    expect(DASHBOARDS).toContain(DASHBOARD);
+    expect(DASHBOARDS.length).toBeGreaterThanOrEqual(2);
+    for (const file of DASHBOARDS) {
+      const dash = JSON.parse(readFileSync(file, "utf8")) as Dashboard;
+      const vars = Object.fromEntries(dash.templating.list.map((v) => [v.name, v]));
+      expect(vars.datasource, file).toMatchObject({ type: "datasource", query: "prometheus" });
+      for (const name of file === DASHBOARD ? ["queue", "provider"] : ["queue"]) {
+        expect(vars[name]?.type).toBe("query");
+        expect(JSON.stringify(vars[name]?.query)).toContain("label_values(");
+        expect(vars[name]?.datasource?.uid).toBe("${datasource}");
+      }
+      for (const p of panelsOf(dash.panels).filter((p) => p.type !== "row")) {
+        expect(p.datasource?.uid, p.title).toBe("${datasource}");
+        for (const t of p.targets ?? []) expect(t.datasource?.uid ?? "${datasource}", p.title).toBe("${datasource}");
+      }
     }
   });
 
@@ -184,12 +203,25 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
       { spec: { kind: "shell", script: "true", image: "no-such-image" }, status: "error" },
     ];
     const ids = (await client.enqueueMany(expected.map((e) => e.spec))).map((j) => j.id);
+    // Traffic through the API too: jobs (one with a webhook), a long-poll, refusals.
+    const token = await apiServer.key("dashboard", { callbacks: true });
+    const viaApi = await api(apiServer.url, token, "POST", "/v1/jobs", {
+      kind: "shell",
+      script: "echo via api",
+      callbackUrl: `http://127.0.0.1:${(receiver.address() as AddressInfo).port}/hook`,
+    });
+    expect(viaApi.status).toBe(202);
+    expect((await api(apiServer.url, token, "POST", "/v1/jobs", { kind: "shell" })).status).toBe(422);
+    expect((await api(apiServer.url, null, "GET", `/v1/jobs/${viaApi.json.id}`)).status).toBe(401);
     const results = await Promise.all(ids.map((id) => client.waitForResult(id, { timeoutMs: 45_000 })));
+    expect((await api(apiServer.url, token, "GET", `/v1/jobs/${viaApi.json.id}?wait=30s`)).json.result.status).toBe("succeeded");
+    await until("the webhook delivered", async () => ((await api(apiServer.url, null, "GET", "/metrics")).text.match(/outcome="delivered"\} 1/) ? true : undefined));
     expect(results.map((r) => [r.status, r.reason])).toEqual(expected.map((e) => [e.status, e.reason ?? null]));
     expect(results[6]!.snapshot?.bytes).toBeGreaterThan(20_000);
 
     const want: Record<string, number> = {};
     for (const e of expected) want[e.status] = (want[e.status] ?? 0) + 1;
+    want.succeeded = (want.succeeded ?? 0) + 1; // the API's job
     // Wait until Prometheus has the final counts from both workers, then a few
     // more scrapes so every series has enough samples for rate().
     await until("final job counts in prometheus", async () => {
@@ -224,11 +256,12 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
     expect(await labelValues("queue", "sandqueue_worker_concurrency")).toContain(queue);
     expect(await labelValues("provider", `sandqueue_sandboxes_in_use{queue=~"${queue}"}`)).toEqual(["local"]);
 
-    const dash = JSON.parse(readFileSync(DASHBOARD, "utf8")) as Dashboard;
-    const vars = { queue, provider: "local", __rate_interval: "2m", __interval: "15s", __range: "10m", __range_s: "600" };
+    const vars = { queue, provider: "local", key: ".*", __rate_interval: "2m", __interval: "15s", __range: "10m", __range_s: "600" };
+    expect(await labelValues("queue", "sandqueue_api_requests_total")).toContain(queue);
+    expect(await labelValues("key", `sandqueue_api_jobs_submitted_total{queue="${queue}"}`)).toEqual(["dashboard"]);
     const problems: string[] = [];
     let evaluated = 0;
-    for (const panel of panelsOf(dash.panels)) {
+    for (const panel of DASHBOARDS.flatMap((f) => panelsOf((JSON.parse(readFileSync(f, "utf8")) as Dashboard).panels))) {
       for (const target of panel.targets ?? []) {
         const expr = expand(target.expr, vars);
         const r = await query(expr);
@@ -238,7 +271,7 @@ describe("dashboard queries against a real Prometheus scraping two workers", () 
         else if (!r.data.result.some((s) => Number.isFinite(Number(s.value[1])))) problems.push(`${panel.title} [${target.refId}]: only NaN/Inf for ${expr}`);
       }
     }
-    expect(evaluated).toBeGreaterThanOrEqual(20);
+    expect(evaluated).toBeGreaterThanOrEqual(35);
     expect(problems).toEqual([]);
   });
 });
