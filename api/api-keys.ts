@@ -156,6 +156,12 @@ export class ApiKeyStore {
     return true;
   }
 
+  /** The key's current webhook secret version, or null once it is revoked. */
+  async webhookVersionOf(id: string): Promise<number | null> {
+    const v = await this.redis.hget(this.recordKey(id), "webhookVersion");
+    return v === null ? null : Number(v);
+  }
+
   /** Rotates a key's webhook signing secret; returns the new version. */
   async rotateWebhookSecret(name: string): Promise<ApiKey | null> {
     const id = await this.redis.hget(this.namesKey, name);

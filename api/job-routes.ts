@@ -47,16 +47,19 @@ function callerGone(reply: FastifyReply): { signal: AbortSignal; done(): void } 
 }
 
 export function registerJobRoutes(app: FastifyInstance, ctx: ApiContext): void {
-  app.post("/v1/jobs", async (req, reply) => {
+  app.post<{ Querystring: { wait?: string } }>("/v1/jobs", async (req, reply) => {
     const key = keyOf(req);
+    const waitMs = waitOf(req.query.wait, ctx.config.maxWaitMs);
     const submitted = await ctx.submitter.submit(key, req.body, idempotencyOf(req.headers["idempotency-key"]));
     const n = submitted.single ? 1 : submitted.ids.length;
     ctx.metrics.submittedJobs(key.name, n);
     if (ctx.config.logRequests) ctx.log.log("info", "api.jobs_submitted", { key: key.name, jobs: n, ...(submitted.single ? { id: submitted.id } : {}) });
-    if (submitted.single) {
-      return reply.code(202).header("location", `/v1/jobs/${submitted.id}`).send({ id: submitted.id });
-    }
-    return reply.code(202).send({ ids: submitted.ids });
+    if (!submitted.single) return reply.code(202).send({ ids: submitted.ids });
+    reply.header("location", `/v1/jobs/${submitted.id}`);
+    if (waitMs === 0) return reply.code(202).send({ id: submitted.id });
+    // Submit and wait in one request: 200 with the result, or 202 with the state when the wait ends first.
+    const view = await waitForJob(ctx, submitted.id, waitMs, reply);
+    return reply.code(view.state === "finished" ? 200 : 202).send(view);
   });
 
   app.get<{ Params: { id: string }; Querystring: { wait?: string } }>("/v1/jobs/:id", async (req, reply): Promise<JobView> => {

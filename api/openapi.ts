@@ -66,6 +66,13 @@ const ref = (id: string) => ({ $ref: `#/components/schemas/${id}` });
 const json = (schema: unknown) => ({ "application/json": { schema } });
 const problem = (description: string) => ({ description, content: { "application/problem+json": { schema: ref("Problem") } } });
 const jobId = { name: "id", in: "path", required: true, schema: { type: "string" } };
+const WAIT = {
+  name: "wait",
+  in: "query",
+  required: false,
+  schema: { type: "string", pattern: "^\\d+(\\.\\d+)?(ms|s|m)?$" },
+  description: "Hold the request until the job finishes or this long passes (500ms, 30s; bare numbers are seconds; capped by the server).",
+};
 const COMMON_ERRORS = { "401": problem("No API key, or an unknown or revoked one."), "429": problem("Over the key's rate; see Retry-After."), "503": problem("Redis unavailable.") };
 
 export function openApiDocument(serverUrl?: string): Record<string, unknown> {
@@ -85,10 +92,12 @@ export function openApiDocument(serverUrl?: string): Record<string, unknown> {
           summary: "Enqueue one job, or a batch",
           parameters: [
             { name: "Idempotency-Key", in: "header", required: false, schema: { type: "string", minLength: 1, maxLength: 200 }, description: "Sets idempotencyKey (a batch's specs get <key>/<index>)." },
+            { ...WAIT, description: "One spec only: also wait for its result (as GET ?wait=), answering 200 with the JobView, or 202 with it when the wait ends first." },
           ],
           requestBody: { required: true, content: json({ oneOf: [ref("JobSpec"), ref("JobBatch")] }) },
           responses: {
-            "202": { description: "Enqueued.", content: json({ oneOf: [ref("Submitted"), ref("BatchSubmitted")] }) },
+            "200": { description: "Enqueued and finished within ?wait=.", content: json(ref("JobView")) },
+            "202": { description: "Enqueued (with ?wait=: not finished within it, the JobView).", content: json({ oneOf: [ref("Submitted"), ref("BatchSubmitted"), ref("JobView")] }) },
             "400": problem("Malformed JSON or header."),
             "403": problem("The key may not name a callbackUrl."),
             "413": problem("Body or spec too large."),
@@ -104,7 +113,7 @@ export function openApiDocument(serverUrl?: string): Record<string, unknown> {
           summary: "A job's state and result; ?wait= long-polls",
           parameters: [
             jobId,
-            { name: "wait", in: "query", required: false, schema: { type: "string", pattern: "^\\d+(\\.\\d+)?(ms|s|m)?$" }, description: "Hold the request until the job finishes or this long passes (500ms, 30s; bare numbers are seconds; capped by the server)." },
+            WAIT,
           ],
           responses: { "200": { description: "The job.", content: json(ref("JobView")) }, "404": problem("No such job for this key."), "410": problem("Cancelled while waiting."), ...COMMON_ERRORS },
         },

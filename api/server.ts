@@ -95,6 +95,7 @@ export async function startApiServer(config: ApiConfig, log: Logger): Promise<Ap
         allow: config.callbackAllow,
         timeoutMs: config.webhookTimeoutMs,
         client,
+        webhookVersion: (id) => keys.webhookVersionOf(id),
         onOutcome: (outcome, seconds) => metrics.delivery(outcome, seconds),
       });
       closers.push(async () => {

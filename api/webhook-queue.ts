@@ -59,6 +59,8 @@ export interface DeliveryOptions {
   timeoutMs: number;
   /** Reads a finished sandbox job's result (also the WORKER_LOST result BullMQ's failures become). */
   client: SandqueueClient;
+  /** The key's current secret version (a rotation applies to deliveries still pending); null once revoked. */
+  webhookVersion: (keyId: string) => Promise<number | null>;
   onOutcome?: (outcome: DeliveryOutcome, seconds: number) => void;
 }
 
@@ -121,7 +123,8 @@ export async function deliver(job: Job<DeliveryData>, opts: DeliveryOptions): Pr
     body = JSON.stringify(await eventFor(job, opts.client));
     await job.updateData({ ...job.data, body });
   }
-  const key = deriveWebhookKey(opts.masterSecret, job.data.keyId, job.data.webhookVersion);
+  const version = (await opts.webhookVersion(job.data.keyId)) ?? job.data.webhookVersion;
+  const key = deriveWebhookKey(opts.masterSecret, job.data.keyId, version);
   const headers = signedHeaders(key, `msg_${job.data.jobId}`, body);
   let status: number;
   try {
