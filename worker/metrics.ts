@@ -22,6 +22,7 @@ import type { JobSpec } from "../producer/job-spec.js";
 import { JOB_STATUSES, KILL_REASONS, type JobResult } from "../producer/job-result.js";
 import type { WorkerConfig } from "./config.js";
 import type { WorkerEvents } from "./worker.js";
+import { EGRESS_DECISIONS, type EgressEvent } from "./egress/proxy.js";
 
 /** Phases the pipeline reports, plus `total` (enqueue to result). */
 export const PHASES = ["queued", "acquire", "hydrate", "exec", "snapshot", "total"] as const;
@@ -73,6 +74,8 @@ export interface WorkerMetricsOptions {
   defaultMetrics?: boolean;
   /** The provider's ready pooled sandboxes per image (SandboxProvider.readySandboxes). */
   readySandboxes?: () => Record<string, number>;
+  /** The worker's egress proxy: one count per request through it (worker/egress/gateway.ts). */
+  egress?: Pick<EventEmitter<{ request: [EgressEvent] }>, "on" | "off">;
 }
 
 interface JobTrack {
@@ -108,6 +111,14 @@ export class WorkerMetrics {
   private readonly providerErrors: Counter<"provider" | "operation">;
   private readonly retries: Counter<"queue" | "kind">;
   private readonly requeued: Counter<"queue">;
+  private readonly egressRequests: Counter<"queue" | "decision">;
+  private readonly egressBytes: Counter<"queue" | "direction">;
+  private readonly egress: WorkerMetricsOptions["egress"];
+  private readonly onEgress = (e: EgressEvent): void => {
+    this.egressRequests.inc({ queue: this.queue, decision: e.decision });
+    if (e.bytesOut) this.egressBytes.inc({ queue: this.queue, direction: "out" }, e.bytesOut);
+    if (e.bytesIn) this.egressBytes.inc({ queue: this.queue, direction: "in" }, e.bytesIn);
+  };
 
   private readonly listeners: { [K in keyof WorkerEvents]: (...args: WorkerEvents[K]) => void };
 
@@ -177,6 +188,20 @@ export class WorkerMetrics {
       labelNames: ["queue"],
       registers,
     });
+
+    this.egressRequests = new Counter({
+      name: "sandqueue_egress_requests_total",
+      help: "Requests (and CONNECT tunnels) of jobs through the egress proxy, by decision: allowed, denied, rate_limited, address_refused, byte_cap, failed.",
+      labelNames: ["queue", "decision"],
+      registers,
+    });
+    this.egressBytes = new Counter({
+      name: "sandqueue_egress_bytes_total",
+      help: "Bytes through the egress proxy (bodies and tunnelled bytes), by direction: out (sandbox to upstream), in.",
+      labelNames: ["queue", "direction"],
+      registers,
+    });
+    this.egress = opts.egress;
 
     const self = this;
     new Gauge({
@@ -290,6 +315,8 @@ export class WorkerMetrics {
       for (const phase of PHASES) this.phaseSeconds.zero({ ...base, phase });
     }
     this.requeued.inc({ queue: this.queue }, 0);
+    for (const decision of EGRESS_DECISIONS) this.egressRequests.inc({ queue: this.queue, decision }, 0);
+    for (const direction of ["out", "in"]) this.egressBytes.inc({ queue: this.queue, direction }, 0);
     this.snapshotBytes.inc({ queue: this.queue }, 0);
     this.snapshots.inc({ queue: this.queue }, 0);
     for (const kind of KINDS) this.retries.inc({ queue: this.queue, kind }, 0);
@@ -316,6 +343,7 @@ export class WorkerMetrics {
     this.worker[method]("job:finished", l["job:finished"]);
     this.worker[method]("job:retry", l["job:retry"]);
     this.worker[method]("job:requeued", l["job:requeued"]);
+    this.egress?.[method]("request", this.onEgress);
   }
 
   private onFinished(result: JobResult, spec: JobSpec | null): void {

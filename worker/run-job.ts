@@ -18,9 +18,9 @@
 import type { Readable } from "node:stream";
 import { ErrorCodes, SandqueueError } from "../errors/index.js";
 import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-spec.js";
-import { isNetworkPolicy } from "../producer/network-policy.js";
+import { isNetworkPolicy, type NetworkPolicy } from "../producer/network-policy.js";
 import { NO_OUTPUT, errorJobResult, type JobResult, type KillReason, type SnapshotRef, type Timings } from "../producer/job-result.js";
-import { WORKSPACE_DIR, ownershipLabels, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
+import { WORKSPACE_DIR, ownershipLabels, type ExecResult, type Sandbox, type SandboxEgress, type SandboxProvider } from "../providers/provider.js";
 import type { ArchiveLimits } from "../providers/archive/index.js";
 
 /** Resolves secret names to values; values never leave the worker process. */
@@ -38,6 +38,18 @@ export interface WorkspaceStore {
    * nothing is stored.
    */
   save(tar: Readable, opts?: { secrets?: Record<string, string>; signal?: AbortSignal }): Promise<SnapshotRef>;
+}
+
+/**
+ * The worker's egress proxy, opened per job on the sandbox's way out
+ * (worker/egress/gateway.ts). Bound secrets go to the proxy, never the sandbox.
+ */
+export interface EgressOpener {
+  open(req: { jobId: string; policy: NetworkPolicy; boundSecrets: Readonly<Record<string, string>>; sandbox: SandboxEgress }): Promise<{
+    caEnv: Record<string, string>;
+    proxyEnv: Record<string, string>;
+    close(): Promise<void>;
+  }>;
 }
 
 /** How to put inline `files` into a sandbox workspace (a tar, validated like any other). */
@@ -72,6 +84,8 @@ export interface RunContext {
   workspace?: WorkspaceStore;
   filesToTar?: FilesToTar;
   mask?: OutputMasker;
+  /** Needed by jobs with a network policy. */
+  egress?: EgressOpener;
   /**
    * When given, the sandbox's release is handed over instead of awaited: the
    * job's processes are already dead when exec returns, so the result is
@@ -102,7 +116,11 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
       ctx.onPhase?.(phase.replace(/Ms$/, ""), ms);
     }
   };
+  // Every value, bound ones included: masked in output, refused in snapshots.
   let secretValues: Record<string, string> = {};
+  const policy = isNetworkPolicy(spec.network) ? spec.network : null;
+  const boundNames = policy?.secrets.map((b) => b.name) ?? [];
+  let egress: Awaited<ReturnType<EgressOpener["open"]>> | undefined;
   let exec: ExecResult | undefined;
   let sandbox: Sandbox | undefined;
   /** The job's end once its signal has fired; a cancel keeps the output of an exec that ran. */
@@ -112,7 +130,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
   };
   try {
     if (ctx.signal.aborted) return interrupted();
-    if (spec.secrets.length) secretValues = await resolveSecrets(spec, ctx);
+    if (spec.secrets.length || boundNames.length) secretValues = await resolveSecrets([...spec.secrets, ...boundNames], ctx);
     if (ctx.signal.aborted) return interrupted();
 
     sandbox = await timed("acquireMs", () =>
@@ -146,10 +164,18 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
     }
     if (ctx.signal.aborted) return interrupted();
 
+    if (policy) {
+      if (!ctx.egress || !box.egress) {
+        throw new SandqueueError(ErrorCodes.CAPABILITY_UNSUPPORTED, "network: this worker has no egress proxy, or its sandbox no way to it");
+      }
+      egress = await ctx.egress.open({ jobId: ctx.jobId, policy, boundSecrets: pick(secretValues, boundNames), sandbox: box.egress });
+    }
+    const envSecrets = pick(secretValues, spec.secrets);
     exec = await timed("execMs", () =>
       box.exec({
         argv: commandFor(spec),
-        env: { ...baseEnv(), ...spec.env, ...secretValues },
+        // The proxy variables after the job's own, so every client goes through the proxy; bound secrets nowhere.
+        env: { ...baseEnv(), ...egress?.caEnv, ...spec.env, ...egress?.proxyEnv, ...envSecrets },
         cwd: WORKSPACE_DIR,
         timeoutMs: ctx.limits.timeoutMs,
         maxOutputBytes: ctx.limits.maxOutputBytes,
@@ -187,6 +213,8 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
     if (ctx.signal.aborted && !(err instanceof ShutdownInterrupt)) return interrupted();
     throw err;
   } finally {
+    // Before the release: the job's connections end with its sandbox.
+    await egress?.close().catch((err: unknown) => ctx.onReleaseFailed?.(err));
     if (sandbox) {
       const released = sandbox.release().catch((err: unknown) => ctx.onReleaseFailed?.(err));
       if (ctx.releaseInBackground) ctx.releaseInBackground(released);
@@ -263,11 +291,15 @@ export function errorResult(
   });
 }
 
-async function resolveSecrets(spec: JobSpec, ctx: RunContext): Promise<Record<string, string>> {
+async function resolveSecrets(names: readonly string[], ctx: RunContext): Promise<Record<string, string>> {
   if (!ctx.secrets) {
-    throw new SandqueueError(ErrorCodes.SECRET_NOT_FOUND, `secret ${spec.secrets[0]} requested but this worker has no secret store`);
+    throw new SandqueueError(ErrorCodes.SECRET_NOT_FOUND, `secret ${names[0]} requested but this worker has no secret store`);
   }
-  return ctx.secrets.resolve(spec.secrets);
+  return ctx.secrets.resolve(names);
+}
+
+function pick(values: Record<string, string>, names: readonly string[]): Record<string, string> {
+  return Object.fromEntries(names.filter((n) => Object.hasOwn(values, n)).map((n) => [n, values[n]!]));
 }
 
 /** The minimal environment every job starts from; the worker's own never leaks in. */

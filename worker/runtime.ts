@@ -14,6 +14,7 @@ import { WorkerMetrics } from "./metrics.js";
 import { maskSecrets, openSecretStore } from "./secrets/index.js";
 import { openSnapshotStore, workspaceStoreFor } from "./snapshot/index.js";
 import { SandqueueWorker, type WorkerDeps } from "./worker.js";
+import { EgressGateway } from "./egress/gateway.js";
 
 export interface WorkerRuntime {
   worker: SandqueueWorker;
@@ -42,7 +43,8 @@ export async function startWorkerRuntime(
     if (!opts.provider) releasers.push(() => provider.close());
     await provider.check();
 
-    const deps: WorkerDeps = { provider, log, ...(await workspaceDeps(config, releasers, log)) };
+    const egress = startEgress(config, provider, releasers, log);
+    const deps: WorkerDeps = { provider, log, egress, ...(await workspaceDeps(config, releasers, log)) };
     const worker = new SandqueueWorker(config, deps);
     await worker.start();
     // Popped after the metrics server below if its start-up fails (a no-op after close()).
@@ -55,6 +57,7 @@ export async function startWorkerRuntime(
         worker,
         provider: provider.name,
         readySandboxes: provider.readySandboxes?.bind(provider),
+        egress,
       });
       releasers.push(() => metrics.close());
       const server = await startHealthServer({
@@ -80,6 +83,18 @@ export async function startWorkerRuntime(
     await unwind();
     throw err;
   }
+}
+
+/**
+ * The egress proxy, for providers that can route a sandbox to it: one per
+ * worker, with its own CA; each request is an audit line (egress.request).
+ */
+function startEgress(config: WorkerConfig, provider: SandboxProvider, releasers: (() => Promise<unknown>)[], log: Logger): EgressGateway | undefined {
+  if (!provider.capabilities.networkPolicy) return undefined;
+  const gateway = new EgressGateway(config.egress);
+  if (config.logJobs) gateway.on("request", (e) => log.log("info", "egress.request", { ...e, ms: Math.round(e.ms * 1000) / 1000 }));
+  releasers.push(() => gateway.close());
+  return gateway;
 }
 
 /** Secrets, the snapshot store and inline files, as the pipeline uses them. */

@@ -28,6 +28,7 @@ import {
   ShutdownInterrupt,
   errorResult,
   runJob,
+  type EgressOpener,
   type FilesToTar,
   type OutputMasker,
   type SecretResolver,
@@ -40,6 +41,8 @@ export interface WorkerDeps {
   workspace?: WorkspaceStore;
   filesToTar?: FilesToTar;
   mask?: OutputMasker;
+  /** The egress proxy; jobs with a network policy need it. */
+  egress?: EgressOpener;
   log?: Logger;
 }
 
@@ -249,6 +252,7 @@ export class SandqueueWorker extends EventEmitter<WorkerEvents> {
         workspace: this.deps.workspace,
         filesToTar: this.deps.filesToTar,
         mask: this.deps.mask,
+        egress: this.deps.egress,
         releaseInBackground: (released) => {
           this.releases.add(released);
           void released.finally(() => this.releases.delete(released));

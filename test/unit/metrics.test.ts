@@ -11,6 +11,7 @@ import { parseJobSpec, type JobSpec } from "../../producer/job-spec.js";
 import { parseWorkerConfig } from "../../worker/config.js";
 import { startHealthServer, type HealthServer } from "../../worker/health-server.js";
 import { WorkerMetrics, type QueueStats, type QueueStatsReader } from "../../worker/metrics.js";
+import { EGRESS_DECISIONS, type EgressEvent } from "../../worker/egress/proxy.js";
 import type { WorkerEvents, WorkerState } from "../../worker/worker.js";
 
 const QUEUE = "unit-q";
@@ -234,11 +235,13 @@ describe("WorkerMetrics", () => {
     expect(text).not.toContain(JOB_ID);
 
     // image: only on the pool gauge, whose images are the few a pool keeps.
-    const allowed = new Set(["queue", "kind", "provider", "status", "phase", "state", "operation", "reason", "code", "le", "image"]);
+    const allowed = new Set(["queue", "kind", "provider", "status", "phase", "state", "operation", "reason", "code", "le", "image", "decision", "direction"]);
     const json = await registry.getMetricsAsJSON();
     const ours = json.filter((m) => m.name.startsWith("sandqueue_"));
     expect(ours.map((m) => m.name).sort()).toEqual(
       [
+        "sandqueue_egress_bytes_total",
+        "sandqueue_egress_requests_total",
         "sandqueue_job_errors_total",
         "sandqueue_job_phase_duration_seconds",
         "sandqueue_job_retries_total",
@@ -268,6 +271,27 @@ describe("WorkerMetrics", () => {
     expect(text).toContain('sandqueue_jobs_finished_total{queue="unit-q",kind="unknown",provider="local",status="error"} 1');
     // Default process metrics live on the same injected registry.
     expect(text).toContain("process_cpu_user_seconds_total");
+  });
+
+  it("counts egress requests by decision and bytes by direction, from zero, without hosts or job ids", async () => {
+    const egress = new EventEmitter<{ request: [EgressEvent] }>();
+    const registry = new Registry();
+    const metrics = new WorkerMetrics({ registry, worker: new FakeWorker(), provider: "local", queueStats: statsReader(STATS), egress, defaultMetrics: false });
+    cleanups.push(() => metrics.close());
+    for (const decision of EGRESS_DECISIONS) expect(await value(registry, "sandqueue_egress_requests_total", { decision })).toBe(0);
+    const e = { job: JOB_ID, scheme: "http" as const, method: "GET", host: "secret-host.example", port: 80, path: "/p", rule: null, status: 200, secrets: [], ms: 1 };
+    egress.emit("request", { ...e, decision: "allowed", bytesOut: 10, bytesIn: 1000 });
+    egress.emit("request", { ...e, decision: "denied", bytesOut: 0, bytesIn: 0 });
+    egress.emit("request", { ...e, decision: "allowed", bytesOut: 5, bytesIn: 24 });
+    expect(await value(registry, "sandqueue_egress_requests_total", { decision: "allowed" })).toBe(2);
+    expect(await value(registry, "sandqueue_egress_requests_total", { decision: "denied" })).toBe(1);
+    expect(await value(registry, "sandqueue_egress_bytes_total", { direction: "out" })).toBe(15);
+    expect(await value(registry, "sandqueue_egress_bytes_total", { direction: "in" })).toBe(1024);
+    const text = await registry.metrics();
+    expect(text).not.toContain(JOB_ID);
+    expect(text).not.toContain("secret-host");
+    await metrics.close();
+    expect(egress.listenerCount("request")).toBe(0);
   });
 
   it("stops counting after close()", async () => {
