@@ -142,6 +142,33 @@ describe("signed webhooks with retries and dead letters", () => {
     await until("no dead letter", async () => ((await api(t.url, token, "GET", "/v1/webhooks/dead")).json.deadLetters.length === 0 ? true : undefined));
   });
 
+  it("signs a delivery retried after a secret rotation with the new secret, not the old one", async () => {
+    const name = "hooks-rotating";
+    const keyToken = await t.key(name, { callbacks: true });
+    const env = { ...process.env, REDIS_URL, SANDQUEUE_QUEUE: queue, SANDQUEUE_API_SECRET_FILE: t.config.secretFile };
+    const secretOf = async (...args: string[]) => (await run("node", [BIN, "api-key", "webhook-secret", name, ...args], { env })).stdout.trim().split("\n").pop()!;
+    const old = await secretOf();
+    plan.set("/rotate", [503]);
+    const { json: sub } = await api(t.url, keyToken, "POST", "/v1/jobs", { kind: "shell", script: "echo r", callbackUrl: `${base}/rotate` });
+    const dead = await until("a dead letter", async () => {
+      const r = await api(t.url, keyToken, "GET", "/v1/webhooks/dead");
+      return r.json.deadLetters.find((d: { jobId: string }) => d.jobId === sub.id) as { id: string } | undefined;
+    });
+    const first = deliveries.find((d) => d.path === "/rotate")!;
+    expect(signatureValid(old, first.headers, first.body)).toBe(true);
+
+    const rotated = await secretOf("--rotate");
+    expect(rotated).toMatch(/^whsec_/);
+    expect(rotated).not.toBe(old);
+    plan.set("/rotate", [200]);
+    expect((await api(t.url, keyToken, "POST", `/v1/webhooks/dead/${dead.id}/retry`)).status).toBe(202);
+    const last = await until("the retried delivery", () => deliveries.filter((d) => d.path === "/rotate")[3]);
+    expect(last.body).toBe(first.body);
+    expect(last.headers["webhook-id"]).toBe(first.headers["webhook-id"]);
+    expect(signatureValid(rotated, last.headers, last.body)).toBe(true);
+    expect(signatureValid(old, last.headers, last.body)).toBe(false);
+  });
+
   it("tells the receiver when a queued job is cancelled", async () => {
     const blockers = await api(t.url, token, "POST", "/v1/jobs", { jobs: [{ kind: "shell", script: "sleep 1" }, { kind: "shell", script: "sleep 1" }] });
     const { json: sub } = await api(t.url, token, "POST", "/v1/jobs", { kind: "shell", script: "echo never", callbackUrl: `${base}/cancelled` });

@@ -67,6 +67,29 @@ describe("sandqueue api over real HTTP", () => {
     expect(job?.data.spec.submittedBy).toBe("svc-a");
   });
 
+  it("POST ?wait= submits and waits in one request: 200 with the result, or 202 with the state when the wait ends first", async () => {
+    const done = await curl([...auth(), ...json, "-X", "POST", "--data", JSON.stringify({ kind: "shell", script: "printf done" }), `${t.url}/v1/jobs?wait=15s`]);
+    expect(done.status).toBe(200);
+    const view = JSON.parse(done.body);
+    expect(view).toMatchObject({ state: "finished", result: { status: "succeeded", stdout: "done" } });
+    expect(done.headers).toMatch(new RegExp(`location: /v1/jobs/${view.id}`, "i"));
+
+    const slow = await curl([...auth(), ...json, "-X", "POST", "--data", JSON.stringify({ kind: "shell", script: "sleep 3" }), `${t.url}/v1/jobs?wait=300ms`]);
+    expect(slow.status).toBe(202);
+    const pending = JSON.parse(slow.body);
+    expect(["queued", "running"]).toContain(pending.state);
+    expect(pending.result).toBeNull();
+    // The job was enqueued all the same, and finishes.
+    const later = await curl([...auth(), `${t.url}/v1/jobs/${pending.id}?wait=15s`]);
+    expect(JSON.parse(later.body)).toMatchObject({ state: "finished", result: { status: "succeeded" } });
+
+    const before = await jobCount();
+    const bad = await curl([...auth(), ...json, "-X", "POST", "--data", JSON.stringify({ kind: "shell", script: "true" }), `${t.url}/v1/jobs?wait=soon`]);
+    expect(bad.status).toBe(400);
+    expect(JSON.parse(bad.body)).toMatchObject({ code: expect.stringMatching(/^SANDQ_ERR_/), detail: expect.stringContaining("wait") });
+    expect(await jobCount()).toBe(before);
+  });
+
   it("answers the state without waiting, and 404 for a job of another key or none", async () => {
     const { json: sub } = await api(t.url, token, "POST", "/v1/jobs", { kind: "shell", script: "sleep 1" });
     const now = await api(t.url, token, "GET", `/v1/jobs/${sub.id}`);
