@@ -31,6 +31,8 @@ export class OutputCapture {
     private readonly maxBytes: number,
     private readonly onOverflow: () => void,
     stream?: Readable,
+    /** Sees every kept chunk as it arrives (live relays). */
+    private readonly onKept?: (chunk: Buffer) => void,
   ) {
     this.done = stream
       ? new Promise<void>((resolve) => {
@@ -48,9 +50,14 @@ export class OutputCapture {
     if (chunk.length <= room) {
       this.chunks.push(chunk);
       this.size += chunk.length;
+      this.onKept?.(chunk);
       return;
     }
-    if (room > 0) this.chunks.push(Buffer.from(chunk.subarray(0, room)));
+    if (room > 0) {
+      const kept = Buffer.from(chunk.subarray(0, room));
+      this.chunks.push(kept);
+      this.onKept?.(kept);
+    }
     this.size = this.maxBytes;
     this.overflowed = true;
     this.onOverflow();
@@ -88,8 +95,9 @@ export class ExecSupervision {
     private readonly req: ExecRequest,
     private readonly opts: SupervisionOptions,
   ) {
-    this.stdout = new OutputCapture(req.maxOutputBytes, () => this.hit("output"), opts.streams?.stdout);
-    this.stderr = new OutputCapture(req.maxOutputBytes, () => this.hit("output"), opts.streams?.stderr);
+    const relay = req.onOutput;
+    this.stdout = new OutputCapture(req.maxOutputBytes, () => this.hit("output"), opts.streams?.stdout, relay && ((c) => relay("stdout", c)));
+    this.stderr = new OutputCapture(req.maxOutputBytes, () => this.hit("output"), opts.streams?.stderr, relay && ((c) => relay("stderr", c)));
     this.timer = setTimeout(() => this.hit("timeout"), req.timeoutMs);
     this.signals = [req.signal, ...(opts.abortSignals ?? [])].filter((s): s is AbortSignal => s !== undefined);
     for (const s of this.signals) {

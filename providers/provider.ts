@@ -92,6 +92,11 @@ export interface ExecRequest {
   maxOutputBytes: number;
   /** Aborting kills the process tree (cancel, worker shutdown). */
   signal?: AbortSignal;
+  /**
+   * Sees each chunk of output as it is kept (within maxOutputBytes), while the
+   * program runs: for callers that relay output live (the Kubernetes stand-in's exec).
+   */
+  onOutput?: (stream: "stdout" | "stderr", chunk: Buffer) => void;
 }
 
 /** Which limit ended the execution, if any. */

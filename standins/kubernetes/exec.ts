@@ -13,8 +13,8 @@
  *   command starts once the client has sent nothing for `v4StdinIdleMs`,
  *   and reads end-of-file after what came (a real v4 server never gives
  *   end-of-file: a command that waits for it never ends there);
- * - stdout, then stderr, are sent when the command has ended, then the
- *   status, then a normal close. Output is not streamed while it runs.
+ * - stdout and stderr are sent as the command writes them (frames of at
+ *   most 64 KiB), then the status once it has ended, then a normal close.
  * Closing the WebSocket kills the command. A pod deleted or past its
  * deadline mid-exec ends it with exit code 137; a pod that vanishes
  * (fault injection) drops the connection without a status.
@@ -190,7 +190,15 @@ export class ExecServer {
     const vanish = this.faults.take({ verb: "exec", resource: "pods", namespace, name }, ["vanish"]);
     const timer = vanish?.type === "vanish" ? setTimeout(() => this.kubelet.vanish(namespace, name), vanish.afterMs) : null;
     try {
-      const outcome = await this.kubelet.exec(namespace, name, { container: t.container, argv: t.argv, stdin, signal });
+      // A terminal has one output: without one allocated here, stderr joins stdout as it would.
+      const channelOf = (stream: "stdout" | "stderr"): number | null =>
+        stream === "stdout" || t.tty ? (t.stdout ? STDOUT : null) : t.stderr ? STDERR : null;
+      const onOutput = (stream: "stdout" | "stderr", bytes: Buffer): void => {
+        const channel = channelOf(stream);
+        if (channel === null || ws.readyState !== ws.OPEN) return;
+        for (let i = 0; i < bytes.length; i += FRAME_BYTES) ws.send(frame(channel, bytes.subarray(i, i + FRAME_BYTES)));
+      };
+      const outcome = await this.kubelet.exec(namespace, name, { container: t.container, argv: t.argv, stdin, signal, onOutput });
       if (ws.readyState !== ws.OPEN) return;
       if (outcome.type === "lost") {
         ws.terminate();
@@ -201,15 +209,7 @@ export class ExecServer {
         ws.close(1000);
         return;
       }
-      // A terminal has one output: without one allocated here, stderr joins stdout as it would.
-      const streams: Array<[number, Buffer, boolean]> = [
-        [STDOUT, t.tty ? Buffer.concat([outcome.stdout, outcome.stderr]) : outcome.stdout, t.stdout],
-        [STDERR, t.tty ? Buffer.alloc(0) : outcome.stderr, t.stderr && !t.tty],
-      ];
-      for (const [channel, bytes, wanted] of streams) {
-        if (!wanted) continue;
-        for (let i = 0; i < bytes.length; i += FRAME_BYTES) ws.send(frame(channel, bytes.subarray(i, i + FRAME_BYTES)));
-      }
+      // The output went out as it was written (onOutput).
       ws.send(frame(STATUS, JSON.stringify(exitStatus(t.argv, outcome.exitCode))));
       ws.close(1000);
     } finally {

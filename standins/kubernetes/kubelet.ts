@@ -54,6 +54,8 @@ export interface ExecCall {
   argv: string[];
   stdin: Buffer | undefined;
   signal: AbortSignal;
+  /** Output as the command writes it (a kubelet streams it; the outcome then carries none). */
+  onOutput?: (stream: "stdout" | "stderr", chunk: Buffer) => void;
 }
 
 type StopReason = "deleted" | "deadline" | "vanished" | "oom";
@@ -401,6 +403,7 @@ export class Kubelet {
         timeoutMs: EXEC_TIMEOUT_MS,
         maxOutputBytes: this.opts.maxOutputBytes,
         signal: ac.signal,
+        ...(call.onOutput ? { onOutput: call.onOutput } : {}),
       });
       if (rt.stopping === "vanished") return { type: "lost" };
       if (result.limitHit === "memory") await this.oomKilled(rt);

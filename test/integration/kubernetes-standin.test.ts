@@ -450,13 +450,15 @@ describe("Kubernetes stand-in through @kubernetes/client-node", () => {
     await waitGone("deadline");
   });
 
-  it("kills the process when the client closes the exec connection", async () => {
+  it("streams output while the command runs, and kills it when the client closes the exec connection", async () => {
     await core.createNamespacedPod({ namespace: NS, body: pod("closer") });
     await waitRunning("closer");
-    const r = await execIn(kc, "closer", ["sh", "-c", "touch /workspace/started; sleep 2; touch /workspace/survived"], undefined, (close) =>
+    const r = await execIn(kc, "closer", ["sh", "-c", "echo out; echo err >&2; touch /workspace/started; sleep 2; touch /workspace/survived"], undefined, (close) =>
       setTimeout(close, 500),
     );
     expect(r.status).toBeNull();
+    // Written before the close: relayed as written, not held until the end.
+    expect([r.stdout, r.stderr]).toEqual(["out\n", "err\n"]);
     // Execs of a pod run one after another: this one starts once the killed one is gone.
     await new Promise((res) => setTimeout(res, 2500));
     const ls = await execIn(kc, "closer", ["ls", "-A", "/workspace"]);
