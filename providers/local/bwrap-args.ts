@@ -20,6 +20,8 @@ export interface BwrapArgsInput {
   tmpSizeBytes?: number;
   /** File descriptor bwrap reads the seccomp program from (seccomp.ts). */
   seccompFd?: number;
+  /** `network: "proxy"`: the host's egress directory (CA bundle, proxy socket), bound read-only inside. */
+  egress?: { hostDir: string; sandboxDir: string };
 }
 
 function invalid(message: string): ProviderError {
@@ -61,6 +63,8 @@ export function buildBwrapArgs(input: BwrapArgsInput): string[] {
   args.push("--proc", "/proc", ...procMaskOps(), "--dev", "/dev", "--remount-ro", "/dev", "--tmpfs", "/dev/shm");
   args.push(...(input.tmpSizeBytes ? ["--size", String(input.tmpSizeBytes)] : []), "--tmpfs", "/tmp");
   args.push("--bind", input.workspaceHostDir, WORKSPACE_DIR);
+  // The namespace stays empty (--unshare-net above): the way out is the bridge on its loopback (egress-bridge.py).
+  if (input.egress) args.push("--ro-bind", input.egress.hostDir, input.egress.sandboxDir);
   // The root tmpfs holds only mount points now; nothing may be created next to them.
   args.push("--remount-ro", "/");
   args.push("--chdir", cwd);

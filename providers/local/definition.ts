@@ -37,7 +37,7 @@ export const localDefinition = defineProvider({
     separateStderr: true,
     byteExactOutput: true,
     networkIsolation: true,
-    networkPolicy: false,
+    networkPolicy: true,
     hostWorkspace: true,
   },
   async create(s, ctx) {

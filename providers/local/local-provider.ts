@@ -5,6 +5,8 @@
  *   <workRoot>/<id>/owner.json   owner pid + labels (outside the workspace, so
  *                                sandbox code cannot forge it)
  *   <workRoot>/<id>/workspace/   bound read-write at /workspace
+ *   <workRoot>/<id>/egress/      network "proxy" only: bound read-only at
+ *                                /sandqueue-egress (CA bundle, proxy socket)
  *   <cgroup mount>/<cgroupParent>/<id>   (per hierarchy on v1)
  * The owner pid in the name lets reap() find sandboxes of dead workers.
  *
@@ -224,15 +226,17 @@ export class LocalProvider implements SandboxProvider {
     if (!positiveInt(memoryMb) || !positiveInt(pids) || memoryMb > MAX_MEMORY_MB || pids > MAX_PIDS) {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `invalid sandbox limits: memoryMb=${memoryMb}, pids=${pids}`, { retryable: false });
     }
-    if (spec.network !== "none") {
-      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode '${String(spec.network)}' is not supported`, { retryable: false });
+    if (spec.network !== "none" && spec.network !== "proxy") {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode '${String(spec.network)}' is not supported (none, proxy)`, { retryable: false });
     }
+    const egress = spec.network === "proxy";
     throwIfAborted(opts.signal);
-    const warm = this.takeWarm(spec);
+    // Pool sandboxes have no egress directory bound: a job with a policy gets a fresh one.
+    const warm = egress ? null : this.takeWarm(spec);
     if (warm) return warm;
     // Resolved before anything is created: an unknown image costs nothing.
     const rootOps = spec.image === HOST_IMAGE ? this.hostOps : await dirImageOps(this.imagesDir, spec.image);
-    const sandbox = await this.create(newSandboxId(), spec.image, rootOps, spec.limits, spec.labels, opts.signal);
+    const sandbox = await this.create(newSandboxId(), spec.image, rootOps, spec.limits, spec.labels, opts.signal, egress);
     this.scheduleFill(spec.image);
     return sandbox;
   }
@@ -308,9 +312,11 @@ export class LocalProvider implements SandboxProvider {
     limits: { memoryMb: number; pids: number },
     labels: Record<string, string>,
     signal?: AbortSignal,
+    egress = false,
   ): Promise<LocalSandbox> {
     const sandboxDir = path.join(this.workRoot, id);
     const workspaceHostDir = path.join(sandboxDir, "workspace");
+    const egressHostDir = egress ? path.join(sandboxDir, "egress") : undefined;
     // Undone last-in-first-out when a later step fails.
     const releasers: Array<() => Promise<unknown>> = [];
     heldInProcess.add(id);
@@ -320,6 +326,7 @@ export class LocalProvider implements SandboxProvider {
       releasers.push(() => removeTree(sandboxDir));
       writeFileSync(path.join(sandboxDir, "owner.json"), JSON.stringify({ pid: process.pid, labels: { ...this.ownerLabels, ...labels }, image }));
       mkdirSync(workspaceHostDir, { mode: 0o755 });
+      if (egressHostDir) mkdirSync(egressHostDir, { mode: 0o755 });
       const cgroup: SandboxCgroup = await this.cgroups.create(id, cgroupLimits(limits));
       releasers.push(() => cgroup.remove());
       throwIfAborted(signal);
@@ -336,6 +343,7 @@ export class LocalProvider implements SandboxProvider {
         gid: this.gid,
         tmpSizeBytes: this.tmpSizeBytes,
         archiveLimits: this.archiveLimits,
+        ...(egressHostDir ? { egressHostDir } : {}),
         onReleased: () => {
           this.live.delete(id);
           heldInProcess.delete(id);

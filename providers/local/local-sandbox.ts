@@ -6,12 +6,13 @@
  * running already, so its exec skips bwrap's namespace and mount setup.
  */
 import { constants as fsConstants, openSync, unlinkSync, writeFileSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import net from "node:net";
 import os, { constants as osConstants } from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
 import { performance } from "node:perf_hooks";
-import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider.js";
+import { EGRESS_SOCKET, type ExecLimitHit, type ExecRequest, type ExecResult, type Sandbox, type SandboxEgress } from "../provider.js";
 import { extractTar, packDir, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
@@ -23,6 +24,7 @@ import { isListed, killAllExcept, waitFor } from "./sandbox-kill.js";
 import { removeSandboxDir } from "./remove-tree.js";
 import { LAUNCHER_ARGV, REQUEST_FD, launchScript } from "./launch-request.js";
 import type { Spawner, SpawnedProcess } from "./spawner.js";
+import { EGRESS_PROXY_URL, EGRESS_SANDBOX_DIR, startBridge, stopBridge } from "./egress-bridge.js";
 
 /**
  * Niceness of pre-started sandboxes until a job adopts one: the pool's bwrap
@@ -59,6 +61,8 @@ export interface LocalSandboxContext {
   gid: number;
   tmpSizeBytes: number | undefined;
   archiveLimits: ArchiveLimits;
+  /** `network: "proxy"`: the host directory of its way out (egress-bridge.ts). */
+  egressHostDir?: string;
   onReleased: () => void;
 }
 
@@ -68,10 +72,13 @@ interface Launched {
   cg: ExecCgroup;
   fifos: { stdin: string; stdout: string; stderr: string; request: string };
   procsFile: string | undefined;
+  /** The bridge to the egress proxy inside this bwrap's network namespace (`network: "proxy"`). */
+  bridge?: SpawnedProcess;
 }
 
 export class LocalSandbox implements Sandbox {
   readonly id: string;
+  readonly egress?: SandboxEgress;
   private running: { kill: (why: ExecLimitHit) => void } | null = null;
   private releasing: Promise<void> | null = null;
   private readonly leafRemovals = new Set<Promise<void>>();
@@ -80,6 +87,7 @@ export class LocalSandbox implements Sandbox {
 
   constructor(private readonly ctx: LocalSandboxContext) {
     this.id = ctx.id;
+    if (ctx.egressHostDir) this.egress = { hostDir: ctx.egressHostDir, sandboxDir: EGRESS_SANDBOX_DIR, proxyUrl: EGRESS_PROXY_URL };
   }
 
   get released(): boolean {
@@ -137,6 +145,7 @@ export class LocalSandbox implements Sandbox {
         gid: ctx.gid,
         tmpSizeBytes: ctx.tmpSizeBytes,
         seccompFd: SECCOMP_FD,
+        ...(ctx.egressHostDir ? { egress: { hostDir: ctx.egressHostDir, sandboxDir: EGRESS_SANDBOX_DIR } } : {}),
       });
       // Nothing of a request is in these arguments: environment and command come through the request FIFO.
       const proc = await ctx.spawner.start({
@@ -152,7 +161,22 @@ export class LocalSandbox implements Sandbox {
           [REQUEST_FD, fifos.request, "rw"],
         ],
       });
-      return { proc, cg, fifos, procsFile: cg.join.procs.at(-1) };
+      const launched: Launched = { proc, cg, fifos, procsFile: cg.join.procs.at(-1) };
+      if (ctx.egressHostDir) {
+        try {
+          // Before the request is written: the job's first connection finds the bridge listening.
+          launched.bridge = await startBridge(ctx.spawner, {
+            bwrapPid: proc.pid,
+            procsFile: launched.procsFile,
+            socketPath: path.join(ctx.egressHostDir, EGRESS_SOCKET),
+            statusFifo: f("bridge"),
+          });
+        } catch (err) {
+          await this.discard(launched);
+          throw err;
+        }
+      }
+      return launched;
     } catch (err) {
       await cg.remove().catch(() => undefined);
       if (isSandqueueError(err)) throw err;
@@ -165,6 +189,7 @@ export class LocalSandbox implements Sandbox {
 
   /** Kills a launched bwrap that will not run anything and removes its traces. */
   private async discard(l: Launched): Promise<void> {
+    if (l.bridge) await stopBridge(l.bridge);
     await l.cg.killAll().catch(() => undefined);
     if (!(await waitFor(() => l.proc.hasExited, 500))) safeKill(l.proc.pid);
     await l.proc.exited;
@@ -317,7 +342,8 @@ export class LocalSandbox implements Sandbox {
       for (const w of writers) w.destroy();
       // Off the result's path; release() waits for it.
       const launched = l;
-      const removal = cg.remove().then(() => unlinkFifos(launched), () => undefined);
+      // The bridge exits with bwrap by itself; stopped here so none outlives its exec.
+      const removal = Promise.all([launched.bridge && stopBridge(launched.bridge), cg.remove()]).then(() => unlinkFifos(launched), () => undefined);
       this.leafRemovals.add(removal);
       void removal.then(() => this.leafRemovals.delete(removal));
       sup.stop();
@@ -378,6 +404,8 @@ export class LocalSandbox implements Sandbox {
       () => (idle ? this.discard(idle) : Promise.resolve()),
       () => Promise.all(this.leafRemovals),
       () => this.ctx.cgroup.remove(),
+      // Only our files (CA bundle, proxy socket): the sandbox sees the directory read-only.
+      () => (this.ctx.egressHostDir ? rm(this.ctx.egressHostDir, { recursive: true, force: true }) : Promise.resolve()),
       // Any depth; symlinks planted in the workspace are unlinked, never followed (remove-tree.ts).
       () => removeSandboxDir(this.ctx.sandboxDir, this.ctx.workspaceHostDir),
     ];

@@ -51,11 +51,11 @@ interface Pending {
   oom?: () => void;
 }
 
-/** spawner.py sits next to this module in the sources; dist/ has only the compiled JS. */
-function helperPath(): string {
-  const candidates = [new URL("./spawner.py", import.meta.url), new URL("../../../providers/local/spawner.py", import.meta.url)].map((u) => fileURLToPath(u));
+/** Python helpers (spawner.py, egress-bridge.py) sit next to this module in the sources; dist/ has only the compiled JS. */
+export function helperPath(name = "spawner.py"): string {
+  const candidates = [new URL(`./${name}`, import.meta.url), new URL(`../../../providers/local/${name}`, import.meta.url)].map((u) => fileURLToPath(u));
   const found = candidates.find((p) => existsSync(p));
-  if (!found) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, `spawn helper not found (looked at ${candidates.join(", ")})`, { retryable: false });
+  if (!found) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, `helper ${name} not found (looked at ${candidates.join(", ")})`, { retryable: false });
   return found;
 }
 
@@ -65,7 +65,8 @@ export class Spawner {
   private seq = 0;
   private closed = false;
 
-  constructor(private readonly python: string) {}
+  /** `python`: the interpreter of the helpers (this one and the egress bridge). */
+  constructor(readonly python: string) {}
 
   /** Starts the helper now (python's start-up is ~0.1 s: better at worker start than in the first job). */
   warmUp(): void {

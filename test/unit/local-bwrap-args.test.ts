@@ -36,6 +36,16 @@ describe("buildBwrapArgs", () => {
     expect(args[tmp - 1]).toBe("--tmpfs");
   });
 
+  it("network proxy: the egress directory is bound read-only, and the network namespace stays unshared", () => {
+    const args = buildBwrapArgs({ ...base, egress: { hostDir: "/host/egress", sandboxDir: "/sandqueue-egress" } });
+    const ro = args.indexOf("/host/egress");
+    expect(args.slice(ro - 1, ro + 2)).toEqual(["--ro-bind", "/host/egress", "/sandqueue-egress"]);
+    expect(args).toContain("--unshare-net");
+    expect(args).not.toContain("--share-net");
+    expect(ro).toBeLessThan(args.lastIndexOf("--remount-ro"));
+    expect(buildBwrapArgs(base)).not.toContain("/sandqueue-egress");
+  });
+
   it("clears the environment and sets none on the command line (the job's env travels on the request FIFO)", () => {
     const args = buildBwrapArgs(base);
     expect(args).toContain("--clearenv");
