@@ -1,0 +1,86 @@
+/**
+ * `npm run standin -- islo --env-file FILE [options]`: starts the islo
+ * stand-in on 127.0.0.1, writes the variables a worker needs
+ * (SANDQUEUE_ISLO_BASE_URL, SANDQUEUE_ISLO_COMPUTE_URL,
+ * SANDQUEUE_ISLO_API_KEY) to FILE, and runs until SIGTERM or SIGINT (then
+ * deletes every sandbox and the file).
+ */
+import { parseArgs } from "node:util";
+import { mkdtemp, rm, rmdir, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { LocalProvider } from "../../providers/local/index.js";
+import { parseIntFlag, parsePairs, usage } from "../../cli/args.js";
+import { IsloStandin } from "./server.js";
+
+export const ISLO_USAGE = `usage: npm run standin -- islo --env-file FILE [options]
+
+  --env-file FILE          write SANDQUEUE_ISLO_* variables for a worker here (required; mode 0600)
+  --control-port N         control plane (auth, gateway profiles) on 127.0.0.1:N (default: a free port)
+  --compute-port N         compute plane (sandboxes) on 127.0.0.1:N (default: a free port)
+  --api-key KEY            the API key to accept (default: a random one, written to the env file)
+  --image IMAGE=LOCAL      run sandboxes of islo image IMAGE on local image LOCAL (repeatable)
+  --memory-mb N            memory of sandboxes created without memory_mb (default 512)
+  --pids N                 pids limit of every sandbox (default 256)
+  --token-ttl S            session token lifetime, seconds (default 600)
+  --work-root DIR          local sandboxes' work root (default: a fresh temporary directory)
+  --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
+
+export async function runIsloStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      "env-file": { type: "string" },
+      "control-port": { type: "string" },
+      "compute-port": { type: "string" },
+      "api-key": { type: "string" },
+      image: { type: "string", multiple: true },
+      "memory-mb": { type: "string" },
+      pids: { type: "string" },
+      "token-ttl": { type: "string" },
+      "work-root": { type: "string" },
+      "images-dir": { type: "string" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(ISLO_USAGE);
+    return 0;
+  }
+  if (!values["env-file"]) throw usage(`--env-file FILE is required\n\n${ISLO_USAGE}`);
+  const envFile = path.resolve(values["env-file"]);
+  const ownWorkRoot = values["work-root"] === undefined;
+  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-islo-standin-")));
+  const provider = new LocalProvider({
+    workRoot,
+    cgroupParent: "sandqueue-standin",
+    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  });
+  let standin: IsloStandin | undefined;
+  try {
+    standin = await IsloStandin.start({
+      provider,
+      controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
+      computePort: values["compute-port"] === undefined ? 0 : parseIntFlag("compute-port", values["compute-port"], 0, 65535),
+      ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
+      images: parsePairs("image", values.image),
+      ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
+      ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+      ...(values["token-ttl"] ? { tokenTtlSeconds: parseIntFlag("token-ttl", values["token-ttl"], 1, 86_400) } : {}),
+    });
+    await writeFile(envFile, standin.envFile(), { mode: 0o600 });
+    console.log(`islo stand-in: control ${standin.controlUrl}, compute ${standin.computeUrl}; env file ${envFile}; sandboxes under ${workRoot}`);
+    await new Promise<void>((resolve) => {
+      process.once("SIGTERM", resolve);
+      process.once("SIGINT", resolve);
+    });
+    console.log("islo stand-in stopping: deleting sandboxes");
+    return 0;
+  } finally {
+    await standin?.stop();
+    await provider.close();
+    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
+    if (standin) await rm(envFile, { force: true });
+    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
+  }
+}
