@@ -39,6 +39,12 @@ export interface SandboxSpec {
    * worker by long, even when no reaper ever runs.
    */
   maxLifetimeMs: number;
+  /**
+   * 1-based attempt of the job this sandbox is for, when it is for one:
+   * backends that name sandboxes (remote services) derive the name from the
+   * job id and attempt, so a create sent twice makes one sandbox.
+   */
+  attempt?: number;
 }
 
 /** Label keys every sandbox carries (Kubernetes-style; values made label-safe). */

@@ -142,6 +142,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
           labels: ownershipLabels(ctx.workerId, ctx.jobId),
           annotations: spec.labels,
           maxLifetimeMs: ctx.limits.timeoutMs + LIFETIME_SLACK_MS,
+          attempt: ctx.attempt,
         },
         { signal: ctx.signal },
       ),
