@@ -1,4 +1,5 @@
 /** Registry entry of the docker (Docker Engine API, Podman compat) provider. */
+import path from "node:path";
 import { defineProvider } from "../definition.js";
 import { settingTypes } from "../settings.js";
 
@@ -34,7 +35,7 @@ export const dockerDefinition = defineProvider({
     separateStderr: true,
     byteExactOutput: true,
     networkIsolation: true,
-    networkPolicy: false,
+    networkPolicy: true,
     hostWorkspace: false,
   },
   async create(s, ctx) {
@@ -43,6 +44,7 @@ export const dockerDefinition = defineProvider({
       dockerHost: s.dockerHost,
       owner: ctx.workerId,
       pool: { minIdle: s.poolMinIdle ?? 2, maxSize: s.poolMaxSize ?? 4 },
+      egressDir: path.join(ctx.stateDir, "egress"),
     });
   },
 });

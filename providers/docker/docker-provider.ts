@@ -2,9 +2,11 @@
  * DockerProvider: one container per sandbox through the Docker Engine API
  * (Docker, or Podman's compatible service). See docs/PROVIDERS.md.
  */
+import type { ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import os from "node:os";
+import path from "node:path";
 import type { Readable } from "node:stream";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
@@ -17,6 +19,7 @@ import {
   type Sandbox,
   type SandboxProvider,
   type SandboxSpec,
+  type SandboxEgress,
   type OwnerLiveness,
   LABEL_MANAGED_BY,
   LABEL_WORKER,
@@ -32,6 +35,8 @@ import { INIT_SCRIPT, launcherCommand } from "./launcher.js";
 import { WarmPool, type WarmPoolOptions } from "./warm-pool.js";
 import { dockerDefinition } from "./definition.js";
 import { checkedWorkspaceDir } from "./workspace-path.js";
+import { makeEgressDir, reapEgressDirs, startContainerBridge, stopContainerBridge } from "./egress.js";
+import { EGRESS_PROXY_URL, EGRESS_SANDBOX_DIR } from "../local/egress-bridge.js";
 
 export const LABEL_PID = "sandqueue.pid";
 export const LABEL_HOST = "sandqueue.host";
@@ -56,6 +61,11 @@ export interface DockerProviderOptions {
   user?: string;
   /** Limits applied to archives coming in through putArchive. */
   archiveLimits?: ArchiveLimits;
+  /**
+   * Host directory of the per-sandbox egress directories (`network: "proxy"`,
+   * engine on this host only). Default: `os.tmpdir()/sandqueue-egress`.
+   */
+  egressDir?: string;
 }
 
 /** Default caps for incoming archives when the caller gives none. */
@@ -68,6 +78,8 @@ interface ContainerTemplate {
   memoryMb: number;
   pids: number;
   labels: Record<string, string>;
+  /** `network: "proxy"`: host directory bound read-only at EGRESS_SANDBOX_DIR. */
+  egressDir?: string;
 }
 
 interface EngineFlavour {
@@ -82,11 +94,13 @@ interface Container {
   user: string;
   /** Host paths of the container's cgroup event files, when readable here. */
   counterFiles: string[] | null;
+  /** `network: "proxy"`: the way out and the bridge serving it. */
+  egress?: { view: SandboxEgress; bridge: ChildProcess };
 }
 
 export class DockerProvider implements SandboxProvider {
   readonly name = "docker";
-  readonly capabilities: ProviderCapabilities = dockerDefinition.capabilities;
+  readonly capabilities: ProviderCapabilities;
   readonly engine: EngineClient;
   private readonly opts: DockerProviderOptions;
   private readonly baseLabels: Record<string, string>;
@@ -98,11 +112,15 @@ export class DockerProvider implements SandboxProvider {
   private flavour: Promise<EngineFlavour> | undefined;
   /** The engine listens on a unix socket of this host (so host paths mean the same to it). */
   private readonly localEngine: boolean;
+  private readonly egressRoot: string;
 
   constructor(opts: DockerProviderOptions) {
     this.opts = opts;
     this.engine = new EngineClient({ dockerHost: opts.dockerHost ?? process.env.DOCKER_HOST, apiVersion: opts.apiVersion });
     this.localEngine = parseDockerHost(opts.dockerHost ?? process.env.DOCKER_HOST).kind === "unix";
+    // The bridge enters the container's namespace through /proc: only for an engine on this host.
+    this.capabilities = { ...dockerDefinition.capabilities, networkPolicy: dockerDefinition.capabilities.networkPolicy && this.localEngine };
+    this.egressRoot = path.resolve(opts.egressDir ?? path.join(os.tmpdir(), "sandqueue-egress"));
     this.ownerLabel = labelSafe(opts.owner);
     this.baseLabels = {
       ...opts.labels,
@@ -146,6 +164,12 @@ export class DockerProvider implements SandboxProvider {
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "docker provider is closed", { retryable: true });
     throwIfAborted(opts.signal);
+    if (spec.network === "proxy") {
+      if (!this.capabilities.networkPolicy) {
+        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode "proxy" needs the engine on this host (a unix:// DOCKER_HOST)`, { retryable: false });
+      }
+      return this.acquireWithEgress(spec, opts.signal);
+    }
     if (spec.network !== "none") {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode "${String(spec.network)}" is not supported`);
     }
@@ -159,6 +183,34 @@ export class DockerProvider implements SandboxProvider {
     // Docker has no annotations: the job's own labels become `sandqueue.label.<key>` labels.
     const labels = { ...spec.labels, ...prefixedAnnotations(spec.annotations) };
     const container = pooled ?? (await this.createContainer({ ...templateOf(spec), labels }, opts.signal));
+    const box = new DockerSandbox(this, container, spec, this.opts.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS);
+    this.live.add(box);
+    return box;
+  }
+
+  /**
+   * A container of its own (pooled ones have no egress directory bound), and
+   * the bridge into its namespace before anything of the job runs there.
+   */
+  private async acquireWithEgress(spec: SandboxSpec, signal?: AbortSignal): Promise<Sandbox> {
+    const egressDir = makeEgressDir(this.egressRoot);
+    let container: Container | undefined;
+    try {
+      const labels = { ...spec.labels, ...prefixedAnnotations(spec.annotations) };
+      container = await this.createContainer({ ...templateOf(spec), labels, egressDir }, signal);
+      const created = container;
+      const info = await this.call({ op: "inspect container" }, () => this.engine.json<{ State?: { Pid?: number } }>({ method: "GET", path: `/containers/${created.id}/json` }));
+      const pid = info.State?.Pid;
+      if (!pid) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "the engine reports no init pid for the container: cannot bridge it to the egress proxy", { retryable: true });
+      const bridge = await startContainerBridge(pid, egressDir);
+      container.egress = { view: { hostDir: egressDir, sandboxDir: EGRESS_SANDBOX_DIR, proxyUrl: EGRESS_PROXY_URL }, bridge };
+      throwIfAborted(signal);
+    } catch (err) {
+      if (container?.egress) await stopContainerBridge(container.egress.bridge);
+      if (container) await this.removeContainer(container.id).catch(() => {});
+      await rm(egressDir, { recursive: true, force: true });
+      throw err;
+    }
     const box = new DockerSandbox(this, container, spec, this.opts.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS);
     this.live.add(box);
     return box;
@@ -192,6 +244,7 @@ export class DockerProvider implements SandboxProvider {
         PidsLimit: t.pids,
         ...(this.opts.nanoCpus ? { NanoCpus: this.opts.nanoCpus } : {}),
         NetworkMode: "none",
+        ...(t.egressDir ? { Binds: [`${t.egressDir}:${EGRESS_SANDBOX_DIR}:ro`] } : {}),
         ReadonlyRootfs: true,
         Tmpfs: {
           [WORKSPACE_DIR]: `rw,nosuid,nodev,size=${this.opts.workspaceSizeMb ?? 256}m,mode=1777${flavour.workspaceExtra}`,
@@ -354,6 +407,7 @@ export class DockerProvider implements SandboxProvider {
       await this.removeContainer(c.Id);
       removed++;
     }
+    if (this.localEngine) await reapEgressDirs(this.egressRoot);
     return removed;
   }
 
@@ -377,6 +431,7 @@ export class DockerProvider implements SandboxProvider {
 
 class DockerSandbox implements Sandbox, ExecTarget {
   readonly id: string;
+  readonly egress?: SandboxEgress;
   private released: Promise<void> | undefined;
   private readonly releaseController = new AbortController();
   readonly releasing: AbortSignal;
@@ -393,6 +448,7 @@ class DockerSandbox implements Sandbox, ExecTarget {
     private readonly archiveLimits: ArchiveLimits,
   ) {
     this.id = container.id;
+    if (container.egress) this.egress = container.egress.view;
     this.releasing = this.releaseController.signal;
     const files = container.counterFiles;
     this.hostCounters = files
@@ -494,7 +550,10 @@ class DockerSandbox implements Sandbox, ExecTarget {
       this.provider.forget(this);
       // A running exec sees the abort and reports "aborted".
       this.releaseController.abort();
+      const egress = this.container.egress;
+      if (egress) await stopContainerBridge(egress.bridge);
       await this.provider.removeContainer(this.id);
+      if (egress) await rm(egress.view.hostDir, { recursive: true, force: true });
     })();
     return this.released;
   }

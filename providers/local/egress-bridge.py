@@ -10,8 +10,11 @@ the job can neither see nor signal it, and it holds nothing the job could
 use but the same proxy, under the same policy, that the socket gives anyway.
 
 Usage: egress-bridge.py BWRAP_PID PORT SOCKET [CGROUP_PROCS]
+       egress-bridge.py --pid PID PORT SOCKET
   BWRAP_PID     bwrap's monitor process; its child (the sandbox's pid 1)
                 is found by parent pid and must live in another netns
+  --pid PID     a process in the sandbox's netns itself (a container's
+                init, docker provider); the bridge exits with it
   PORT          the port to listen on inside the sandbox
   SOCKET        the proxy's unix socket for this sandbox
   CGROUP_PROCS  cgroup.procs of the sandbox's exec: where to look for the
@@ -233,19 +236,27 @@ class Bridge:
 
 
 def main():
-    if len(sys.argv) not in (4, 5):
-        fail("usage: egress-bridge.py BWRAP_PID PORT SOCKET [CGROUP_PROCS]")
-    bwrap_pid, port, socket_path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-    procs_file = sys.argv[4] if len(sys.argv) == 5 else None
+    args = sys.argv[1:]
+    direct = args[:1] == ["--pid"]
+    if direct:
+        args = args[1:]
+    if len(args) not in (3, 4) or (direct and len(args) != 3):
+        fail("usage: egress-bridge.py BWRAP_PID PORT SOCKET [CGROUP_PROCS] | --pid PID PORT SOCKET")
+    watch_pid, port, socket_path = int(args[0]), int(args[1]), args[2]
+    procs_file = args[3] if len(args) == 4 else None
     # Dies with the spawn helper; exits with the sandbox (below).
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     try:
-        pidfd = os.pidfd_open(bwrap_pid)
+        pidfd = os.pidfd_open(watch_pid)
     except ProcessLookupError:
-        fail(f"bwrap {bwrap_pid} is gone")
-    child = sandbox_child(bwrap_pid, procs_file)
-    enter_netns(child)
+        fail(f"process {watch_pid} is gone")
+    if direct:
+        if os.stat(f"/proc/{watch_pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+            fail(f"process {watch_pid} shares this host's network namespace: refusing to listen there")
+        enter_netns(watch_pid)
+    else:
+        enter_netns(sandbox_child(watch_pid, procs_file))
     listener = listen(port)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
