@@ -11,11 +11,13 @@ import type { ProviderDefinition } from "./definition.js";
 import { parseSettings, type ParsedSettings, type ProviderContext, type SettingsSpec } from "./settings.js";
 import { localDefinition } from "./local/definition.js";
 import { dockerDefinition } from "./docker/definition.js";
+import { kubernetesDefinition } from "./kubernetes/definition.js";
 
 /** Every provider, in the order `sandqueue providers` lists them. */
 export const PROVIDERS: readonly ProviderDefinition[] = [
   localDefinition as unknown as ProviderDefinition,
   dockerDefinition as unknown as ProviderDefinition,
+  kubernetesDefinition as unknown as ProviderDefinition,
 ];
 
 export type { ProviderDefinition };

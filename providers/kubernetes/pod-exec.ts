@@ -1,0 +1,136 @@
+/**
+ * One exec in a pod over the API server's WebSocket exec protocol, through
+ * @kubernetes/client-node's own `Exec` (subprotocols v5.channel.k8s.io,
+ * then v4 and older, as the server chooses): stdout and stderr on their
+ * channels, the exit code from the status channel's metav1.Status.
+ *
+ * What the protocol does not carry is put in the command: Kubernetes exec
+ * has no environment and no working directory, so the command runs under
+ * `env -i NAME=VALUE… /bin/sh -c 'cd "$1" && exec "$@"'`; under v4, which
+ * cannot close stdin, a known length of stdin is cut with `head -c`.
+ */
+import { PassThrough, Readable, Writable } from "node:stream";
+import { Exec, type KubeConfig, type V1Status } from "@kubernetes/client-node";
+import type { WebSocket } from "ws";
+
+export const V5 = "v5.channel.k8s.io";
+
+/** How an exec ended: its status, or the connection closing without one. */
+export type ExecEnd = { kind: "status"; status: V1Status } | { kind: "closed"; code: number };
+
+export interface ExecHandle {
+  /** The subprotocol the server chose. */
+  readonly protocol: string;
+  readonly done: Promise<ExecEnd>;
+  /** Closes the connection: the runtime kills the exec's process (containerd: SIGKILL). */
+  close(): void;
+}
+
+export interface OpenExec {
+  kc: KubeConfig;
+  namespace: string;
+  pod: string;
+  container: string;
+  argv: string[];
+  /** Sent as stdin. Under v5 its end closes stdin; under v4 client-node closes the whole connection at its end. */
+  stdin: Readable | null;
+  onStdout: (chunk: Buffer) => void;
+  onStderr: (chunk: Buffer) => void;
+}
+
+/** An HTTP answer to the upgrade request, as the ws library reports it. */
+export class ExecUpgradeError extends Error {
+  constructor(
+    readonly code: number,
+    message: string,
+  ) {
+    super(message);
+  }
+  get body(): string {
+    return this.message;
+  }
+}
+
+/** A sink that hands each chunk on and ignores client-node's end() (the status decides the end). */
+function sink(onChunk: (chunk: Buffer) => void): Writable {
+  return new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      onChunk(chunk);
+      cb();
+    },
+  });
+}
+
+export async function openExec(o: OpenExec): Promise<ExecHandle> {
+  let status: V1Status | null = null;
+  let ws: WebSocket;
+  try {
+    ws = (await new Exec(o.kc).exec(o.namespace, o.pod, o.container, o.argv, sink(o.onStdout), sink(o.onStderr), o.stdin, false, (s) => {
+      status = s;
+    })) as unknown as WebSocket;
+  } catch (err) {
+    const message = (err as { message?: string }).message ?? String(err);
+    const code = /Unexpected server response: (\d+)/.exec(message)?.[1];
+    if (code) throw new ExecUpgradeError(Number(code), `exec refused by the API server: ${message}`);
+    throw (err as { error?: unknown }).error ?? err;
+  }
+  const done = new Promise<ExecEnd>((resolve) => {
+    const finish = (code: number): void => resolve(status ? { kind: "status", status } : { kind: "closed", code });
+    if (ws.readyState === ws.CLOSED) finish(1006);
+    ws.addEventListener("close", (ev) => finish(ev.code));
+    ws.addEventListener("error", () => undefined);
+  });
+  return {
+    protocol: ws.protocol,
+    done,
+    close: () => {
+      // A close handshake the server does not answer must not keep the exec alive.
+      ws.close();
+      setTimeout(() => ws.readyState !== ws.CLOSED && ws.terminate(), 1000).unref();
+    },
+  };
+}
+
+/** The exit code a status reports, or null when it reports something else (an error of the runtime). */
+export function exitCodeOf(status: V1Status): number | null {
+  if (status.status === "Success") return 0;
+  if (status.reason !== "NonZeroExitCode") return null;
+  const cause = status.details?.causes?.find((c) => c.reason === "ExitCode" || (c as { type?: string }).type === "ExitCode");
+  const n = Number(cause?.message);
+  return Number.isInteger(n) ? n : null;
+}
+
+// cd sets OLDPWD, which is not the job's.
+const RUN = 'cd -- "$1" || exit 126; unset OLDPWD; shift; exec "$@"';
+const RUN_V4_STDIN = 'cd -- "$1" || exit 126; unset OLDPWD; n=$2; shift 2; head -c "$n" | "$@"';
+
+/**
+ * The command that runs `argv` with exactly `env` in `cwd`. `v4StdinBytes`:
+ * under v4 (no way to close stdin), the length of stdin, after which the
+ * program reads end-of-file.
+ */
+export function wrapCommand(argv: string[], env: Record<string, string>, cwd: string, v4StdinBytes: number | null): string[] {
+  const vars = { ...(env.PWD === undefined ? { PWD: cwd } : {}), ...env };
+  const assignments = Object.entries(vars).map(([k, v]) => `${k}=${v}`);
+  return v4StdinBytes === null
+    ? ["env", "-i", ...assignments, "/bin/sh", "-c", RUN, "sandqueue-exec", cwd, ...argv]
+    : ["env", "-i", ...assignments, "/bin/sh", "-c", RUN_V4_STDIN, "sandqueue-exec", cwd, String(v4StdinBytes), ...argv];
+}
+
+/**
+ * Stdin for an exec: under v5 the bytes then their end (client-node sends
+ * the close frame); under v4 the bytes and no end, since client-node would
+ * close the whole connection at the end (the command reads only the known
+ * length anyway).
+ */
+export function stdinStream(bytes: Buffer | Readable, protocol: string): Readable {
+  const out = new PassThrough();
+  const ends = protocol === V5;
+  if (Buffer.isBuffer(bytes)) {
+    if (ends) out.end(bytes);
+    else out.write(bytes);
+  } else {
+    bytes.pipe(out, { end: ends });
+  }
+  return out;
+}

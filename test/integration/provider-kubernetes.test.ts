@@ -1,0 +1,231 @@
+/**
+ * The kubernetes provider through the Kubernetes stand-in
+ * (standins/kubernetes): the shared contract suite, then what only this
+ * provider promises (the pod it creates, the NetworkPolicy check, the API's
+ * failures as sandqueue errors, reaping, the warm pool, exec under v4).
+ * Every pod is a real bubblewrap sandbox behind the stand-in's API, so
+ * exec, limits, kills and tar are real; the client is @kubernetes/client-node
+ * itself. Needs root and bubblewrap; fails, never skips, without them.
+ */
+import { Readable } from "node:stream";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NetworkingV1Api } from "@kubernetes/client-node";
+import { ErrorCodes } from "../../errors/index.js";
+import { describeProviderContract } from "../../providers/contract.js";
+import { filesToTar } from "../../providers/archive/index.js";
+import { KubernetesProvider, kubernetesDefinition, type KubernetesProviderOptions } from "../../providers/kubernetes/index.js";
+import { LABEL_JOB, LABEL_MANAGED_BY, LABEL_WORKER, MANAGED_BY, labelSafe, ownershipLabels, type OwnerLiveness, type SandboxSpec } from "../../providers/provider.js";
+import { JOB_IMAGE, POD_IMAGE, SANDBOX_NS, podsWith, startStandin, type StandinRig } from "../support/kubernetes-standin.js";
+import { shellRequest } from "../support/harness.js";
+
+const RUN = `${process.pid}-${Date.now().toString(36)}`;
+let rigPromise: Promise<StandinRig> | undefined;
+const rig = (): Promise<StandinRig> => (rigPromise ??= startStandin("provider"));
+const providers: KubernetesProvider[] = [];
+let ownerSeq = 0;
+
+async function makeProvider(extra: Partial<KubernetesProviderOptions> = {}): Promise<KubernetesProvider> {
+  const r = await rig();
+  const p = new KubernetesProvider({
+    kubeConfig: r.kc,
+    namespace: SANDBOX_NS,
+    images: { [JOB_IMAGE]: POD_IMAGE },
+    owner: `test-${RUN}-${ownerSeq++}`,
+    labels: { "sandqueue.io/test-run": RUN },
+    ...extra,
+  });
+  providers.push(p);
+  return p;
+}
+
+afterAll(async () => {
+  await Promise.allSettled(providers.map((p) => p.close()));
+  if (rigPromise) await (await rigPromise).stop();
+});
+
+let contractProvider: KubernetesProvider | undefined;
+describeProviderContract(
+  "kubernetes (through the stand-in)",
+  async () => (contractProvider = await makeProvider()),
+  {
+    image: JOB_IMAGE,
+    missingImage: "sandqueue-contract-no-such-image",
+    listResources: async () => podsWith((await rig()).core, { [LABEL_WORKER]: labelSafe(contractProvider!.owner) }),
+    memoryMb: 256,
+    pids: 64,
+    slackMs: 1_000,
+  },
+);
+
+const spec = (labels: Record<string, string> = {}, memoryMb = 128): SandboxSpec => ({
+  image: JOB_IMAGE,
+  limits: { memoryMb, pids: 64 },
+  network: "none",
+  labels,
+  annotations: { team: "search", "free form key": "any value" },
+  maxLifetimeMs: 90_000,
+});
+
+describe("kubernetes provider specifics", () => {
+  beforeAll(async () => {
+    await rig();
+  });
+
+  it("creates a hardened pod: limits, no token, non-root, no escalation, no caps, read-only root, RuntimeDefault, sized emptyDirs, deadline, labels", async () => {
+    const p = await makeProvider({ runtimeClassName: "gvisor", nodeSelector: { pool: "sandboxes" }, tolerations: [{ key: "sandbox", operator: "Exists", effect: "NoSchedule" }], cpu: "500m", workspaceSizeMb: 100, tmpSizeMb: 20 });
+    const box = await p.acquire(spec(ownershipLabels(p.owner, "job-1"), 96), {});
+    try {
+      const pod = await (await rig()).core.readNamespacedPod({ name: box.id, namespace: SANDBOX_NS });
+      const s = pod.spec!;
+      const c = s.containers[0]!;
+      expect(c.resources?.limits).toEqual({ memory: "96Mi", cpu: "500m" });
+      expect(s.automountServiceAccountToken).toBe(false);
+      expect(s.activeDeadlineSeconds).toBe(90);
+      expect(s.securityContext).toMatchObject({ runAsNonRoot: true, runAsUser: 65534, seccompProfile: { type: "RuntimeDefault" } });
+      expect(c.securityContext).toMatchObject({
+        allowPrivilegeEscalation: false,
+        readOnlyRootFilesystem: true,
+        runAsNonRoot: true,
+        capabilities: { drop: ["ALL"] },
+      });
+      expect(s.volumes).toEqual(
+        expect.arrayContaining([
+          { name: "workspace", emptyDir: { sizeLimit: "100Mi" } },
+          { name: "tmp", emptyDir: { sizeLimit: "20Mi" } },
+        ]),
+      );
+      expect(c.volumeMounts?.map((m) => m.mountPath).sort()).toEqual(["/tmp", "/workspace"]);
+      expect([s.runtimeClassName, s.nodeSelector, s.tolerations]).toEqual(["gvisor", { pool: "sandboxes" }, [{ key: "sandbox", operator: "Exists", effect: "NoSchedule" }]]);
+      expect(pod.metadata?.labels).toMatchObject({ [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_WORKER]: labelSafe(p.owner), [LABEL_JOB]: "job-1" });
+      expect(JSON.parse(pod.metadata?.annotations?.["sandqueue.io/job-labels"] ?? "{}")).toEqual({ team: "search", "free form key": "any value" });
+      const r = await box.exec(shellRequest("id -u; echo hi > /workspace/x && cat /workspace/x"));
+      expect(r.stdout.toString()).toBe("1000\nhi\n"); // the stand-in runs execs as uid 1000 whatever runAsUser says
+    } finally {
+      await box.release();
+    }
+  });
+
+  it("refuses to start without a default-deny NetworkPolicy in the namespace, naming what to apply", async () => {
+    const r = await rig();
+    const ns = `nopolicy-${process.pid}`;
+    await r.core.createNamespace({ body: { metadata: { name: ns } } });
+    const ctx = { workerId: `w-${RUN}`, stateDir: r.dir, concurrency: 1 };
+    const settings = { kubeconfig: r.kubeconfigFile, namespace: ns, images: {}, nodeSelector: {}, tolerations: [] } as never;
+    await expect(kubernetesDefinition.create(settings, ctx)).rejects.toMatchObject({
+      code: ErrorCodes.CONFIG_INVALID,
+      message: expect.stringMatching(/no default-deny NetworkPolicy.*kubectl apply -f deploy\/kubernetes\/sandbox-namespace\.yaml/),
+    });
+    // A policy that lets egress through is not one.
+    const net = r.kc.makeApiClient(NetworkingV1Api);
+    await net.createNamespacedNetworkPolicy({ namespace: ns, body: { metadata: { name: "allow-dns" }, spec: { podSelector: {}, policyTypes: ["Egress"], egress: [{ ports: [{ port: 53, protocol: "UDP" }] }] } } });
+    await expect(kubernetesDefinition.create(settings, ctx)).rejects.toMatchObject({ code: ErrorCodes.CONFIG_INVALID });
+    await net.createNamespacedNetworkPolicy({ namespace: ns, body: { metadata: { name: "deny" }, spec: { podSelector: { matchLabels: { [LABEL_MANAGED_BY]: MANAGED_BY } }, policyTypes: ["Ingress", "Egress"] } } });
+    const p = await kubernetesDefinition.create(settings, ctx);
+    await p.check();
+    await p.close();
+    await r.core.deleteNamespace({ name: ns });
+  });
+
+  it("maps the API's failures: 5xx retryable, 429 RATE_LIMITED with Retry-After, 401 CREDENTIALS; nothing left behind", async () => {
+    const r = await rig();
+    const p = await makeProvider();
+    const mine = () => podsWith(r.core, { [LABEL_WORKER]: labelSafe(p.owner) });
+    r.standin.faults.add({ match: { verb: "create", resource: "pods", namespace: SANDBOX_NS }, action: { type: "fail", code: 503 }, count: 1 });
+    await expect(p.acquire(spec(), {})).rejects.toMatchObject({ code: ErrorCodes.PROVIDER_UNAVAILABLE, retryable: true });
+    r.standin.faults.add({ match: { verb: "create", resource: "pods", namespace: SANDBOX_NS }, action: { type: "fail", code: 500 }, count: 1 });
+    await expect(p.acquire(spec(), {})).rejects.toMatchObject({ code: ErrorCodes.PROVIDER_UNAVAILABLE, retryable: true });
+    r.standin.faults.add({ match: { verb: "create", resource: "pods" }, action: { type: "fail", code: 429, retryAfterSeconds: 2 }, count: 1 });
+    await expect(p.acquire(spec(), {})).rejects.toMatchObject({ code: ErrorCodes.PROVIDER_RATE_LIMITED, retryable: true, retryAfterMs: 2000 });
+    r.standin.faults.add({ match: { verb: "create", resource: "pods" }, action: { type: "fail", code: 401 }, count: 1 });
+    const cred = await p.acquire(spec(), {}).catch((e: unknown) => e);
+    expect(cred).toMatchObject({ code: ErrorCodes.PROVIDER_CREDENTIALS, retryable: false });
+    expect(String((cred as Error).message)).not.toContain(r.standin.token ?? "no-token");
+    // 429 on the readiness poll of a created pod: the pod is deleted again.
+    r.standin.faults.add({ match: { verb: "get", resource: "pods" }, action: { type: "fail", code: 429 }, count: 1 });
+    await expect(p.acquire(spec(), {})).rejects.toMatchObject({ code: ErrorCodes.PROVIDER_RATE_LIMITED });
+    await r.standin.settled();
+    expect(await mine()).toEqual([]);
+    // And it works again.
+    const box = await p.acquire(spec(), {});
+    expect((await box.exec(shellRequest("echo ok"))).stdout.toString()).toBe("ok\n");
+    await box.release();
+  });
+
+  it("a pod vanishing mid-exec is SANDBOX_LOST (retryable); an exec refused with 401 is CREDENTIALS", async () => {
+    const r = await rig();
+    const p = await makeProvider();
+    const box = await p.acquire(spec(), {});
+    r.standin.faults.add({ match: { verb: "exec", name: box.id }, action: { type: "vanish", afterMs: 300 }, count: 1 });
+    await expect(box.exec(shellRequest("sleep 10"))).rejects.toMatchObject({ code: ErrorCodes.SANDBOX_LOST, retryable: true, message: expect.stringContaining("the pod is gone") });
+    await box.release();
+    const other = await p.acquire(spec(), {});
+    r.standin.faults.add({ match: { verb: "exec", name: other.id }, action: { type: "fail", code: 401 }, count: 1 });
+    await expect(other.exec(shellRequest("true"))).rejects.toMatchObject({ code: ErrorCodes.PROVIDER_CREDENTIALS });
+    await other.release();
+  });
+
+  it("reaps the pods of a dead worker (no heartbeat), never a live one's nor its own", async () => {
+    const r = await rig();
+    const dead = await makeProvider();
+    const alive = await makeProvider();
+    const reaper = await makeProvider();
+    const deadBoxes = [await dead.acquire(spec(ownershipLabels(dead.owner, "j1")), {}), await dead.acquire(spec(ownershipLabels(dead.owner, "j2")), {})];
+    const aliveBox = await alive.acquire(spec(ownershipLabels(alive.owner, "j3")), {});
+    const ownBox = await reaper.acquire(spec(ownershipLabels(reaper.owner, "j4")), {});
+    const liveness: OwnerLiveness = { liveOwners: async (ids) => new Set(ids.filter((id) => id !== labelSafe(dead.owner))) };
+    const removed = await reaper.reap(liveness);
+    expect(removed).toBeGreaterThanOrEqual(2);
+    await r.standin.settled();
+    expect(await podsWith(r.core, { [LABEL_WORKER]: labelSafe(dead.owner) })).toEqual([]);
+    expect(await podsWith(r.core, { [LABEL_WORKER]: labelSafe(alive.owner) })).toEqual([aliveBox.id]);
+    expect(await podsWith(r.core, { [LABEL_WORKER]: labelSafe(reaper.owner) })).toEqual([ownBox.id]);
+    await expect(deadBoxes[0]!.exec(shellRequest("true"))).rejects.toMatchObject({ code: ErrorCodes.SANDBOX_LOST });
+    await Promise.all([...deadBoxes, aliveBox, ownBox].map((b) => b.release()));
+  });
+
+  it("warm pool: a ready pod is handed out, relabelled for the job and its deadline cut to the job's lifetime", async () => {
+    const r = await rig();
+    const p = await makeProvider({ pool: { minIdle: 1, maxSize: 2 } });
+    p.prewarm(spec());
+    await p.pool.waitReady();
+    expect(p.readySandboxes()).toEqual({ [POD_IMAGE]: 1 });
+    const box = await p.acquire(spec(ownershipLabels(p.owner, "pooled-job")), {});
+    expect(p.pool.hits).toBe(1);
+    const pod = await r.core.readNamespacedPod({ name: box.id, namespace: SANDBOX_NS });
+    expect(pod.metadata?.labels?.[LABEL_JOB]).toBe("pooled-job");
+    expect(pod.metadata?.labels?.["sandqueue.io/pooled"]).toBeUndefined();
+    expect(pod.spec?.activeDeadlineSeconds).toBeLessThanOrEqual(92);
+    expect(JSON.parse(pod.metadata?.annotations?.["sandqueue.io/job-labels"] ?? "{}")).toMatchObject({ team: "search" });
+    expect((await box.exec(shellRequest("echo pooled"))).stdout.toString()).toBe("pooled\n");
+    await box.release();
+    await p.close();
+    await r.standin.settled();
+    expect(await podsWith(r.core, { [LABEL_WORKER]: labelSafe(p.owner) })).toEqual([]);
+  });
+});
+
+describe("kubernetes provider against a v4-only API server", () => {
+  let v4: StandinRig;
+  beforeAll(async () => {
+    v4 = await startStandin("v4", { execProtocols: ["v4.channel.k8s.io"], v4StdinIdleMs: 100 });
+  });
+  afterAll(async () => {
+    await v4?.stop();
+  });
+
+  it("stdin of a known length (head -c) and tar archives work without v5's half-close", async () => {
+    const p = new KubernetesProvider({ kubeConfig: v4.kc, namespace: SANDBOX_NS, images: { [JOB_IMAGE]: POD_IMAGE }, owner: `v4-${RUN}` });
+    providers.push(p);
+    const box = await p.acquire(spec(), {});
+    expect(p.protocol).toBe("v4.channel.k8s.io");
+    const r = await box.exec({ argv: ["cat"], env: { PATH: "/usr/bin:/bin" }, stdin: "hello v4", timeoutMs: 10_000, maxOutputBytes: 1 << 20 });
+    expect([r.exitCode, r.stdout.toString()]).toEqual([0, "hello v4"]);
+    await box.putArchive("/workspace", filesToTar({ "a/b.txt": "bee\n" }));
+    expect((await box.exec(shellRequest("cat a/b.txt"))).stdout.toString()).toBe("bee\n");
+    const out = await box.getArchive("/workspace/a");
+    const chunks: Buffer[] = [];
+    for await (const c of out as Readable) chunks.push(c as Buffer);
+    expect(Buffer.concat(chunks).includes(Buffer.from("bee\n"))).toBe(true);
+    await box.release();
+  });
+});
