@@ -22,6 +22,12 @@ export interface SharedCaseOptions {
   tmpfsSizeCap: boolean;
   /** Upper bound on the exec time of a job killed at an 800 ms wall-time limit. */
   timeoutKillMs: number;
+  /**
+   * `limits.pids` is enforced and a hit reported as killed/pids. False
+   * (kubernetes: the node's podPidsLimit applies, not the job's, and
+   * nothing reports it): a fork bomb must only end within its wall time.
+   */
+  pidsEvents?: boolean;
 }
 
 /** What the probe prints once its first syscall has returned: proof that the syscall ran. */
@@ -98,10 +104,20 @@ export function sharedHostileCases(rig: () => Rig, opts: SharedCaseOptions): voi
   const bounded = (r: { status: string; reason: string | null }, output: string): string => (r.status === "killed" ? (r.reason ?? "") : output);
   const boundedBy = opts.tmpfsSizeCap ? /^memory$|No space left/ : /^memory$/;
 
-  it("fork bomb: killed/pids", async () => {
-    const r = await rig().run({ kind: "shell", script: FORK_BOMB, limits: { pids: 32, timeoutMs: 5000 } });
-    expect(r).toMatchObject({ status: "killed", reason: "pids" });
-  });
+  if (opts.pidsEvents === false) {
+    it("fork bomb: a job asking for a pids limit is refused; without one, the backend's own limit bounds it within its wall time", async () => {
+      const refused = await rig().run({ kind: "shell", script: FORK_BOMB, limits: { pids: 32, timeoutMs: 5000 } });
+      expect(refused).toMatchObject({ status: "error", error: { code: "SANDQ_ERR_CAPABILITY_UNSUPPORTED", message: expect.stringContaining("limits.pids") } });
+      const r = await rig().run({ kind: "shell", script: FORK_BOMB, limits: { timeoutMs: 5000 } });
+      expect(["succeeded", "failed", "timed_out"], JSON.stringify(r)).toContain(r.status);
+      expect(r.timings.execMs).toBeLessThan(5000 + opts.timeoutKillMs);
+    });
+  } else {
+    it("fork bomb: killed/pids", async () => {
+      const r = await rig().run({ kind: "shell", script: FORK_BOMB, limits: { pids: 32, timeoutMs: 5000 } });
+      expect(r).toMatchObject({ status: "killed", reason: "pids" });
+    });
+  }
 
   it("memory bomb in one process: killed/memory", async () => {
     const r = await rig().run({ kind: "python", code: MEMORY_BOMB, limits: { memoryMb: 64 } });
