@@ -12,12 +12,14 @@ import { parseSettings, type ParsedSettings, type ProviderContext, type Settings
 import { localDefinition } from "./local/definition.js";
 import { dockerDefinition } from "./docker/definition.js";
 import { kubernetesDefinition } from "./kubernetes/definition.js";
+import { microsandboxDefinition } from "./microsandbox/definition.js";
 
 /** Every provider, in the order `sandqueue providers` lists them. */
 export const PROVIDERS: readonly ProviderDefinition[] = [
   localDefinition as unknown as ProviderDefinition,
   dockerDefinition as unknown as ProviderDefinition,
   kubernetesDefinition as unknown as ProviderDefinition,
+  microsandboxDefinition as unknown as ProviderDefinition,
 ];
 
 export type { ProviderDefinition };

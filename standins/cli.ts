@@ -13,6 +13,7 @@ import { KubernetesStandin } from "./kubernetes/index.js";
 import { parseIntFlag, parsePairs, usage } from "../cli/args.js";
 import { isSandqueueError } from "../errors/index.js";
 import { runIsloStandin } from "./islo/cli.js";
+import { runMicrosandboxStandin } from "./microsandbox/cli.js";
 
 const USAGE = `usage: npm run standin -- kubernetes --kubeconfig FILE [options]
 
@@ -32,8 +33,9 @@ const USAGE = `usage: npm run standin -- kubernetes --kubeconfig FILE [options]
 export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<number> {
   const [kind, ...rest] = argv;
   if (kind === "islo") return runIsloStandin(rest, env);
+  if (kind === "microsandbox") return runMicrosandboxStandin(rest, env);
   if (kind !== "kubernetes") {
-    console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo)\n\n${USAGE}`);
+    console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo, microsandbox)\n\n${USAGE}`);
     return kind === "--help" ? 0 : 2;
   }
   const { values } = parseArgs({

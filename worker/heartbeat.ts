@@ -69,4 +69,22 @@ export class Heartbeat implements OwnerLiveness {
     });
     return live;
   }
+
+  /**
+   * The label of every live worker (every heartbeat key), for reapers of
+   * services whose sandbox names carry only a hash of the owner
+   * (providers/remote/sandbox-names.ts).
+   */
+  async liveOwnerLabels(): Promise<ReadonlySet<string>> {
+    const head = heartbeatKey(this.prefix, "");
+    const pattern = `${head.replace(/[*?[\]\\]/g, "\\$&")}*`;
+    const live = new Set<string>();
+    let cursor = "0";
+    do {
+      const [next, keys] = await this.redis.scan(cursor, "MATCH", pattern, "COUNT", 1000);
+      cursor = next;
+      for (const k of keys) live.add(k.slice(head.length));
+    } while (cursor !== "0");
+    return live;
+  }
 }

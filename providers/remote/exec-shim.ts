@@ -30,6 +30,9 @@ def done(code,sig,limit,out,err):
         e=base64.b64encode(bytes(b)).decode()
         for i in range(0,len(e),76):f.write(e[i:i+76]+"\n")
     sys.stdout.write("#"+json.dumps({"code":code,"signal":sig,"limit":limit})+"\n");sys.stdout.flush();sys.stderr.flush();sys.exit(0)
+if s["cwd"]=="/workspace":
+    try:os.makedirs(s["cwd"],exist_ok=True)
+    except OSError:pass
 if not os.path.isdir(s["cwd"]):done(126,None,None,b"",("sh: cd: can't cd to %s\n"%s["cwd"]).encode())
 try:p=subprocess.Popen(s["argv"],env=s["env"],cwd=s["cwd"],stdin=subprocess.DEVNULL,stdout=subprocess.PIPE,stderr=subprocess.PIPE,start_new_session=True)
 except FileNotFoundError:done(127,None,None,b"",("sh: 1: %s: not found\n"%s["argv"][0]).encode())

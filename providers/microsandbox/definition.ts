@@ -1,0 +1,67 @@
+/** Registry entry of the microsandbox (msbserver JSON-RPC) provider. */
+import { z } from "zod";
+import { defineProvider } from "../definition.js";
+import { settingTypes } from "../settings.js";
+
+const text = (accepts: string) => ({ accepts, schema: z.string().min(1, { error: `expected ${accepts}` }) });
+
+export const microsandboxDefinition = defineProvider({
+  name: "microsandbox",
+  summary: "one microVM per job through a microsandbox server's JSON-RPC API (sandbox.start / command.run / stop)",
+  settings: {
+    url: {
+      env: "MSB_SERVER_URL",
+      doc: "the microsandbox server",
+      default: () => "http://127.0.0.1:5555",
+      ...settingTypes.url(["http", "https"]),
+    },
+    apiKey: { env: "MSB_API_KEY", doc: "API key (Bearer); or set SANDQUEUE_MSB_API_KEY_FILE", secret: true, ...text("an API key") },
+    apiKeyFile: { env: "SANDQUEUE_MSB_API_KEY_FILE", doc: "file holding the API key (first line), when MSB_API_KEY is unset", ...settingTypes.path() },
+    namespace: {
+      env: "SANDQUEUE_MSB_NAMESPACE",
+      doc: "namespace of sandqueue's sandboxes on the server",
+      default: () => "sandqueue",
+      accepts: "a name of [a-z0-9-]",
+      schema: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { error: "expected a name of [a-z0-9-], at most 63 characters" }),
+    },
+    cpus: { env: "SANDQUEUE_MSB_CPUS", doc: "vCPUs of each sandbox", default: () => "1", ...settingTypes.int(1, 64) },
+    requestTimeoutMs: {
+      env: "SANDQUEUE_MSB_REQUEST_TIMEOUT_MS",
+      doc: "per request (start, stop, list), ms; command.run waits for the job's wall time plus a grace",
+      default: () => "60000",
+      ...settingTypes.int(100, 3_600_000),
+    },
+    retries: {
+      env: "SANDQUEUE_MSB_RETRIES",
+      doc: "further attempts after a 5xx, a timeout or a 429 (never for command.run but on 429)",
+      default: () => "4",
+      ...settingTypes.int(0, 20),
+    },
+  },
+  capabilities: {
+    // The microVM's memory is a hard cap for everything in it; an OOM kill inside is not reported as such.
+    memoryLimit: true,
+    pidsLimit: false,
+    limitEvents: false,
+    stdin: false,
+    separateStderr: true,
+    // command.run returns line-split text; the exec shim (providers/remote/exec-shim.ts) base64-encodes the bytes.
+    byteExactOutput: true,
+    networkIsolation: false,
+    networkPolicy: false,
+    hostWorkspace: false,
+  },
+  async create(s, ctx) {
+    const { MicrosandboxProvider } = await import("./microsandbox-provider.js");
+    const { readApiKey } = await import("../remote/http-client.js");
+    return new MicrosandboxProvider({
+      url: s.url ?? "http://127.0.0.1:5555",
+      apiKey: await readApiKey(s.apiKey, s.apiKeyFile),
+      namespace: s.namespace ?? "sandqueue",
+      cpus: s.cpus ?? 1,
+      requestTimeoutMs: s.requestTimeoutMs ?? 60_000,
+      retries: s.retries ?? 4,
+      owner: ctx.workerId,
+    });
+  },
+});

@@ -1,0 +1,89 @@
+/**
+ * `npm run standin -- microsandbox --env-file FILE [options]`: starts the
+ * microsandbox stand-in on 127.0.0.1, writes MSB_SERVER_URL and MSB_API_KEY
+ * to FILE (mode 0600), and runs until SIGTERM or SIGINT (then stops every
+ * sandbox and removes the file).
+ */
+import { parseArgs } from "node:util";
+import { mkdtemp, rm, rmdir, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { LocalProvider } from "../../providers/local/index.js";
+import { parseIntFlag, parsePairs, usage } from "../../cli/args.js";
+import { MicrosandboxStandin } from "./server.js";
+
+export const MICROSANDBOX_USAGE = `usage: npm run standin -- microsandbox --env-file FILE [options]
+
+  --env-file FILE          write MSB_SERVER_URL and MSB_API_KEY for a worker here (required; mode 0600)
+  --port N                 listen on 127.0.0.1:N (default: a free port)
+  --api-key KEY            the API key to accept (default: a random one, written to the env file)
+  --image IMAGE=LOCAL      run sandboxes of image IMAGE on local image LOCAL (repeatable)
+  --default-image LOCAL    local image for other images (default host; "none": a failed pull)
+  --memory-mb N            memory of sandboxes started without config.memory (default 1024)
+  --pids N                 pids limit of every sandbox (default 256)
+  --work-root DIR          local sandboxes' work root (default: a fresh temporary directory)
+  --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
+
+export function envFileText(vars: Record<string, string>): string {
+  return Object.entries(vars)
+    .map(([k, v]) => `${k}=${v}\n`)
+    .join("");
+}
+
+export async function runMicrosandboxStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      "env-file": { type: "string" },
+      port: { type: "string" },
+      "api-key": { type: "string" },
+      image: { type: "string", multiple: true },
+      "default-image": { type: "string" },
+      "memory-mb": { type: "string" },
+      pids: { type: "string" },
+      "work-root": { type: "string" },
+      "images-dir": { type: "string" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(MICROSANDBOX_USAGE);
+    return 0;
+  }
+  if (!values["env-file"]) throw usage(`--env-file FILE is required\n\n${MICROSANDBOX_USAGE}`);
+  const envFile = path.resolve(values["env-file"]);
+  const ownWorkRoot = values["work-root"] === undefined;
+  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-msb-standin-")));
+  const provider = new LocalProvider({
+    workRoot,
+    cgroupParent: "sandqueue-standin",
+    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  });
+  let standin: MicrosandboxStandin | undefined;
+  try {
+    const defaultImage = values["default-image"];
+    standin = await MicrosandboxStandin.start({
+      provider,
+      port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+      ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
+      images: parsePairs("image", values.image),
+      defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),
+      ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
+      ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+    });
+    await writeFile(envFile, envFileText(standin.envVars()), { mode: 0o600 });
+    console.log(`microsandbox stand-in listening on ${standin.url}; env file ${envFile}; sandboxes under ${workRoot}`);
+    await new Promise<void>((resolve) => {
+      process.once("SIGTERM", resolve);
+      process.once("SIGINT", resolve);
+    });
+    console.log("microsandbox stand-in stopping: stopping sandboxes");
+    return 0;
+  } finally {
+    await standin?.stop();
+    await provider.close();
+    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
+    if (standin) await rm(envFile, { force: true });
+    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
+  }
+}

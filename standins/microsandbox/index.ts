@@ -1,0 +1,2 @@
+export { MicrosandboxStandin, type MicrosandboxStandinOptions } from "./server.js";
+export { FaultTable, parseFault, type FaultSpec } from "./faults.js";
