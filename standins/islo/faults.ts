@@ -30,7 +30,9 @@ export type FaultAction =
   /** Serve the request this much later. */
   | { type: "delay"; ms: number }
   /** (exec) This long after the command starts, the sandbox is deleted out from under it. */
-  | { type: "vanish"; afterMs: number };
+  | { type: "vanish"; afterMs: number }
+  /** Serve the request, then cut the connection instead of answering (an answer lost on the way). */
+  | { type: "drop" };
 
 export interface FaultSpec {
   match: { op?: IsloOp; name?: string };
@@ -67,8 +69,11 @@ export function parseFault(v: unknown): FaultSpec | string {
     case "vanish":
       problem = nonNegative("afterMs");
       break;
+    case "drop":
+      problem = null;
+      break;
     default:
-      problem = "action.type: expected fail, delay or vanish";
+      problem = "action.type: expected fail, delay, vanish or drop";
   }
   if (problem) return problem;
   return { match: m as FaultSpec["match"], action: a as unknown as FaultAction, count: count as number };

@@ -94,7 +94,7 @@ export interface GatewayProfile {
   created_at: string;
 }
 
-/** One line of the request log: what a test can assert on (never the Authorization header). */
+/** One line of the request log: what a test can assert on (never the Authorization header); status 0: no answer sent (dropped). */
 export interface IsloRequestLogEntry {
   method: string;
   path: string;
@@ -243,7 +243,11 @@ export class IsloStandin {
         return await this.admin(method, parts, req, res);
       }
       if (!route) throw new HttpError(404, "NOT_FOUND", `no route ${method} ${url.pathname} on the ${plane} plane`);
-      const fault = this.faults.take(route.op, route.name, ["fail", "delay"]);
+      const fault = this.faults.take(route.op, route.name, ["fail", "delay", "drop"]);
+      if (fault?.type === "drop") {
+        // Served in full, but the answer never leaves: the client sees the connection cut.
+        res.end = (() => (req.socket.destroy(), res)) as typeof res.end;
+      }
       if (fault?.type === "delay") await new Promise((r) => setTimeout(r, fault.ms));
       if (fault?.type === "fail") {
         throw new HttpError(fault.code, FAIL_CODE_NAMES[fault.code] ?? "INTERNAL_ERROR", `injected fault (${fault.code})`, fault.retryAfterSeconds);
