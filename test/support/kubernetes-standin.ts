@@ -4,7 +4,11 @@
  * the default-deny NetworkPolicy of deploy/kubernetes/sandbox-namespace.yaml.
  * Needs root and bubblewrap; fails, never skips, without them.
  */
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, rmdir } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import os from "node:os";
 import path from "node:path";
 import { KubeConfig, NetworkingV1Api, CoreV1Api } from "@kubernetes/client-node";
@@ -73,4 +77,16 @@ export async function podsWith(core: CoreV1Api, labels: Record<string, string>, 
   const labelSelector = Object.entries(labels).map(([k, v]) => `${k}=${v}`).join(",");
   const list = await core.listNamespacedPod({ namespace, labelSelector });
   return list.items.map((p) => p.metadata!.name!).sort();
+}
+
+const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
+/** Debian's kubectl 1.20: where scripts/setup.d/kubectl.sh unpacked it, or /usr/bin/kubectl when that is the Debian package. */
+export async function debianKubectl(): Promise<string> {
+  for (const candidate of [path.join(REPO, ".sandqueue/kubernetes-client/usr/bin/kubectl"), "/usr/bin/kubectl"]) {
+    if (!existsSync(candidate)) continue;
+    const { stdout } = await promisify(execFile)(candidate, ["version", "--client", "--short"]).catch(() => ({ stdout: "" }));
+    if (stdout.includes("v1.20.")) return candidate;
+  }
+  throw new Error("Debian's kubectl 1.20 not found: install the Debian package 'kubernetes-client' (npm run setup does, scripts/setup.d/kubectl.sh)");
 }
