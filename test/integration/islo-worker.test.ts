@@ -1,0 +1,92 @@
+/**
+ * `sandqueue worker --provider islo` on real Redis, pointed at the islo
+ * stand-in started as an operator would (`npm run standin -- islo
+ * --env-file FILE`): the demo's kinds of jobs end with the right statuses,
+ * and the service's own list holds no sandbox and no profile afterwards.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEMO_JOBS } from "../../cli/demo-command.js";
+import { dropTestQueues, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
+
+const ROOT = path.resolve(import.meta.dirname, "../..");
+let standin: ChildProcess;
+let env: Record<string, string> = {};
+let worker: WorkerProcess | undefined;
+const queue = uniqueQueue("islo");
+
+function parseEnvFile(text: string): Record<string, string> {
+  return Object.fromEntries(
+    text
+      .split("\n")
+      .filter((l) => l.includes("="))
+      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+  );
+}
+
+async function standinList(what: "sandboxes" | "profiles"): Promise<unknown[]> {
+  const res = await fetch(`${env.SANDQUEUE_ISLO_COMPUTE_URL}/standin/${what}`);
+  return (await res.json()) as unknown[];
+}
+
+beforeAll(async () => {
+  const envFile = path.join(tempDir("islo-env"), "islo.env");
+  standin = spawn("npm", ["run", "-s", "standin", "--", "islo", "--env-file", envFile], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+  const until = Date.now() + 30_000;
+  while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes("SANDQUEUE_ISLO_API_KEY=")) {
+    if (Date.now() > until || standin.exitCode !== null) throw new Error("the islo stand-in wrote no env file");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  env = parseEnvFile(readFileSync(envFile, "utf8"));
+}, 40_000);
+
+afterAll(async () => {
+  await worker?.stop("SIGTERM");
+  // npm does not pass SIGTERM on: the stand-in's node process is npm's child.
+  const { execFileSync } = await import("node:child_process");
+  const children = execFileSync("pgrep", ["-P", String(standin.pid)], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
+  for (const pid of children) process.kill(Number(pid), "SIGTERM");
+  await new Promise((r) => standin.once("exit", r));
+  await dropTestQueues();
+});
+
+describe("worker --provider islo through the stand-in", () => {
+  it("runs the demo's jobs with the right statuses and leaves no sandbox in islo's list", async () => {
+    worker = spawnWorker(queue, env, ["--provider", "islo", "--concurrency", "2"]);
+    await worker.waitFor("worker.started", 30_000);
+    const client = testClient(queue);
+    try {
+      const jobs = await Promise.all(DEMO_JOBS.map((j) => client.enqueue(j.spec)));
+      const results = await Promise.all(jobs.map((j) => client.waitForResult(j.id, { timeoutMs: 90_000 })));
+      const byTitle = Object.fromEntries(DEMO_JOBS.map((j, i) => [j.title, results[i]!]));
+      const row = (t: string) => {
+        const r = byTitle[t]!;
+        return { status: r.status, reason: r.reason ?? null, exitCode: r.exitCode, provider: r.provider };
+      };
+      expect(byTitle["shell: hello + workspace file"]!.stdout).toMatch(/^hello from .*\n5\n$/);
+      expect(row("shell: hello + workspace file")).toMatchObject({ status: "succeeded", exitCode: 0, provider: "islo" });
+      expect(byTitle["python: compute"]!.stdout).toBe("333332833333500000\n");
+      expect(byTitle["python: read an input file"]!.stdout).toBe("42\n");
+      expect(row("shell: exits 3")).toMatchObject({ status: "failed", exitCode: 3 });
+      expect(byTitle["shell: exits 3"]!.stderr).toBe("something went wrong\n");
+      expect(row("shell: sleeps past its 500ms limit")).toMatchObject({ status: "timed_out" });
+      // islo sizes the VM (memoryLimit) but reports no OOM event: the kill is a plain failure by signal.
+      const oom = byTitle["python: 400 MiB in a 64 MiB sandbox"]!;
+      expect(oom.status).not.toBe("succeeded");
+      expect(oom.stdout).not.toContain(String(400 * 1024 * 1024));
+      // No pids limit on islo: a job asking for one is refused, not run without it.
+      expect(row("shell: 40 processes, limit 16")).toMatchObject({ status: "error" });
+      expect(byTitle["shell: 40 processes, limit 16"]!.error?.code).toBe("SANDQ_ERR_CAPABILITY_UNSUPPORTED");
+      expect(row("shell: floods stdout")).toMatchObject({ status: "killed", reason: "output" });
+      expect(byTitle["shell: floods stdout"]!.stdout.length).toBe(65536);
+      expect(byTitle["python: tries the network"]!.stdout).toMatch(/^no network:/);
+    } finally {
+      await client.close();
+    }
+    expect(await standinList("sandboxes")).toEqual([]);
+    expect(await standinList("profiles")).toEqual([]);
+  }, 150_000);
+});
