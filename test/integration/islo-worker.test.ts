@@ -34,7 +34,8 @@ async function standinList(what: "sandboxes" | "profiles"): Promise<unknown[]> {
 
 beforeAll(async () => {
   const envFile = path.join(tempDir("islo-env"), "islo.env");
-  standin = spawn("npm", ["run", "-s", "standin", "--", "islo", "--env-file", envFile], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+  // What `npm run standin -- islo --env-file FILE` runs (npm would not pass our SIGTERM on).
+  standin = spawn("node", ["--", "dist/standins/cli.js", "islo", "--env-file", envFile], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
   const until = Date.now() + 30_000;
   while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes("SANDQUEUE_ISLO_API_KEY=")) {
     if (Date.now() > until || standin.exitCode !== null) throw new Error("the islo stand-in wrote no env file");
@@ -45,11 +46,9 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await worker?.stop("SIGTERM");
-  // npm does not pass SIGTERM on: the stand-in's node process is npm's child.
-  const { execFileSync } = await import("node:child_process");
-  const children = execFileSync("pgrep", ["-P", String(standin.pid)], { encoding: "utf8" }).trim().split("\n").filter(Boolean);
-  for (const pid of children) process.kill(Number(pid), "SIGTERM");
-  await new Promise((r) => standin.once("exit", r));
+  const exited = new Promise((r) => standin.once("exit", r));
+  standin.kill("SIGTERM");
+  await exited;
   await dropTestQueues();
 });
 
