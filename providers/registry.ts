@@ -13,6 +13,7 @@ import { localDefinition } from "./local/definition.js";
 import { dockerDefinition } from "./docker/definition.js";
 import { kubernetesDefinition } from "./kubernetes/definition.js";
 import { microsandboxDefinition } from "./microsandbox/definition.js";
+import { provisionerDefinition } from "./provisioner/definition.js";
 import { isloDefinition } from "./islo/definition.js";
 
 /** Every provider, in the order `sandqueue providers` lists them. */
@@ -21,6 +22,7 @@ export const PROVIDERS: readonly ProviderDefinition[] = [
   dockerDefinition as unknown as ProviderDefinition,
   kubernetesDefinition as unknown as ProviderDefinition,
   microsandboxDefinition as unknown as ProviderDefinition,
+  provisionerDefinition as unknown as ProviderDefinition,
   isloDefinition as unknown as ProviderDefinition,
 ];
 

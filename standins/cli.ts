@@ -14,6 +14,7 @@ import { parseIntFlag, parsePairs, usage } from "../cli/args.js";
 import { isSandqueueError } from "../errors/index.js";
 import { runIsloStandin } from "./islo/cli.js";
 import { runMicrosandboxStandin } from "./microsandbox/cli.js";
+import { runProvisionerStandin } from "./provisioner/cli.js";
 import { runSuperserveStandin } from "./superserve/cli.js";
 
 const USAGE = `usage: npm run standin -- kubernetes --kubeconfig FILE [options]
@@ -35,6 +36,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   const [kind, ...rest] = argv;
   if (kind === "islo") return runIsloStandin(rest, env);
   if (kind === "microsandbox") return runMicrosandboxStandin(rest, env);
+  if (kind === "provisioner") return runProvisionerStandin(rest, env);
   if (kind === "superserve") return runSuperserveStandin(rest, env);
   if (kind !== "kubernetes") {
     console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo, microsandbox, superserve)\n\n${USAGE}`);

@@ -41,9 +41,11 @@ export function workspacePath(dir: string): string {
   return path.posix.join(WORKSPACE_DIR, ...workspaceSegments(dir));
 }
 
-const CHECK_DIR = `cd -P -- "$1" 2>/dev/null || exit ${EXIT_MISSING}; [ "$(pwd -P)" = "$1" ] || exit ${EXIT_SYMLINK}`;
+/** Shell text: enters "$1" and exits 98 when it is missing, 99 when a symlink is on the way. */
+export const CHECK_DIR = `cd -P -- "$1" 2>/dev/null || exit ${EXIT_MISSING}; [ "$(pwd -P)" = "$1" ] || exit ${EXIT_SYMLINK}`;
 
-function stepFailed(what: string, dir: string, out: RawOutput): Error {
+/** The error for a failed archive step (98/99 from CHECK_DIR named as such). */
+export function stepFailed(what: string, dir: string, out: RawOutput): Error {
   if (out.exitCode === EXIT_SYMLINK) return new SnapshotError(ErrorCodes.TAR_THROUGH_SYMLINK, `sandbox path '${dir}' goes through a symlink; refused`);
   if (out.exitCode === EXIT_MISSING) return new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox path '${dir}' does not exist or is not a directory`);
   return new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what} failed in the sandbox (exit ${out.exitCode}): ${out.stderr.trim().slice(0, 300)}`);

@@ -1,0 +1,84 @@
+/** Registry entry of the provisioner (deer-flow sandbox provisioner + AIO sandbox) provider. */
+import { z } from "zod";
+import { defineProvider } from "../definition.js";
+import { settingTypes } from "../settings.js";
+
+const text = (accepts: string) => ({ accepts, schema: z.string().min(1, { error: `expected ${accepts}` }) });
+
+export const provisionerDefinition = defineProvider({
+  name: "provisioner",
+  summary: "one all-in-one sandbox pod per job through deer-flow's sandbox provisioner (/api/sandboxes) and the sandbox's own HTTP API",
+  settings: {
+    url: {
+      env: "SANDQUEUE_PROVISIONER_URL",
+      doc: "the provisioner service",
+      default: () => "http://127.0.0.1:8002",
+      ...settingTypes.url(["http", "https"]),
+    },
+    apiKey: { env: "SANDQUEUE_PROVISIONER_API_KEY", doc: "the provisioner's API key (X-API-Key); or set SANDQUEUE_PROVISIONER_API_KEY_FILE", secret: true, ...text("an API key") },
+    apiKeyFile: { env: "SANDQUEUE_PROVISIONER_API_KEY_FILE", doc: "file holding the provisioner's API key (first line)", ...settingTypes.path() },
+    sandboxApiKey: { env: "SANDQUEUE_AIO_API_KEY", doc: "the sandboxes' own API key (X-AIO-API-Key), when they ask for one", secret: true, ...text("an API key") },
+    images: {
+      env: "SANDQUEUE_PROVISIONER_IMAGES",
+      doc: "job images served by the provisioner's one SANDBOX_IMAGE (comma-separated); others are refused",
+      default: () => "all-in-one-sandbox",
+      accepts: "image names, comma-separated",
+      schema: z
+        .string()
+        .regex(/^[^,\s]+(,[^,\s]+)*$/, { error: "expected image names, comma-separated" })
+        .transform((s) => s.split(",")),
+    },
+    requestTimeoutMs: {
+      env: "SANDQUEUE_PROVISIONER_REQUEST_TIMEOUT_MS",
+      doc: "per request (create, get, list, delete, files), ms; bash/exec waits for the job's wall time plus a grace",
+      default: () => "60000",
+      ...settingTypes.int(100, 3_600_000),
+    },
+    retries: {
+      env: "SANDQUEUE_PROVISIONER_RETRIES",
+      doc: "further attempts after a 5xx, a timeout or a 429 (never for bash/exec but on 429)",
+      default: () => "4",
+      ...settingTypes.int(0, 20),
+    },
+    readyTimeoutMs: {
+      env: "SANDQUEUE_PROVISIONER_READY_TIMEOUT_MS",
+      doc: "how long a new sandbox may take to answer GET /v1/sandbox before the attempt fails as retryable",
+      default: () => "120000",
+      ...settingTypes.int(1000, 3_600_000),
+    },
+    pollMs: {
+      env: "SANDQUEUE_PROVISIONER_POLL_MS",
+      doc: "readiness poll interval, ms",
+      default: () => "250",
+      ...settingTypes.int(10, 60_000),
+    },
+  },
+  capabilities: {
+    // The pod's limits are the provisioner's (1 CPU, 1 GiB in app.py), not the job's.
+    memoryLimit: false,
+    pidsLimit: false,
+    limitEvents: false,
+    stdin: false,
+    separateStderr: true,
+    // bash/exec returns text; the exec shim (providers/remote/exec-shim.ts) base64-encodes the bytes.
+    byteExactOutput: true,
+    networkIsolation: false,
+    networkPolicy: false,
+    hostWorkspace: false,
+  },
+  async create(s, ctx) {
+    const { ProvisionerProvider } = await import("./provisioner-provider.js");
+    const { readApiKey } = await import("../remote/http-client.js");
+    return new ProvisionerProvider({
+      url: s.url ?? "http://127.0.0.1:8002",
+      apiKey: await readApiKey(s.apiKey, s.apiKeyFile),
+      sandboxApiKey: s.sandboxApiKey,
+      images: s.images ?? ["all-in-one-sandbox"],
+      requestTimeoutMs: s.requestTimeoutMs ?? 60_000,
+      retries: s.retries ?? 4,
+      readyTimeoutMs: s.readyTimeoutMs ?? 120_000,
+      pollMs: s.pollMs ?? 250,
+      owner: ctx.workerId,
+    });
+  },
+});

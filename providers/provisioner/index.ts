@@ -1,0 +1,2 @@
+export { ProvisionerProvider, type ProvisionerProviderOptions } from "./provisioner-provider.js";
+export { provisionerDefinition } from "./definition.js";

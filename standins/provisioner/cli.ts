@@ -1,0 +1,87 @@
+/**
+ * `npm run standin -- provisioner --env-file FILE [options]`: starts the
+ * deer-flow provisioner stand-in (and an AIO sandbox API per sandbox) on
+ * 127.0.0.1, writes the SANDQUEUE_PROVISIONER_* variables a worker needs to
+ * FILE (mode 0600), and runs until SIGTERM or SIGINT (then deletes every
+ * sandbox and the file).
+ */
+import { parseArgs } from "node:util";
+import { mkdtemp, rm, rmdir, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { LocalProvider } from "../../providers/local/index.js";
+import { parseIntFlag, usage } from "../../cli/args.js";
+import { envFileText } from "../microsandbox/cli.js";
+import { ProvisionerStandin } from "./server.js";
+
+export const PROVISIONER_USAGE = `usage: npm run standin -- provisioner --env-file FILE [options]
+
+  --env-file FILE          write SANDQUEUE_PROVISIONER_* variables for a worker here (required; mode 0600)
+  --port N                 the provisioner on 127.0.0.1:N (default: a free port); each sandbox gets its own port
+  --api-key KEY            the provisioner's API key (default: a random one, written to the env file)
+  --sandbox-api-key KEY    ask the AIO sandboxes for this key too (default: none)
+  --image LOCAL            local image that plays SANDBOX_IMAGE (default host)
+  --memory-mb N            memory of every sandbox (default 1024, the pod limit in app.py)
+  --pids N                 pids limit of every sandbox (default 256)
+  --start-delay-ms N       how long a new sandbox stays Pending (default 0)
+  --work-root DIR          local sandboxes' work root (default: a fresh temporary directory)
+  --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
+
+export async function runProvisionerStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      "env-file": { type: "string" },
+      port: { type: "string" },
+      "api-key": { type: "string" },
+      "sandbox-api-key": { type: "string" },
+      image: { type: "string" },
+      "memory-mb": { type: "string" },
+      pids: { type: "string" },
+      "start-delay-ms": { type: "string" },
+      "work-root": { type: "string" },
+      "images-dir": { type: "string" },
+      help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(PROVISIONER_USAGE);
+    return 0;
+  }
+  if (!values["env-file"]) throw usage(`--env-file FILE is required\n\n${PROVISIONER_USAGE}`);
+  const envFile = path.resolve(values["env-file"]);
+  const ownWorkRoot = values["work-root"] === undefined;
+  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-prov-standin-")));
+  const provider = new LocalProvider({
+    workRoot,
+    cgroupParent: "sandqueue-standin",
+    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  });
+  let standin: ProvisionerStandin | undefined;
+  try {
+    standin = await ProvisionerStandin.start({
+      provider,
+      port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+      ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
+      ...(values["sandbox-api-key"] ? { sandboxApiKey: values["sandbox-api-key"] } : {}),
+      ...(values.image ? { image: values.image } : {}),
+      ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
+      ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+      ...(values["start-delay-ms"] ? { startDelayMs: parseIntFlag("start-delay-ms", values["start-delay-ms"], 0, 3_600_000) } : {}),
+    });
+    await writeFile(envFile, envFileText(standin.envVars()), { mode: 0o600 });
+    console.log(`provisioner stand-in listening on ${standin.url}; env file ${envFile}; sandboxes under ${workRoot}`);
+    await new Promise<void>((resolve) => {
+      process.once("SIGTERM", resolve);
+      process.once("SIGINT", resolve);
+    });
+    console.log("provisioner stand-in stopping: deleting sandboxes");
+    return 0;
+  } finally {
+    await standin?.stop();
+    await provider.close();
+    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
+    if (standin) await rm(envFile, { force: true });
+    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
+  }
+}

@@ -1,0 +1,1 @@
+export { ProvisionerStandin, type ProvisionerStandinOptions } from "./server.js";
