@@ -79,7 +79,7 @@ export class IsloProvider implements SandboxProvider {
         retryable: false,
       });
     }
-    const name = sandboxName(spec.labels[LABEL_WORKER] ?? this.workerLabel, spec.labels[LABEL_JOB]);
+    const name = sandboxName(spec.labels[LABEL_WORKER] ?? this.workerLabel, spec.labels[LABEL_JOB], spec.attempt);
     // Checked before anything is created: a policy islo cannot express is refused whole.
     const plan = opts.egressPolicy ? profilePlan(name, this.workerLabel, opts.egressPolicy) : null;
     throwIfAborted(signal);

@@ -2,10 +2,11 @@
  * islo sandbox names. islo has no labels, only a caller-chosen name (and a
  * `name_prefix` filter on its list call), so the name carries the ownership
  * labels: the owning worker (read back by any worker's reaper to ask the
- * heartbeats) and the job, plus a nonce chosen once per acquire, so a create
- * retried after a lost answer asks for the same name and its 409 means "ours".
+ * heartbeats), the job and its attempt, so a create retried after a lost
+ * answer asks for the same name and its 409 means "ours". A sandbox for no
+ * job (tests, tools) gets a random tag instead of the attempt.
  *
- *   sq-<len36>-<worker label>-<job part>-<nonce>
+ *   sq-<len36>-<worker label>-<job part>-a<attempt>
  *
  * The worker label's length comes first because labels may hold "-".
  */
@@ -19,8 +20,9 @@ function jobPart(jobLabel: string | undefined): string {
   return `${jobLabel.slice(0, 13).replace(/[^A-Za-z0-9]+$/, "")}-${createHash("sha256").update(jobLabel).digest("hex").slice(0, 10)}`;
 }
 
-export function sandboxName(workerLabel: string, jobLabel: string | undefined): string {
-  return `${NAME_PREFIX}${workerLabel.length.toString(36)}-${workerLabel}-${jobPart(jobLabel)}-${randomBytes(4).toString("hex")}`;
+export function sandboxName(workerLabel: string, jobLabel: string | undefined, attempt?: number): string {
+  const tail = jobLabel && attempt !== undefined ? `a${attempt}` : randomBytes(4).toString("hex");
+  return `${NAME_PREFIX}${workerLabel.length.toString(36)}-${workerLabel}-${jobPart(jobLabel)}-${tail}`;
 }
 
 /** The owner's worker label of a sandbox we named, or null for any other name. */

@@ -42,6 +42,9 @@ describe("names", () => {
       expect(name).toContain("job-42");
       expect(name).toMatch(/^[A-Za-z0-9][A-Za-z0-9._-]*$/);
     }
+    // Job id + attempt: the same on every try of one create, another for the next attempt.
+    expect(sandboxName("w1", "job-42", 2)).toBe("sq-2-w1-job-42-a2");
+    expect(sandboxName("w1", "job-42", 3)).not.toBe(sandboxName("w1", "job-42", 2));
     expect(ownerOf("my-own-sandbox")).toBeNull();
     expect(ownerOf("sq-9-short")).toBeNull();
   });
@@ -52,7 +55,8 @@ describe("create", () => {
     const p = h.provider();
     h.standin.faults.add({ match: { op: "create" }, action: { type: "drop" } });
     const mark = h.standin.requests.length;
-    const box = await p.acquire(spec({ [LABEL_JOB]: "lost-answer" }), {});
+    const box = await p.acquire({ ...spec({ [LABEL_JOB]: "lost-answer" }), attempt: 1 }, {});
+    expect(box.id).toMatch(/-lost-answer-a1$/);
     const creates = since(mark).filter((l) => l.startsWith("POST /sandboxes "));
     // Status 0: served (the sandbox exists) but the answer was cut off.
     expect(creates).toEqual(["POST /sandboxes 0", "POST /sandboxes 409"]);
