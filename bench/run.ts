@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- queue snapshot docker api]`: runs the selected benchmarks
+ * `npm run bench [-- queue snapshot docker api egress]`: runs the selected benchmarks
  * (all by default) and prints each one's figures and ratios against a
  * baseline measured in the same run.
  */
@@ -8,6 +8,8 @@ import { runDockerQueueBench } from "./docker-queue.js";
 import { reportApiBench, runApiBench } from "./api-bench.js";
 import { reportQueueBench, runQueueBench } from "./queue-bench.js";
 import { runSnapshotBench } from "./snapshot.js";
+import { reportKubernetesBench, runKubernetesBench } from "./kubernetes-bench.js";
+import { runEgressBench } from "./egress-bench.js";
 import { fmt } from "./stats.js";
 import { assertRedisReachable } from "../producer/redis.js";
 import { parseWorkerConfig } from "../worker/config.js";
@@ -32,6 +34,10 @@ const BENCHES: Record<string, () => Promise<void>> = {
     console.log(reportQueueBench(await runQueueBench()));
   },
   snapshot: () => runSnapshotBench(),
+  kubernetes: async () => {
+    console.log(reportKubernetesBench(await runKubernetesBench()));
+  },
+  egress: () => runEgressBench(),
   api: async () => {
     await requireRedis();
     console.log(reportApiBench(await runApiBench()));

@@ -107,10 +107,11 @@ def listen(port):
 class Side:
     """One socket of a pair; `out` holds bytes read from the other side, not yet written here."""
 
-    __slots__ = ("sock", "peer", "out", "eof_in", "shut_out")
+    __slots__ = ("sock", "peer", "out", "eof_in", "shut_out", "events")
 
     def __init__(self, sock):
         self.sock = sock
+        self.events = selectors.EVENT_READ  # as registered
         self.peer = None
         self.out = b""
         self.eof_in = False  # nothing more will be read from this socket
@@ -215,23 +216,24 @@ class Bridge:
             events |= selectors.EVENT_READ
         if side.out:
             events |= selectors.EVENT_WRITE
-        try:
-            if events:
-                self.sel.modify(side.sock, events, side)
-            else:
-                self.sel.unregister(side.sock)
-        except KeyError:
-            if events:
-                self.sel.register(side.sock, events, side)
+        # Unchanged in the common case (everything written at once): no epoll_ctl per chunk.
+        if events == side.events:
+            return
+        if not side.events:
+            self.sel.register(side.sock, events, side)
+        elif events:
+            self.sel.modify(side.sock, events, side)
+        else:
+            self.sel.unregister(side.sock)
+        side.events = events
 
     def close(self, side):
         for s in (side, side.peer):
             if s.sock.fileno() == -1:
                 continue
-            try:
+            if s.events:
                 self.sel.unregister(s.sock)
-            except KeyError:
-                pass
+                s.events = 0
             s.sock.close()
 
 
