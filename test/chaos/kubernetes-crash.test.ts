@@ -54,7 +54,7 @@ describe("chaos: kubernetes provider", () => {
     const jobs = await client.enqueueMany(Array.from({ length: N }, (_, i) => ({ kind: "shell", script: `sleep 0.${(i * 7) % 3}; echo ${i}` })));
     const results = Promise.all(jobs.map((j) => client.waitForResult(j.id, { timeoutMs: 600_000 })));
     // Mid-batch: once a fifth of the jobs are done.
-    while ((await client.counts()).completed < N / 5) await sleep(100);
+    while (((await client.counts()).completed ?? 0) < N / 5) await sleep(100);
     await workers[0]!.stop("SIGKILL");
     await sleep(300 + Math.random() * 700);
     await workers[1]!.stop("SIGKILL");
