@@ -8,6 +8,7 @@ import { runDockerQueueBench } from "./docker-queue.js";
 import { reportApiBench, runApiBench } from "./api-bench.js";
 import { reportQueueBench, runQueueBench } from "./queue-bench.js";
 import { runSnapshotBench } from "./snapshot.js";
+import { reportKubernetesBench, runKubernetesBench } from "./kubernetes-bench.js";
 import { runEgressBench } from "./egress-bench.js";
 import { fmt } from "./stats.js";
 import { assertRedisReachable } from "../producer/redis.js";
@@ -33,6 +34,9 @@ const BENCHES: Record<string, () => Promise<void>> = {
     console.log(reportQueueBench(await runQueueBench()));
   },
   snapshot: () => runSnapshotBench(),
+  kubernetes: async () => {
+    console.log(reportKubernetesBench(await runKubernetesBench()));
+  },
   egress: () => runEgressBench(),
   api: async () => {
     await requireRedis();

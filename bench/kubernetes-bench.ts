@@ -1,0 +1,126 @@
+/**
+ * `npm run bench -- kubernetes`: what the kubernetes provider adds per job.
+ * One job = acquire, put a one-file tar into /workspace, run
+ * `python3 -c` reading it, release; at concurrency 1, timed until the exec
+ * returns (release runs after, untimed, as the worker does it in the
+ * background). Through the kubernetes provider (warm pool of 1: pod
+ * adoption patch, WebSocket exec, tar over exec) against the Kubernetes
+ * stand-in, vs the same job on the local provider directly: the stand-in's
+ * pods are local sandboxes, so the difference is the provider's API calls,
+ * the exec protocol and the stand-in's serving of them. Interleaved in one
+ * run. Needs root and bubblewrap.
+ */
+import { mkdtemp, rm, rmdir } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { KubeConfig, NetworkingV1Api } from "@kubernetes/client-node";
+import { filesToTar } from "../providers/archive/index.js";
+import { KubernetesProvider } from "../providers/kubernetes/index.js";
+import { LocalProvider } from "../providers/local/index.js";
+import type { SandboxProvider, SandboxSpec } from "../providers/provider.js";
+import { KubernetesStandin } from "../standins/kubernetes/index.js";
+import { fmt, stats, type RunStats } from "./stats.js";
+
+const NS = "sandqueue-sandboxes";
+
+export interface KubernetesBenchResult {
+  local: RunStats;
+  kubernetes: RunStats;
+  /** Each phase's p50 through the provider, ms. */
+  phases: { acquire: number; put: number; exec: number };
+  localPhases: { acquire: number; put: number; exec: number };
+}
+
+const spec: SandboxSpec = {
+  image: "host",
+  limits: { memoryMb: 256, pids: 64 },
+  network: "none",
+  labels: {},
+  annotations: {},
+  maxLifetimeMs: 60_000,
+};
+
+const p50 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
+
+/** One job; the phases' durations. */
+async function job(p: SandboxProvider, i: number): Promise<{ acquire: number; put: number; exec: number; release: Promise<void> }> {
+  const t0 = performance.now();
+  const box = await p.acquire(spec, {});
+  const t1 = performance.now();
+  await box.putArchive("/workspace", filesToTar({ "in.txt": `job ${i}\n` }));
+  const t2 = performance.now();
+  const r = await box.exec({
+    argv: ["python3", "-c", "print(open('in.txt').read(), end='')"],
+    env: { PATH: "/usr/local/bin:/usr/bin:/bin" },
+    timeoutMs: 10_000,
+    maxOutputBytes: 1 << 20,
+  });
+  const t3 = performance.now();
+  if (r.stdout.toString() !== `job ${i}\n`) throw new Error(`job ${i}: unexpected output ${JSON.stringify(r.stdout.toString())} (${r.stderr.toString()})`);
+  return { acquire: t1 - t0, put: t2 - t1, exec: t3 - t2, release: box.release() };
+}
+
+export async function runKubernetesBench(opts: { n?: number; warmup?: number } = {}): Promise<KubernetesBenchResult> {
+  const n = opts.n ?? 60;
+  const warmup = opts.warmup ?? 5;
+  const dir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-k8s-bench-"));
+  const behind = new LocalProvider({ workRoot: path.join(dir, "standin"), cgroupParent: `sandqueue-k8s-bench-${process.pid}` });
+  const local = new LocalProvider({ workRoot: path.join(dir, "local"), cgroupParent: `sandqueue-k8s-bench-local-${process.pid}` });
+  const standin = await KubernetesStandin.start({ provider: behind, namespaces: [NS], images: { "python:3.12-slim": "host" }, defaultImage: null });
+  let kube: KubernetesProvider | undefined;
+  try {
+    const kubeconfig = path.join(dir, "kubeconfig");
+    await standin.writeKubeconfig(kubeconfig, NS);
+    const kc = new KubeConfig();
+    kc.loadFromFile(kubeconfig);
+    await kc.makeApiClient(NetworkingV1Api).createNamespacedNetworkPolicy({
+      namespace: NS,
+      body: { metadata: { name: "deny" }, spec: { podSelector: {}, policyTypes: ["Ingress", "Egress"] } },
+    });
+    kube = new KubernetesProvider({
+      kubeConfig: kc,
+      namespace: NS,
+      images: { host: "python:3.12-slim" },
+      owner: `bench-${process.pid}`,
+      pool: { minIdle: 1, maxSize: 2 },
+    });
+    await kube.checkNetworkPolicy();
+    kube.prewarm(spec);
+    const times = { local: [] as Array<Awaited<ReturnType<typeof job>>>, kubernetes: [] as Array<Awaited<ReturnType<typeof job>>> };
+    for (let i = 0; i < warmup + n; i++) {
+      // Interleaved: both see the same machine state. The pool refills between jobs, as between a worker's jobs.
+      for (const [name, p] of [["local", local], ["kubernetes", kube]] as const) {
+        if (name === "kubernetes") await kube.pool.waitReady();
+        const t = await job(p, i);
+        await t.release;
+        if (i >= warmup) times[name].push(t);
+      }
+    }
+    const total = (xs: typeof times.local) => xs.map((t) => t.acquire + t.put + t.exec);
+    const wall = (xs: typeof times.local) => total(xs).reduce((a, b) => a + b, 0);
+    const phases = (xs: typeof times.local) => ({ acquire: p50(xs.map((t) => t.acquire)), put: p50(xs.map((t) => t.put)), exec: p50(xs.map((t) => t.exec)) });
+    return {
+      local: stats(total(times.local), wall(times.local)),
+      kubernetes: stats(total(times.kubernetes), wall(times.kubernetes)),
+      phases: phases(times.kubernetes),
+      localPhases: phases(times.local),
+    };
+  } finally {
+    await kube?.close().catch(() => undefined);
+    await standin.stop();
+    await behind.close();
+    await local.close();
+    for (const d of [...behind.cgroupParentDirs, ...local.cgroupParentDirs]) await rmdir(d).catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export function reportKubernetesBench(r: KubernetesBenchResult): string {
+  const ph = (x: { acquire: number; put: number; exec: number }) => `acquire ${x.acquire.toFixed(2)} / put ${x.put.toFixed(2)} / exec ${x.exec.toFixed(2)} ms`;
+  return [
+    `  local provider directly         ${fmt(r.local)}   (${ph(r.localPhases)})`,
+    `  kubernetes provider (stand-in)  ${fmt(r.kubernetes)}   (${ph(r.phases)})`,
+    `  added by the provider (API + WebSocket exec + tar over exec, and the stand-in serving them): ` +
+      `p50 +${(r.kubernetes.p50Ms - r.local.p50Ms).toFixed(2)} ms, ratio ${(r.kubernetes.p50Ms / r.local.p50Ms).toFixed(2)} (target <= +10 ms)`,
+  ].join("\n");
+}
