@@ -15,6 +15,7 @@ import { kubernetesDefinition } from "./kubernetes/definition.js";
 import { microsandboxDefinition } from "./microsandbox/definition.js";
 import { provisionerDefinition } from "./provisioner/definition.js";
 import { isloDefinition } from "./islo/definition.js";
+import { superserveDefinition } from "./superserve/definition.js";
 
 /** Every provider, in the order `sandqueue providers` lists them. */
 export const PROVIDERS: readonly ProviderDefinition[] = [
@@ -24,6 +25,7 @@ export const PROVIDERS: readonly ProviderDefinition[] = [
   microsandboxDefinition as unknown as ProviderDefinition,
   provisionerDefinition as unknown as ProviderDefinition,
   isloDefinition as unknown as ProviderDefinition,
+  superserveDefinition as unknown as ProviderDefinition,
 ];
 
 export type { ProviderDefinition };
