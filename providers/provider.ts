@@ -45,6 +45,31 @@ export interface SandboxSpec {
    * job id and attempt, so a create sent twice makes one sandbox.
    */
   attempt?: number;
+  /**
+   * The job's egress policy (with `network: "proxy"`), for providers whose
+   * service enforces policies itself (islo's gateway profiles): such a
+   * sandbox says so with `Sandbox.egressEnforced`, and the worker's proxy is
+   * not used. Others ignore it.
+   */
+  egressPolicy?: SandboxEgressPolicy;
+}
+
+/** A job's egress policy as providers see it (the job contract's, producer/network-policy.ts, by shape). */
+export interface SandboxEgressPolicy {
+  default: "allow" | "deny";
+  egress: readonly (string | SandboxEgressRule)[];
+  /** Bound secrets (names and hosts); their values stay with the worker. */
+  secrets?: readonly { name: string; hosts: readonly string[] }[];
+  maxBytes?: number;
+}
+
+export interface SandboxEgressRule {
+  host: string;
+  action?: "allow" | "deny";
+  methods?: readonly string[];
+  paths?: readonly string[];
+  ports?: readonly number[];
+  ratePerMinute?: number;
 }
 
 /** Label keys every sandbox carries (Kubernetes-style; values made label-safe). */
@@ -143,6 +168,8 @@ export interface Sandbox {
   readonly id: string;
   /** Present when acquired with `network: "proxy"`. */
   readonly egress?: SandboxEgress;
+  /** The service itself enforces `SandboxSpec.egressPolicy` for this sandbox (no worker proxy needed). */
+  readonly egressEnforced?: boolean;
   exec(req: ExecRequest): Promise<ExecResult>;
   /**
    * Extracts a (validated) tar stream into `dir` inside the sandbox. Aborting

@@ -143,6 +143,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
           annotations: spec.labels,
           maxLifetimeMs: ctx.limits.timeoutMs + LIFETIME_SLACK_MS,
           attempt: ctx.attempt,
+          ...(policy ? { egressPolicy: policy } : {}),
         },
         { signal: ctx.signal },
       ),
@@ -165,7 +166,8 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
     }
     if (ctx.signal.aborted) return interrupted();
 
-    if (policy) {
+    // A sandbox whose service enforces the policy itself (islo's gateway) needs no proxy of ours.
+    if (policy && !box.egressEnforced) {
       if (!ctx.egress || !box.egress) {
         throw new SandqueueError(ErrorCodes.CAPABILITY_UNSUPPORTED, "network: this worker has no egress proxy, or its sandbox no way to it");
       }

@@ -18,8 +18,8 @@ export const isloCapabilities: ProviderCapabilities = {
   byteExactOutput: false,
   // Sandboxes are created with internet_enabled: false (and the operator's profile, if named).
   networkIsolation: true,
-  // Policies map to gateway profiles (providers/islo/gateway.ts), but the worker cannot hand a
-  // job's policy to a provider yet: policy jobs are refused up front rather than run unfiltered.
-  networkPolicy: false,
+  // A job's policy becomes a gateway profile islo enforces (providers/islo/gateway.ts); what its
+  // rules cannot say (bound secrets, byte caps, ports) is refused with CAPABILITY_UNSUPPORTED.
+  networkPolicy: true,
   hostWorkspace: false,
 };

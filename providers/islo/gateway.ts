@@ -6,26 +6,14 @@
  * priorities first and sandqueue's first match wins. What islo's rules
  * cannot say is refused (CAPABILITY_UNSUPPORTED) before anything is created.
  *
- * The policy type is the job contract's (producer/network-policy.ts) by
- * shape: providers import nothing from producer/.
+ * The policy comes as `SandboxSpec.egressPolicy` (the job contract's, by shape).
  */
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import type { SandboxEgressPolicy, SandboxEgressRule } from "../provider.js";
 
-export interface EgressRuleLike {
-  host: string;
-  action?: "allow" | "deny";
-  methods?: string[];
-  paths?: string[];
-  ports?: number[];
-  ratePerMinute?: number;
-}
-
-export interface EgressPolicyLike {
-  default: "allow" | "deny";
-  egress: (string | EgressRuleLike)[];
-  secrets?: unknown[];
-  maxBytes?: number;
-}
+/** The job contract's policy as providers see it. */
+export type EgressPolicyLike = SandboxEgressPolicy;
+type EgressRuleLike = SandboxEgressRule;
 
 export interface IsloRuleBody {
   host_pattern: string;

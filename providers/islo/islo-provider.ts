@@ -47,7 +47,7 @@ export interface IsloProviderOptions {
 
 export interface IsloAcquireOptions {
   signal?: AbortSignal;
-  /** A job's egress policy: made into a gateway profile of its own, created before the sandbox. */
+  /** A policy for a sandbox that serves no job (tools, tests); a job's comes as `SandboxSpec.egressPolicy`. */
   egressPolicy?: EgressPolicyLike;
 }
 
@@ -74,14 +74,15 @@ export class IsloProvider implements SandboxProvider {
   async acquire(spec: SandboxSpec, opts: IsloAcquireOptions = {}): Promise<Sandbox> {
     const { signal } = opts;
     if (this.closed) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "islo provider is closed", { retryable: true });
-    if (spec.network === "proxy") {
-      throw new ProviderError(ErrorCodes.CAPABILITY_UNSUPPORTED, "network: the islo provider cannot reach the worker's egress proxy (islo enforces policies in its own gateway)", {
+    const policy = spec.egressPolicy ?? opts.egressPolicy;
+    if (spec.network === "proxy" && !policy) {
+      throw new ProviderError(ErrorCodes.CAPABILITY_UNSUPPORTED, "network: the islo provider cannot reach the worker's egress proxy; it needs the job's policy for islo's gateway", {
         retryable: false,
       });
     }
     const name = sandboxName(spec.labels[LABEL_WORKER] ?? this.workerLabel, spec.labels[LABEL_JOB], spec.attempt);
     // Checked before anything is created: a policy islo cannot express is refused whole.
-    const plan = opts.egressPolicy ? profilePlan(name, this.workerLabel, opts.egressPolicy) : null;
+    const plan = policy ? profilePlan(name, this.workerLabel, policy) : null;
     throwIfAborted(signal);
     let profileId: string | null = null;
     let created = false;
@@ -110,6 +111,7 @@ export class IsloProvider implements SandboxProvider {
         api: this.api,
         name,
         profileId,
+        egressEnforced: plan !== null,
         pollMs: this.o.pollMs,
         readyTimeoutMs: this.o.readyTimeoutMs,
         archiveLimits: this.o.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS,

@@ -34,6 +34,8 @@ export interface IsloSandboxOptions {
   name: string;
   /** The job's own gateway profile (deleted after the sandbox), if one was made for it. */
   profileId: string | null;
+  /** The job's policy is enforced by its gateway profile. */
+  egressEnforced: boolean;
   pollMs: number;
   /** Longest wait for a resumed sandbox to run again, ms. */
   readyTimeoutMs: number;
@@ -43,12 +45,14 @@ export interface IsloSandboxOptions {
 
 export class IsloSandbox implements Sandbox {
   readonly id: string;
+  readonly egressEnforced: boolean;
   private releasing: Promise<void> | null = null;
   private lost: string | null = null;
   private readonly released = new AbortController();
 
   constructor(private readonly o: IsloSandboxOptions) {
     this.id = o.name;
+    this.egressEnforced = o.egressEnforced;
   }
 
   private assertUsable(): void {

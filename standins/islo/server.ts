@@ -700,7 +700,8 @@ export class IsloStandin {
     }
     if (parts[1] === "sandboxes" && method === "GET") return sendJson(res, 200, this.sandboxList());
     if (parts[1] === "profiles" && method === "GET") return sendJson(res, 200, this.profileList());
-    throw new HttpError(404, "NOT_FOUND", "admin routes: POST/DELETE /standin/faults, POST /standin/state, GET /standin/sandboxes, GET /standin/profiles");
+    if (parts[1] === "requests" && method === "GET") return sendJson(res, 200, this.requests.filter((r) => r.op !== "admin"));
+    throw new HttpError(404, "NOT_FOUND", "admin routes: POST/DELETE /standin/faults, POST /standin/state, GET /standin/sandboxes, GET /standin/profiles, GET /standin/requests");
   }
 
   private async body(req: IncomingMessage): Promise<Buffer> {

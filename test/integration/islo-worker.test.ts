@@ -27,7 +27,7 @@ function parseEnvFile(text: string): Record<string, string> {
   );
 }
 
-async function standinList(what: "sandboxes" | "profiles"): Promise<unknown[]> {
+async function standinList(what: "sandboxes" | "profiles" | "requests"): Promise<unknown[]> {
   const res = await fetch(`${env.SANDQUEUE_ISLO_COMPUTE_URL}/standin/${what}`);
   return (await res.json()) as unknown[];
 }
@@ -88,4 +88,31 @@ describe("worker --provider islo through the stand-in", () => {
     expect(await standinList("sandboxes")).toEqual([]);
     expect(await standinList("profiles")).toEqual([]);
   }, 150_000);
+
+  it("a job's network policy runs under a gateway profile of its own, made before its sandbox and deleted after; what islo cannot say is refused", async () => {
+    worker ??= spawnWorker(queue, env, ["--provider", "islo", "--concurrency", "2"]);
+    await worker.waitFor("worker.started", 30_000);
+    const client = testClient(queue);
+    const before = ((await standinList("requests")) as { method: string; path: string; status: number }[]).length;
+    try {
+      const ok = await client.enqueue({ kind: "shell", script: "echo under-policy", network: { default: "deny", egress: ["pypi.org", { host: "api.example.com", methods: ["GET"] }] } });
+      const capped = await client.enqueue({ kind: "shell", script: "echo never", network: { default: "deny", egress: ["pypi.org"], maxBytes: 1000 } });
+      const r = await client.waitForResult(ok.id, { timeoutMs: 60_000 });
+      expect(r).toMatchObject({ status: "succeeded", stdout: "under-policy\n" });
+      const refused = await client.waitForResult(capped.id, { timeoutMs: 60_000 });
+      expect(refused.status).toBe("error");
+      expect(refused.error?.code).toBe("SANDQ_ERR_CAPABILITY_UNSUPPORTED");
+      expect(refused.error?.message).toContain("network.maxBytes");
+    } finally {
+      await client.close();
+    }
+    const log = ((await standinList("requests")) as { method: string; path: string; status: number }[]).slice(before).map((q) => `${q.method} ${q.path.replace(/[0-9a-f-]{36}/g, "ID")} ${q.status}`);
+    // One profile and its two rules, then the sandbox; at release the sandbox first, then the profile.
+    const at = (line: string) => log.findIndex((l) => l === line || l.startsWith(line));
+    expect(log.filter((l) => l.startsWith("POST /gateway/profiles"))).toEqual(["POST /gateway/profiles 200", "POST /gateway/profiles/ID/rules 200", "POST /gateway/profiles/ID/rules 200"]);
+    expect(at("POST /gateway/profiles 200")).toBeLessThan(at("POST /sandboxes 201"));
+    expect(at("DELETE /sandboxes/")).toBeLessThan(at("DELETE /gateway/profiles/ID 204"));
+    expect(await standinList("sandboxes")).toEqual([]);
+    expect(await standinList("profiles")).toEqual([]);
+  }, 120_000);
 });

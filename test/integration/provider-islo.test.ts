@@ -241,7 +241,9 @@ describe("gateway profiles", () => {
       egress: ["pypi.org", { host: "api.example.com", methods: ["get"], paths: ["/v1/*", "/v2/*"], ratePerMinute: 120 }, { host: "*.internal.example.com", action: "deny" }],
     };
     const mark = h.standin.requests.length;
-    const box = await h.provider().acquire(spec({ [LABEL_JOB]: "policy-job" }), { egressPolicy: policy });
+    // As the worker asks for it: network "proxy" with the job's policy.
+    const box = await h.provider().acquire({ ...spec({ [LABEL_JOB]: "policy-job" }), network: "proxy", egressPolicy: policy }, {});
+    expect(box.egressEnforced).toBe(true);
     const [profile] = h.standin.profileList().filter((p) => p.name === box.id);
     expect(profile).toMatchObject({ default_action: "deny", internet_enabled: false, is_default: false });
     expect(profile!.rules.map((r) => [r.priority, r.host_pattern, r.path_pattern, r.methods, r.action, r.rate_limit_rpm])).toEqual([
@@ -263,7 +265,7 @@ describe("gateway profiles", () => {
     const p = h.provider();
     const mark = h.standin.requests.length;
     const cases: [EgressPolicyLike, string][] = [
-      [{ default: "deny", egress: ["a.example.com"], secrets: [{ name: "TOKEN" }] }, "network.secrets"],
+      [{ default: "deny", egress: ["a.example.com"], secrets: [{ name: "TOKEN", hosts: ["a.example.com"] }] }, "network.secrets"],
       [{ default: "deny", egress: ["a.example.com"], maxBytes: 1000 }, "network.maxBytes"],
       [{ default: "deny", egress: ["a.example.com", { host: "b.example.com", ports: [443] }] }, "network.egress[1].ports"],
     ];
@@ -272,6 +274,7 @@ describe("gateway profiles", () => {
       expect(err).toMatchObject({ code: "SANDQ_ERR_CAPABILITY_UNSUPPORTED", retryable: false });
       expect((err as Error).message).toContain(field);
     }
+    await expect(p.acquire({ ...spec(), network: "proxy" }, {})).rejects.toMatchObject({ code: "SANDQ_ERR_CAPABILITY_UNSUPPORTED" });
     expect(since(mark)).toEqual([]);
   });
 
