@@ -26,7 +26,6 @@ The listening socket belongs to the sandbox's namespace; after setns the
 bridge only accepts there and connects to a path on the host's filesystem,
 which needs no network at all.
 """
-import ctypes
 import errno
 import os
 import selectors
@@ -40,7 +39,14 @@ PR_SET_PDEATHSIG = 1
 CHUNK = 65536
 SETUP_TIMEOUT_S = 10.0
 
-libc = ctypes.CDLL(None, use_errno=True)
+try:
+    # Not in python3-minimal (libpython3.x-stdlib has it): without it, nsenter enters the namespace.
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+except ImportError:
+    ctypes = libc = None
+NSENTER = "/usr/bin/nsenter"  # util-linux, essential on Debian
 
 
 def fail(message):
@@ -76,12 +82,24 @@ def sandbox_child(bwrap_pid, procs_file):
     fail(f"no sandbox process under bwrap {bwrap_pid} after {SETUP_TIMEOUT_S:.0f}s")
 
 
-def enter_netns(pid):
+def enter_netns(pid, pidfd, port, socket_path):
+    """setns(2) where Python can (3.12's os.setns, or ctypes); else this program again under nsenter."""
+    if not hasattr(os, "setns") and libc is None:
+        # The watched process's pidfd crosses the exec, so the identity of what we watch cannot change.
+        os.set_inheritable(pidfd, True)
+        argv = [NSENTER, f"--net=/proc/{pid}/ns/net", "--", sys.executable, "-I", os.path.abspath(__file__), "--entered", str(pidfd), str(port), socket_path]
+        try:
+            os.execv(NSENTER, argv)
+        except OSError as err:
+            fail(f"cannot run {NSENTER} to enter the sandbox's network namespace: {err}")
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            fail(f"setns into the sandbox's network namespace: {os.strerror(err)}")
+        if hasattr(os, "setns"):
+            os.setns(fd, CLONE_NEWNET)
+        elif libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    except OSError as err:
+        fail(f"setns into the sandbox's network namespace: {err}")
     finally:
         os.close(fd)
 
@@ -239,6 +257,12 @@ class Bridge:
 
 def main():
     args = sys.argv[1:]
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if args[:1] == ["--entered"]:
+        # Re-executed by nsenter inside the namespace (enter_netns): PIDFD PORT SOCKET.
+        pidfd, port, socket_path = int(args[1]), int(args[2]), args[3]
+        os.set_inheritable(pidfd, False)
+        return serve(pidfd, port, socket_path)
     direct = args[:1] == ["--pid"]
     if direct:
         args = args[1:]
@@ -246,9 +270,9 @@ def main():
         fail("usage: egress-bridge.py BWRAP_PID PORT SOCKET [CGROUP_PROCS] | --pid PID PORT SOCKET")
     watch_pid, port, socket_path = int(args[0]), int(args[1]), args[2]
     procs_file = args[3] if len(args) == 4 else None
-    # Dies with the spawn helper; exits with the sandbox (below).
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    if libc is not None:
+        # Dies with its parent (the spawn helper, or the worker); it also exits with the sandbox (serve()).
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     try:
         pidfd = os.pidfd_open(watch_pid)
     except ProcessLookupError:
@@ -256,9 +280,13 @@ def main():
     if direct:
         if os.stat(f"/proc/{watch_pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
             fail(f"process {watch_pid} shares this host's network namespace: refusing to listen there")
-        enter_netns(watch_pid)
+        enter_netns(watch_pid, pidfd, port, socket_path)
     else:
-        enter_netns(sandbox_child(watch_pid, procs_file))
+        enter_netns(sandbox_child(watch_pid, procs_file), pidfd, port, socket_path)
+    serve(pidfd, port, socket_path)
+
+
+def serve(pidfd, port, socket_path):
     listener = listen(port)
     sys.stdout.write("ready\n")
     sys.stdout.flush()

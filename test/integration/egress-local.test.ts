@@ -83,6 +83,7 @@ describe("network policies through local sandboxes (real worker)", () => {
   const dir = tempDir("egress-local");
   const hostsFile = join(dir, "hosts");
   const queue = uniqueQueue("egl");
+  const workRoot = tempDir("egress-work");
   const strictQueue = uniqueQueue("egls");
   let testCa: TestCa;
   let plain: Upstream;
@@ -111,7 +112,7 @@ describe("network policies through local sandboxes (real worker)", () => {
       ["plain.test", "api.test", "blocked.test", "other.test", "a.test", "b.test", "tls.test", "secret.test", "pypi.test"].map((n) => `127.0.0.1 ${n}`).join("\n") + "\n",
     );
     process.env.SANDQUEUE_SECRET_EGRESS_TOKEN = SECRET_VALUE;
-    worker = await startTestWorker(queue, { egress: egress(), concurrency: 2 });
+    worker = await startTestWorker(queue, { egress: egress(), concurrency: 2, providerSettings: { workRoot } });
     // The operator's default: loopback and private addresses refused even for allowed hosts.
     strict = await startTestWorker(strictQueue, { egress: egress({ allowPrivate: false }), concurrency: 1 });
     client = testClient(queue);
@@ -342,6 +343,35 @@ describe("network policies through local sandboxes (real worker)", () => {
     } finally {
       redis.disconnect();
     }
+  });
+
+  it("the bridge is out of the job's reach: invisible, unkillable, gone with the sandbox", async () => {
+    const url = `http://plain.test:${plain.port}/bytes/64`;
+    const r = await run({
+      kind: "shell",
+      network: { default: "deny", egress: ["plain.test"] },
+      script: `python3 - <<'EOF'
+import glob, os, signal, urllib.request
+seen = [open(p, "rb").read().replace(b"\\0", b" ").decode() for p in glob.glob("/proc/[0-9]*/cmdline")]
+print("bridge visible:", any("egress-bridge" in c for c in seen))
+ancestors, pid = set(), os.getpid()
+while pid > 1:
+    ancestors.add(pid)
+    pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+for p in glob.glob("/proc/[0-9]*"):
+    if int(p[6:]) not in ancestors:
+        try:
+            os.kill(int(p[6:]), signal.SIGKILL)  # every process this job can see but its own line
+        except OSError:
+            pass
+print("after kill:", len(urllib.request.urlopen("${url}").read()))
+EOF`,
+    });
+    expect(r.status, r.stderr).toBe("succeeded");
+    expect(r.stdout).toBe("bridge visible: False\nafter kill: 64\n");
+    // No bridge of this worker's sandboxes outlives its job.
+    const bridges = execFileSync("ps", ["-eo", "args"], { encoding: "utf8" }).split("\n").filter((l) => l.includes("egress-bridge.py") && l.includes(workRoot));
+    expect(bridges).toEqual([]);
   });
 
   it("two concurrent jobs' policies never mix", async () => {
