@@ -47,7 +47,9 @@ export const microsandboxDefinition = defineProvider({
     separateStderr: true,
     // command.run returns line-split text; the exec shim (providers/remote/exec-shim.ts) base64-encodes the bytes.
     byteExactOutput: true,
-    networkIsolation: false,
+    // microsandbox 0.2.x sandboxes have network (the server's config has no network scope); the exec
+    // shim runs every command in a network namespace of its own, or refuses to run it.
+    networkIsolation: true,
     networkPolicy: false,
     hostWorkspace: false,
   },

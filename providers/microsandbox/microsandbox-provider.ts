@@ -182,7 +182,8 @@ class MicrosandboxSandbox implements Sandbox {
     try {
       const r = await this.provider.rpc.call<CommandResult>(
         "sandbox.command.run",
-        { sandbox: this.id, namespace: this.provider.namespace, command, args, timeout: Math.ceil(opts.timeoutMs / 1000) },
+        // command.run takes no timeout (SandboxCommandRunParams): the shim and our own deadline are the limits.
+        { sandbox: this.id, namespace: this.provider.namespace, command, args },
         // Not idempotent: never sent twice but on a 429 (refused before it ran).
         { timeoutMs: opts.timeoutMs + 5_000, idempotent: false, ...(opts.signal ? { signal: opts.signal } : {}) },
       );

@@ -62,7 +62,9 @@ export const provisionerDefinition = defineProvider({
     separateStderr: true,
     // bash/exec returns text; the exec shim (providers/remote/exec-shim.ts) base64-encodes the bytes.
     byteExactOutput: true,
-    networkIsolation: false,
+    // AIO pods have the cluster's network; the exec shim runs every command in a network namespace
+    // of its own (as root, or in a user namespace), or refuses to run it.
+    networkIsolation: true,
     networkPolicy: false,
     hostWorkspace: false,
   },

@@ -12,6 +12,10 @@
  * - each stream kept up to cap+1 bytes (the extra byte tells us it overflowed)
  *   and sent back base64-encoded in 76-character lines, so bytes survive
  *   any text transport byte for byte, line splitting included;
+ * - no network: the command runs in a network namespace of its own with
+ *   only loopback (unshare(CLONE_NEWNET), or with a user namespace when not
+ *   root); where neither is allowed, only in a sandbox that has no interface
+ *   but loopback already; else it is not run at all (fails closed);
  * - a last stdout line `#{"code":..,"signal":..,"limit":..}` with the status.
  *
  * The image must have python3 (every sandqueue image does; the contract
@@ -33,6 +37,21 @@ def done(code,sig,limit,out,err):
 if s["cwd"]=="/workspace":
     try:os.makedirs(s["cwd"],exist_ok=True)
     except OSError:pass
+def cut():
+    import ctypes,fcntl,socket,struct
+    libc=ctypes.CDLL(None,use_errno=True);u,g=os.getuid(),os.getgid()
+    if libc.unshare(0x40000000)!=0:
+        if libc.unshare(0x50000000)!=0:return [n for _,n in socket.if_nameindex() if n!="lo"]==[]
+        for f,t in (("setgroups","deny"),("uid_map","%d %d 1"%(u,u)),("gid_map","%d %d 1"%(g,g))):
+            try:open("/proc/self/"+f,"w").write(t)
+            except OSError:pass
+    try:
+        k=socket.socket();fl=struct.unpack("16sH",fcntl.ioctl(k,0x8913,struct.pack("16sH22x",b"lo",0))[:18])[1]
+        fcntl.ioctl(k,0x8914,struct.pack("16sH22x",b"lo",fl|1));k.close()
+    except OSError:pass
+    return True
+if s.get("isolate") and not cut():
+    sys.stdout.write("#"+json.dumps({"error":"network"})+"\n");sys.exit(0)
 if not os.path.isdir(s["cwd"]):done(126,None,None,b"",("sh: cd: can't cd to %s\n"%s["cwd"]).encode())
 try:p=subprocess.Popen(s["argv"],env=s["env"],cwd=s["cwd"],stdin=subprocess.DEVNULL,stdout=subprocess.PIPE,stderr=subprocess.PIPE,start_new_session=True)
 except FileNotFoundError:done(127,None,None,b"",("sh: 1: %s: not found\n"%s["argv"][0]).encode())
@@ -81,7 +100,8 @@ export const KILL_GRACE_MS = 5_000;
 
 /** The argv that runs `req` under the shim, keeping `cap` bytes of each stream (+1 to see overflow). */
 export function shimArgv(req: Pick<ExecRequest, "argv" | "env" | "cwd" | "timeoutMs">, cap: number): string[] {
-  const spec = { argv: req.argv, env: req.env, cwd: req.cwd ?? WORKSPACE_DIR, timeoutMs: req.timeoutMs, cap };
+  // isolate: the command runs in a network namespace of its own (only loopback), or not at all.
+  const spec = { argv: req.argv, env: req.env, cwd: req.cwd ?? WORKSPACE_DIR, timeoutMs: req.timeoutMs, cap, isolate: true };
   return ["python3", "-c", SHIM, JSON.stringify(spec)];
 }
 
@@ -89,6 +109,8 @@ interface ShimStatus {
   code: number | null;
   signal: string | null;
   limit: ExecLimitHit | null;
+  /** "network": no way to cut the sandbox's network was found; nothing ran. */
+  error?: string;
 }
 
 /** Decodes the shim's two streams; null status when the shim itself did not run to its end. */
@@ -144,6 +166,14 @@ export async function runShimmed(transport: ShimTransport, req: ExecRequest, abo
       throw new ProviderError(
         ErrorCodes.PROVIDER_FAILED,
         `the command could not be run under the exec shim (exit ${out.exitCode}; the image needs python3): ${why}`,
+        { retryable: false },
+      );
+    }
+    if (status.error === "network") {
+      sup.stop();
+      throw new ProviderError(
+        ErrorCodes.CAPABILITY_UNSUPPORTED,
+        "network: the sandbox has network interfaces and no network namespace could be made in it; the command was not run",
         { retryable: false },
       );
     }

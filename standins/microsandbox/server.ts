@@ -8,8 +8,8 @@
  *   POST /api/v1/rpc   Authorization: Bearer <key> (or Proxy-Authorization)
  *     sandbox.start {sandbox, namespace, config?{image, memory, cpus, envs[], workdir, ...}}  -> message string
  *     sandbox.stop {sandbox, namespace}                                                    -> message string
- *     sandbox.metrics.get {sandbox?, namespace ("*": all)}   -> {sandboxes:[{namespace, name, running, cpu_usage, memory_usage, disk_usage}]}
- *     sandbox.command.run {sandbox, namespace, command, args[], timeout?}
+ *     sandbox.metrics.get {sandbox?, namespace ("*": all namespaces)}   -> {sandboxes:[{namespace, name, running, cpu_usage, memory_usage, disk_usage}]}
+ *     sandbox.command.run {sandbox, namespace, command, args[]}
  *                          -> {command, args, exit_code, success, output:[{stream, text}]}
  *
  * command.run is what the in-VM portal does: no shell, no stdin, the
@@ -278,7 +278,6 @@ export class MicrosandboxStandin {
     const command = str(p, "command");
     const args = p.args === undefined ? [] : p.args;
     if (!Array.isArray(args) || !args.every((a) => typeof a === "string")) throw new RpcError(-32602, "args: expected an array of strings");
-    const timeoutS = p.timeout === undefined || p.timeout === null ? undefined : int(p, "timeout");
     const box = this.boxes.get(key(namespace, name));
     if (!box) throw new RpcError(-32002, `Sandbox not found: ${namespace}/${name}`);
     const vanish = this.faults.take("sandbox.command.run", name, ["vanish"]) as Extract<FaultAction, { type: "vanish" }> | null;
@@ -290,7 +289,8 @@ export class MicrosandboxStandin {
           argv: [command, ...(args as string[])],
           env: box.env,
           cwd: box.workdir,
-          timeoutMs: timeoutS === undefined ? NO_TIMEOUT_MS : timeoutS * 1000,
+          // SandboxCommandRunParams has no timeout: a command runs until it ends or its sandbox stops.
+          timeoutMs: NO_TIMEOUT_MS,
           maxOutputBytes: this.opts.maxOutputBytes ?? 64 * 1024 * 1024,
         });
       } finally {
@@ -302,7 +302,6 @@ export class MicrosandboxStandin {
       throw new RpcError(-32603, `Portal request failed: ${isSandqueueError(err) ? err.message : String(err)}`);
     });
     if (!this.boxes.has(key(namespace, name))) throw new RpcError(-32603, `Portal connection lost: sandbox ${namespace}/${name} is no longer running`);
-    if (r.limitHit === "timeout") throw new RpcError(-32603, `Command timed out after ${timeoutS} seconds`);
     const exit = r.exitCode ?? -1;
     return {
       command,

@@ -93,7 +93,7 @@ export class ProvisionerStandin {
       SANDQUEUE_PROVISIONER_URL: this.url,
       ...(this.apiKey === null ? {} : { SANDQUEUE_PROVISIONER_API_KEY: this.apiKey }),
       ...(this.opts.sandboxApiKey ? { SANDQUEUE_AIO_API_KEY: this.opts.sandboxApiKey } : {}),
-      SANDQUEUE_PROVISIONER_IMAGE: this.opts.image ?? "host",
+      SANDQUEUE_PROVISIONER_IMAGES: this.opts.image ?? "host",
     };
   }
 

@@ -16,7 +16,7 @@ function shim(argv: string[], opts: { cap?: number; timeoutMs?: number; cwd?: st
   return { ms: Date.now() - t0, ...decodeShimOutput({ stdout: lines(r.stdout), stderr: lines(r.stderr), exitCode: r.status }) };
 }
 
-describe("remote exec shim", () => {
+describe("remote exec shim", { timeout: 30_000 }, () => {
   it("returns both streams byte for byte and the exit code", () => {
     const r = shim(["/bin/sh", "-c", "printf 'a\\377\\000b'; printf 'e\\200' >&2; exit 3"]);
     expect(r.status).toEqual({ code: 3, signal: null, limit: null });
@@ -50,5 +50,17 @@ describe("remote exec shim", () => {
     const r = shim(["no-such-program-here"]);
     expect(r.status?.code).toBe(127);
     expect(r.stderr.toString()).toMatch(/no-such-program-here: not found/);
+  });
+});
+
+describe("remote exec shim: network", { timeout: 30_000 }, () => {
+  it("runs the command with loopback only (up), whatever the host has", () => {
+    const r = shim([
+      "python3",
+      "-c",
+      "import socket\nprint(sorted(n for _, n in socket.if_nameindex()))\ns=socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(); c=socket.create_connection(s.getsockname(), timeout=2); print('lo up')",
+    ]);
+    expect(r.status).toMatchObject({ code: 0 });
+    expect(r.stdout.toString()).toBe("['lo']\nlo up\n");
   });
 });
