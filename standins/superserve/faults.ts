@@ -2,7 +2,8 @@
  * Faults the superserve provider's tests ask of the stand-in: the next N
  * matching requests fail with a status and the service's error body (5xx
  * bursts, 429 with Retry-After, 401/503 on the data plane, which the SDK
- * answers with one activate and one retry), are answered late, or (exec)
+ * answers with one activate and one retry), are served but answered with a
+ * 5xx (the answer lost), are answered late, or (exec)
  * lose their sandbox mid-run (it turns `failed`, or is `deleted`). Set
  * in-process (`standin.faults.add`) or over HTTP (`POST /standin/faults`).
  */
@@ -41,6 +42,8 @@ const FAIL_CODES = [400, 401, 403, 404, 409, 429, 500, 502, 503, 504];
 export type FaultAction =
   /** Answer with this status and the service's error body instead of serving the request. */
   | { type: "fail"; code: number; retryAfterSeconds?: number }
+  /** Serve the request, then answer with this status instead of its result (a gateway lost the answer). */
+  | { type: "lose"; code: number }
   /** Serve the request this much later. */
   | { type: "delay"; ms: number }
   /** (exec) This long after the command starts, the sandbox turns `failed` or is `deleted` under it. */
@@ -76,6 +79,9 @@ export function parseFault(v: unknown): FaultSpec | string {
       problem = FAIL_CODES.includes(a.code as number) ? null : `action.code: expected one of ${FAIL_CODES.join(", ")}`;
       if (!problem && a.retryAfterSeconds !== undefined) problem = nonNegative("retryAfterSeconds");
       break;
+    case "lose":
+      problem = FAIL_CODES.includes(a.code as number) && (a.code as number) >= 500 ? null : "action.code: expected a 5xx status";
+      break;
     case "delay":
       problem = nonNegative("ms");
       break;
@@ -83,7 +89,7 @@ export function parseFault(v: unknown): FaultSpec | string {
       problem = nonNegative("afterMs") ?? (a.status === "failed" || a.status === "deleted" ? null : "action.status: expected failed or deleted");
       break;
     default:
-      problem = "action.type: expected fail, delay or vanish";
+      problem = "action.type: expected fail, lose, delay or vanish";
   }
   if (problem) return problem;
   return { match: m as FaultSpec["match"], action: a as unknown as FaultAction, count: count as number };

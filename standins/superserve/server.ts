@@ -134,6 +134,14 @@ function checkFilePath(p: string | null): string {
   return path.posix.normalize(p);
 }
 
+/** The operation a control-plane request asks for (by method and path). */
+function routeOp(method: string, parts: string[]): SuperserveOp | "unknown" {
+  if (parts.length === 1) return method === "POST" ? "create" : method === "GET" ? "list" : "unknown";
+  if (parts.length === 2) return method === "GET" ? "get" : method === "PATCH" ? "update" : method === "DELETE" ? "delete" : "unknown";
+  const action = parts[2];
+  return method === "POST" && (action === "pause" || action === "resume" || action === "activate") ? action : "unknown";
+}
+
 export class SuperserveStandin {
   readonly faults = new FaultTable();
   /** Every request served, in order. */
@@ -197,7 +205,7 @@ export class SuperserveStandin {
    * `paused` (its execs end), `resuming` (then `active` after the transition
    * time), `failed` or `deleted` (its local sandbox goes).
    */
-  async setStatus(id: string, status: "paused" | "resuming" | "failed" | "deleted"): Promise<void> {
+  async setStatus(id: string, status: "paused" | "resuming" | "failed" | "deleted" | (string & {})): Promise<void> {
     const s = this.sandboxes.get(id);
     if (!s) throw new Error(`no sandbox ${id}`);
     if (status === "resuming") {
@@ -208,8 +216,9 @@ export class SuperserveStandin {
       return;
     }
     this.endExecs(s);
-    s.status = status;
-    if (status === "failed" || status === "deleted") await this.dropBox(s);
+    // Any other string: a status this stand-in (and the SDK's types) do not know, for clients' "unknown" branches.
+    s.status = status as SandboxStatus;
+    if (status !== "paused") await this.dropBox(s);
   }
 
   async stop(): Promise<void> {
@@ -323,6 +332,8 @@ export class SuperserveStandin {
     const method = req.method ?? "GET";
     const parts = url.pathname.split("/").filter(Boolean);
     if (parts[0] !== "sandboxes" || parts.length > 3) throw new HttpError(404, "not_found", `no route ${method} ${url.pathname}`);
+    // Named before the key is checked, so a refused request is logged as what it was.
+    entry.op = routeOp(method, parts);
     this.requireApiKey(req);
     const id = parts[1] ? decodeURIComponent(parts[1]) : undefined;
     if (id) entry.sandbox = id;
@@ -331,8 +342,12 @@ export class SuperserveStandin {
     if (parts.length === 1 && method === "POST") {
       entry.op = "create";
       const body = await this.readJson(req);
-      await this.applyFaults("create", typeof body.name === "string" ? [body.name] : []);
-      sendJson(res, 201, this.view(await this.create(body), true));
+      const match = typeof body.name === "string" ? [body.name] : [];
+      await this.applyFaults("create", match);
+      const created = await this.create(body);
+      const lose = this.faults.take("create", match, ["lose"]);
+      if (lose?.type === "lose") throw new HttpError(lose.code, CODE_NAMES[lose.code] ?? "error", `injected fault: created ${created.id}, answer lost`);
+      sendJson(res, 201, this.view(created, true));
       return;
     }
     if (parts.length === 1 && method === "GET") {

@@ -73,3 +73,256 @@ describeProviderContract("superserve (stand-in)", async () => makeProvider(), {
   image: "host",
   listResources: async () => standin.sandboxList().filter((s) => s.metadata["sandqueue.test"] === "contract").map((s) => s.id).sort(),
 });
+
+/** The sandboxes of a job label in the service's own list. */
+const ofJob = (job: string) => standin.sandboxList().filter((s) => s.metadata["sandqueue.io/job"] === job);
+const requestsSince = (n: number) => standin.requests.slice(n);
+
+describe("superserve provider: faults", () => {
+  let provider: SuperserveProvider;
+  beforeAll(() => {
+    provider = makeProvider();
+  });
+  afterAll(async () => {
+    standin.faults.clear();
+    await provider?.close();
+  });
+
+  it("creates from the mapped template, labelled for ownership, with egress denied and the job's lifetime", async () => {
+    const box = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-labels") }), {});
+    const [s] = ofJob("job-labels");
+    expect(s).toMatchObject({ id: box.id, status: "active", network: { deny_out: ["0.0.0.0/0"] } });
+    expect(s!.metadata).toMatchObject({ "app.kubernetes.io/managed-by": "sandqueue", "sandqueue.io/worker": "worker-under-test" });
+    expect(standin.requests.find((q) => q.op === "create" && q.status === 201)).toBeDefined();
+    await box.release();
+    expect(ofJob("job-labels")).toEqual([]);
+  });
+
+  it("a 5xx burst on create is retried; a create whose answer was lost is found by its token, not made twice", async () => {
+    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 500 }, count: 2 });
+    const a = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-burst") }), {});
+    expect(ofJob("job-burst").map((s) => s.id)).toEqual([a.id]);
+    await a.release();
+
+    standin.faults.add({ match: { op: "create" }, action: { type: "lose", code: 502 } });
+    const b = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-lost") }), {});
+    expect(ofJob("job-lost").map((s) => s.id)).toEqual([b.id]);
+    expect((await b.exec(sh("echo adopted"))).stdout.toString()).toBe("adopted\n");
+    await b.release();
+    expect(ofJob("job-lost")).toEqual([]);
+  });
+
+  it("429 on create waits and retries; 429 past the retries is PROVIDER_RATE_LIMITED with a wait", async () => {
+    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 429, retryAfterSeconds: 1 } });
+    const a = await provider.acquire(spec(), {});
+    await a.release();
+    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 429, retryAfterSeconds: 1 }, count: 10 });
+    const quick = makeProvider({ createRetries: 1 });
+    const err = await quick.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-429") }), {}).catch((e: unknown) => e);
+    standin.faults.clear();
+    await quick.close();
+    expect(err).toMatchObject({ code: "SANDQ_ERR_PROVIDER_RATE_LIMITED", retryable: true });
+    expect((err as { retryAfterMs?: number }).retryAfterMs).toBeGreaterThan(0);
+    expect(ofJob("job-429")).toEqual([]);
+  });
+
+  it("a bad API key is PROVIDER_CREDENTIALS, not retried, and the key is in no message", async () => {
+    const bad = makeProvider({ apiKey: "ss_live_use_not-the-key-not-the-key-not-the-k" });
+    const before = standin.requests.length;
+    const err = await bad.acquire(spec(), {}).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS", retryable: false });
+    expect((err as Error).message).not.toContain("not-the-key");
+    expect(requestsSince(before).filter((q) => q.op === "create")).toHaveLength(1);
+    await expect(bad.check()).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS" });
+    await bad.close();
+  });
+
+  it("401 and 503 on the data plane: one activate (the token rotates), one retry; a second 503 is PROVIDER_UNAVAILABLE", async () => {
+    const box = await provider.acquire(spec(), {});
+    for (const code of [401, 503]) {
+      standin.faults.add({ match: { op: "exec-stream", sandbox: box.id }, action: { type: "fail", code } });
+      const before = standin.requests.length;
+      const r = await box.exec(sh("echo retried"));
+      expect(r).toMatchObject({ exitCode: 0, limitHit: null });
+      expect(r.stdout.toString()).toBe("retried\n");
+      expect(requestsSince(before).map((q) => `${q.op} ${q.status}`)).toEqual([`exec-stream ${code}`, "activate 200", "exec-stream 200"]);
+    }
+    standin.faults.add({ match: { op: "exec-stream", sandbox: box.id }, action: { type: "fail", code: 503 }, count: 2 });
+    await expect(box.exec(sh("echo no"))).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_UNAVAILABLE", retryable: true });
+    // Files go through the same rule.
+    standin.faults.add({ match: { op: "files-write", sandbox: box.id }, action: { type: "fail", code: 401 } });
+    const { filesToTar } = await import("../../providers/archive/index.js");
+    await box.putArchive("/workspace", filesToTar({ "a.txt": "after rotation\n" }));
+    expect((await box.exec(sh("cat /workspace/a.txt"))).stdout.toString()).toBe("after rotation\n");
+    await box.release();
+  });
+
+  it("slow answers are waited for; the wall time is enforced client-side even when the service is slow to answer", async () => {
+    const box = await provider.acquire(spec(), {});
+    standin.faults.add({ match: { op: "exec-stream", sandbox: box.id }, action: { type: "delay", ms: 400 } });
+    expect((await box.exec(sh("echo late"))).stdout.toString()).toBe("late\n");
+    standin.faults.add({ match: { op: "exec-stream", sandbox: box.id }, action: { type: "delay", ms: 5_000 } });
+    const t0 = Date.now();
+    const r = await box.exec({ ...sh("echo never"), timeoutMs: 800 });
+    expect(r.limitHit).toBe("timeout");
+    expect(r.stdout.toString()).toBe("");
+    expect(Date.now() - t0).toBeLessThan(4_000);
+    await box.release();
+  });
+
+  it("a sandbox that fails or is deleted under a running job is SANDBOX_LOST (retryable)", async () => {
+    for (const status of ["failed", "deleted"] as const) {
+      const box = await provider.acquire(spec(), {});
+      standin.faults.add({ match: { op: "exec-stream", sandbox: box.id }, action: { type: "vanish", afterMs: 300, status } });
+      const err = await box.exec(sh("echo started; sleep 20")).catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: "SANDQ_ERR_SANDBOX_LOST", retryable: true });
+      await box.release();
+      expect(standin.sandboxList().find((s) => s.id === box.id)).toBeUndefined();
+    }
+  });
+
+  it("refuses path escapes before any request", async () => {
+    const box = await provider.acquire(spec(), {});
+    const { filesToTar } = await import("../../providers/archive/index.js");
+    const before = standin.requests.length;
+    for (const dir of ["/workspace/../etc", "/etc", "relative", "/workspace/a/../../x"]) {
+      await expect(box.putArchive(dir, filesToTar({ "a.txt": "x" }))).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
+      await expect(box.getArchive(dir)).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
+    }
+    expect(standin.requests.length).toBe(before);
+    await box.release();
+  });
+
+  it("a job asking for stdin is refused (CAPABILITY_UNSUPPORTED), nothing run", async () => {
+    const box = await provider.acquire(spec(), {});
+    const before = standin.requests.length;
+    await expect(box.exec({ ...sh("cat"), stdin: "x" })).rejects.toMatchObject({ code: "SANDQ_ERR_CAPABILITY_UNSUPPORTED", retryable: false });
+    expect(standin.requests.length).toBe(before);
+    await box.release();
+  });
+});
+
+describe("superserve provider: reattach (the seed's resume rules)", () => {
+  let provider: SuperserveProvider;
+  const conn = () => ({ apiKey: standin.apiKey, baseUrl: standin.controlUrl });
+  beforeAll(() => {
+    provider = makeProvider();
+  });
+  afterAll(async () => {
+    await provider?.close();
+  });
+
+  async function sandboxIn(status: string | null): Promise<SdkSandbox> {
+    const sdk = await SdkSandbox.create({ ...conn(), name: `reattach-${status}`, fromTemplate: "superserve/python-3.11" });
+    if (status) await standin.setStatus(sdk.id, status);
+    return sdk;
+  }
+  const statusOf = (id: string) => standin.sandboxList().find((s) => s.id === id)?.status;
+
+  it("active: ready as it is", async () => {
+    const sdk = await sandboxIn(null);
+    expect(await provider.reattach(sdk)).toBe("ready");
+    await sdk.kill();
+  });
+
+  it("paused: resumed, polled until active, with a fresh token that works", async () => {
+    const sdk = await sandboxIn("paused");
+    const before = standin.requests.length;
+    expect(await provider.reattach(sdk)).toBe("resumed");
+    expect(statusOf(sdk.id)).toBe("active");
+    expect(requestsSince(before).filter((q) => q.op === "resume")).toHaveLength(1);
+    expect((await sdk.commands.run("echo back")).stdout).toBe("back\n");
+    expect(requestsSince(before).filter((q) => q.op === "activate")).toHaveLength(0);
+    await sdk.kill();
+  });
+
+  it("resuming: polled until active, not resumed again", async () => {
+    const sdk = await sandboxIn("resuming");
+    const before = standin.requests.length;
+    expect(await provider.reattach(sdk)).toBe("resumed");
+    expect(statusOf(sdk.id)).toBe("active");
+    expect(requestsSince(before).filter((q) => q.op === "resume")).toHaveLength(0);
+    await sdk.kill();
+  });
+
+  for (const status of ["failed", "deleted", "hibernating-in-a-new-way"]) {
+    it(`${status}: recreate (and the old one is deleted)`, async () => {
+      const sdk = await sandboxIn(status);
+      expect(await provider.reattach(sdk)).toBe("recreate");
+      expect(statusOf(sdk.id)).toBeUndefined();
+    });
+  }
+
+  it("gone (404): recreate", async () => {
+    const sdk = await sandboxIn(null);
+    await SdkSandbox.killById(sdk.id, conn());
+    expect(await provider.reattach(sdk)).toBe("recreate");
+  });
+});
+
+describe("superserve provider: warm reuse (pause on release)", () => {
+  it("release cleans and pauses; the next acquire resumes the same sandbox, relabelled; a failed one is recreated; close deletes them", async () => {
+    const provider = makeProvider({ pauseOnRelease: true, owner: "warm-worker" });
+    const labels = (job: string) => ownershipLabels("warm-worker", job);
+    const a = await provider.acquire(spec({ labels: labels("warm-1") }), {});
+    await a.exec(sh("echo secret > /workspace/left-behind; mkdir -p /workspace/d"));
+    await a.release();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(standin.sandboxList().find((s) => s.id === a.id)?.status).toBe("paused");
+    expect(provider.readySandboxes()).toEqual({ "superserve/python-3.11": 1 });
+
+    const b = await provider.acquire(spec({ labels: labels("warm-2") }), {});
+    expect(b.id).toBe(a.id);
+    const s = standin.sandboxList().find((x) => x.id === b.id)!;
+    expect(s.status).toBe("active");
+    expect(s.metadata["sandqueue.io/job"]).toBe("warm-2");
+    expect((await b.exec(sh("ls -A /workspace"))).stdout.toString()).toBe("");
+
+    // A killed exec taints it: deleted at release, not paused.
+    await b.exec({ ...sh("sleep 10"), timeoutMs: 300 });
+    await b.release();
+    expect(standin.sandboxList().find((x) => x.id === b.id)).toBeUndefined();
+
+    const c = await provider.acquire(spec({ labels: labels("warm-3") }), {});
+    await c.release();
+    await standin.setStatus(c.id, "failed");
+    const d = await provider.acquire(spec({ labels: labels("warm-4") }), {});
+    expect(d.id).not.toBe(c.id);
+    expect(standin.sandboxList().find((x) => x.id === c.id)).toBeUndefined();
+    await d.release();
+    expect(standin.sandboxList().filter((x) => x.metadata["sandqueue.io/worker"] === "warm-worker")).toHaveLength(1);
+    await provider.close();
+    expect(standin.sandboxList().filter((x) => x.metadata["sandqueue.io/worker"] === "warm-worker")).toEqual([]);
+  });
+});
+
+describe("superserve provider: reaping through the SDK's list call", () => {
+  it("deletes the sandboxes of dead workers only: never its own, a live worker's, or an unlabelled one", async () => {
+    const conn = { apiKey: standin.apiKey, baseUrl: standin.controlUrl };
+    const make = (name: string, metadata: Record<string, string>) => SdkSandbox.create({ ...conn, name, fromTemplate: "superserve/python-3.11", metadata });
+    const dead = await make("dead", ownershipLabels("dead-worker", "j1"));
+    const live = await make("live", ownershipLabels("live-worker", "j2"));
+    const unlabelled = await make("mine-not", { team: "someone-else" });
+    const provider = makeProvider({ owner: "reaping-worker" });
+    const own = await provider.acquire(spec({ labels: ownershipLabels("reaping-worker", "j3") }), {});
+    const asked: string[][] = [];
+    const n = await provider.reap({
+      liveOwners: async (workers) => {
+        asked.push([...workers].sort());
+        return new Set(workers.filter((w) => w === "live-worker"));
+      },
+    });
+    expect(n).toBe(1);
+    expect(asked.flat()).toContain("dead-worker");
+    expect(asked.flat()).not.toContain("reaping-worker");
+    const ids = standin.sandboxList().map((s) => s.id);
+    expect(ids).not.toContain(dead.id);
+    expect(ids).toEqual(expect.arrayContaining([live.id, unlabelled.id, own.id]));
+    // The list call the reaper used is filtered by the managed-by label.
+    expect(standin.requests.some((q) => q.op === "list" && q.status === 200)).toBe(true);
+    await own.release();
+    await provider.close();
+    await live.kill();
+    await unlabelled.kill();
+  });
+});
