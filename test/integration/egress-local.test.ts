@@ -19,7 +19,7 @@ import type { JobResult } from "../../producer/job-result.js";
 import { DEFAULT_EGRESS_CONFIG, type EgressConfig } from "../../worker/egress/config.js";
 import type { WorkerRuntime } from "../../worker/runtime.js";
 import { makeTestCa, startHttpUpstream, startTlsUpstream, testBytes, type TestCa, type Upstream } from "../support/egress-fixtures.js";
-import { REDIS_URL, startTestWorker, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { REDIS_URL, requireCommand, startTestWorker, tempDir, testClient, uniqueQueue } from "../support/harness.js";
 
 const sha = (b: Buffer): string => createHash("sha256").update(b).digest("hex");
 const SECRET_VALUE = `egress-s3cr3t-${process.pid}-${Date.now()}`;
@@ -103,6 +103,9 @@ describe("network policies through local sandboxes (real worker)", () => {
   });
 
   beforeAll(async () => {
+    // The jobs' clients run from the host image (the host's /usr): these must be installed there.
+    requireCommand("curl", "curl");
+    requireCommand("pip3", "python3-pip");
     testCa = makeTestCa(dir, ["tls.test", "secret.test"]);
     plain = await startHttpUpstream();
     secure = await startTlsUpstream(testCa);
