@@ -25,6 +25,8 @@ const NS = "sandqueue-sandboxes";
 
 export interface KubernetesBenchResult {
   local: RunStats;
+  /** The local provider with the put done as a `tar -x` exec, as the kubernetes provider does it. */
+  localTarExec: RunStats;
   kubernetes: RunStats;
   /** Each phase's p50 through the provider, ms. */
   phases: { acquire: number; put: number; exec: number };
@@ -42,12 +44,24 @@ const spec: SandboxSpec = {
 
 const p50 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
-/** One job; the phases' durations. */
-async function job(p: SandboxProvider, i: number): Promise<{ acquire: number; put: number; exec: number; release: Promise<void> }> {
+/**
+ * One job; the phases' durations. `tarExec`: the put as the provider does
+ * it over exec (`tar -x` fed the same tar on stdin), on the local sandbox:
+ * the baseline that leaves only the API and exec protocol to compare.
+ */
+async function job(p: SandboxProvider, i: number, tarExec = false): Promise<{ acquire: number; put: number; exec: number; release: Promise<void> }> {
   const t0 = performance.now();
   const box = await p.acquire(spec, {});
   const t1 = performance.now();
-  await box.putArchive("/workspace", filesToTar({ "in.txt": `job ${i}\n` }));
+  const tar = filesToTar({ "in.txt": `job ${i}\n` });
+  if (tarExec) {
+    const chunks: Buffer[] = [];
+    for await (const c of tar) chunks.push(c as Buffer);
+    const r = await box.exec({ argv: ["tar", "-x", "-f", "-"], env: {}, cwd: "/workspace", stdin: Buffer.concat(chunks), timeoutMs: 10_000, maxOutputBytes: 1 << 20 });
+    if (r.exitCode !== 0) throw new Error(`tar -x: ${r.stderr.toString()}`);
+  } else {
+    await box.putArchive("/workspace", tar);
+  }
   const t2 = performance.now();
   const r = await box.exec({
     argv: ["python3", "-c", "print(open('in.txt').read(), end='')"],
@@ -86,12 +100,13 @@ export async function runKubernetesBench(opts: { n?: number; warmup?: number } =
     });
     await kube.checkNetworkPolicy();
     kube.prewarm(spec);
-    const times = { local: [] as Array<Awaited<ReturnType<typeof job>>>, kubernetes: [] as Array<Awaited<ReturnType<typeof job>>> };
+    type Times = Array<Awaited<ReturnType<typeof job>>>;
+    const times = { local: [] as Times, localTarExec: [] as Times, kubernetes: [] as Times };
     for (let i = 0; i < warmup + n; i++) {
-      // Interleaved: both see the same machine state. The pool refills between jobs, as between a worker's jobs.
-      for (const [name, p] of [["local", local], ["kubernetes", kube]] as const) {
+      // Interleaved: all see the same machine state. The pool refills between jobs, as between a worker's jobs.
+      for (const [name, p] of [["local", local], ["localTarExec", local], ["kubernetes", kube]] as const) {
         if (name === "kubernetes") await kube.pool.waitReady();
-        const t = await job(p, i);
+        const t = await job(p, i, name === "localTarExec");
         await t.release;
         if (i >= warmup) times[name].push(t);
       }
@@ -101,6 +116,7 @@ export async function runKubernetesBench(opts: { n?: number; warmup?: number } =
     const phases = (xs: typeof times.local) => ({ acquire: p50(xs.map((t) => t.acquire)), put: p50(xs.map((t) => t.put)), exec: p50(xs.map((t) => t.exec)) });
     return {
       local: stats(total(times.local), wall(times.local)),
+      localTarExec: stats(total(times.localTarExec), wall(times.localTarExec)),
       kubernetes: stats(total(times.kubernetes), wall(times.kubernetes)),
       phases: phases(times.kubernetes),
       localPhases: phases(times.local),
@@ -122,5 +138,7 @@ export function reportKubernetesBench(r: KubernetesBenchResult): string {
     `  kubernetes provider (stand-in)  ${fmt(r.kubernetes)}   (${ph(r.phases)})`,
     `  added by the provider (API + WebSocket exec + tar over exec, and the stand-in serving them): ` +
       `p50 +${(r.kubernetes.p50Ms - r.local.p50Ms).toFixed(2)} ms, ratio ${(r.kubernetes.p50Ms / r.local.p50Ms).toFixed(2)} (target <= +10 ms)`,
+    `  local provider, put as a tar -x exec ${fmt(r.localTarExec)}`,
+    `  added by the API calls and the WebSocket exec alone (vs the put as an exec): p50 +${(r.kubernetes.p50Ms - r.localTarExec.p50Ms).toFixed(2)} ms`,
   ].join("\n");
 }

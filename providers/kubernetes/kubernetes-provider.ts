@@ -36,6 +36,7 @@ import { KubeSandbox } from "./kube-sandbox.js";
 import { ANNOTATION_HOST, ANNOTATION_JOB_LABELS, ANNOTATION_PID, LABEL_POOLED, sandboxPod, type PodSettings } from "./pod-spec.js";
 import { waitRunning, containerStatus } from "./pod-lifecycle.js";
 import { openExec, V5 } from "./pod-exec.js";
+import { reuseConnections } from "./connections.js";
 
 export interface KubernetesProviderOptions {
   /** A kubeconfig file; else $KUBECONFIG, ~/.kube/config, then the in-cluster service account. */
@@ -103,6 +104,7 @@ export class KubernetesProvider implements SandboxProvider {
   constructor(opts: KubernetesProviderOptions) {
     this.opts = opts;
     this.kc = opts.kubeConfig ?? loadKubeConfig(opts.kubeconfig, opts.context);
+    reuseConnections(this.kc);
     this.core = this.kc.makeApiClient(CoreV1Api);
     this.net = this.kc.makeApiClient(NetworkingV1Api);
     this.namespace = opts.namespace;

@@ -11,7 +11,10 @@
  */
 import { PassThrough, Readable, Writable } from "node:stream";
 import { Exec, type KubeConfig, type V1Status } from "@kubernetes/client-node";
+// Not re-exported by the package index; the package has no "exports" map, so its file is importable.
+import { WebSocketHandler } from "@kubernetes/client-node/dist/web-socket-handler.js";
 import type { WebSocket } from "ws";
+import { resumingSocketFactory } from "./connections.js";
 
 export const V5 = "v5.channel.k8s.io";
 
@@ -61,11 +64,22 @@ function sink(onChunk: (chunk: Buffer) => void): Writable {
   });
 }
 
+/** client-node's Exec for a KubeConfig, its connections resuming TLS sessions (one per KubeConfig). */
+const execs = new WeakMap<KubeConfig, Exec>();
+function execFor(kc: KubeConfig): Exec {
+  let e = execs.get(kc);
+  if (!e) {
+    e = new Exec(kc, new WebSocketHandler(kc, resumingSocketFactory() as never));
+    execs.set(kc, e);
+  }
+  return e;
+}
+
 export async function openExec(o: OpenExec): Promise<ExecHandle> {
   let status: V1Status | null = null;
   let ws: WebSocket;
   try {
-    ws = (await new Exec(o.kc).exec(o.namespace, o.pod, o.container, o.argv, sink(o.onStdout), sink(o.onStderr), o.stdin, false, (s) => {
+    ws = (await execFor(o.kc).exec(o.namespace, o.pod, o.container, o.argv, sink(o.onStdout), sink(o.onStderr), o.stdin, false, (s) => {
       status = s;
     })) as unknown as WebSocket;
   } catch (err) {
