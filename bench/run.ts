@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- queue snapshot docker api egress]`: runs the selected benchmarks
+ * `npm run bench [-- queue snapshot docker api egress islo]`: runs the selected benchmarks
  * (all by default) and prints each one's figures and ratios against a
  * baseline measured in the same run.
  */
@@ -10,6 +10,8 @@ import { reportQueueBench, runQueueBench } from "./queue-bench.js";
 import { runSnapshotBench } from "./snapshot.js";
 import { reportKubernetesBench, runKubernetesBench } from "./kubernetes-bench.js";
 import { runEgressBench } from "./egress-bench.js";
+import { reportRemoteBench, runRemoteBench } from "./remote-bench.js";
+import { reportIsloBench, runIsloBench } from "./islo-bench.js";
 import { fmt } from "./stats.js";
 import { assertRedisReachable } from "../producer/redis.js";
 import { parseWorkerConfig } from "../worker/config.js";
@@ -38,6 +40,14 @@ const BENCHES: Record<string, () => Promise<void>> = {
     console.log(reportKubernetesBench(await runKubernetesBench()));
   },
   egress: () => runEgressBench(),
+  remote: async () => {
+    await requireRedis();
+    console.log(reportRemoteBench(await runRemoteBench()));
+  },
+  islo: async () => {
+    await requireRedis();
+    console.log(reportIsloBench(await runIsloBench()));
+  },
   api: async () => {
     await requireRedis();
     console.log(reportApiBench(await runApiBench()));

@@ -105,7 +105,7 @@ export class IsloProvider implements SandboxProvider {
         // islo's own backstop: the sandbox goes even when no worker is left to delete it.
         lifecycle: { delete_after: Math.ceil(spec.maxLifetimeMs / 1000) },
       };
-      await this.createSandbox(name, body, spec.image, signal);
+      const status = await this.createSandbox(name, body, spec.image, signal);
       created = true;
       const box = new IsloSandbox({
         api: this.api,
@@ -118,7 +118,8 @@ export class IsloProvider implements SandboxProvider {
         onReleased: () => this.live.delete(box),
       });
       this.live.add(box);
-      await box.waitRunning();
+      // Created running (as islo's create usually answers): no extra round trip.
+      if (status !== "running" && status !== "started") await box.waitRunning();
       if (signal?.aborted) {
         await box.release();
         throwIfAborted(signal);
@@ -138,10 +139,11 @@ export class IsloProvider implements SandboxProvider {
    * (resumed when paused or stopped; deleted and made again when broken),
    * never a second create while the name exists.
    */
-  private async createSandbox(name: string, body: Record<string, unknown>, image: string, signal?: AbortSignal): Promise<void> {
+  /** Creates (or adopts) the sandbox; answers the status it was last seen in. */
+  private async createSandbox(name: string, body: Record<string, unknown>, image: string, signal?: AbortSignal): Promise<string> {
     for (let attempt = 0; attempt < 2; attempt++) {
       const res = await this.api.call("compute", { method: "POST", path: "/sandboxes", json: body, accept: [400, 409], op: `create sandbox ${name}`, ...(signal ? { signal } : {}) });
-      if (res.status < 300) return;
+      if (res.status < 300) return res.json<IsloSandboxBody>().status;
       const code = errorCode(res);
       if (res.status === 400) {
         const text = res.text();
@@ -156,13 +158,13 @@ export class IsloProvider implements SandboxProvider {
       const status = got.json<IsloSandboxBody>().status;
       if (status === "paused" || status === "stopped") {
         await this.api.transition(name, "resume", signal);
-        return;
+        return "resuming";
       }
       if (BROKEN.has(status)) {
         await this.api.deleteSandbox(name, signal);
         continue;
       }
-      return;
+      return status;
     }
     throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `islo: create sandbox ${name}: the name stayed taken`, { retryable: true });
   }
