@@ -50,6 +50,19 @@ elif mode.startswith("unix:"):
 else:
     target, url = ("127.0.0.1", port), "/1k"
 lat = []
+if mode in ("urllib-direct", "urllib-proxy"):
+    import urllib.request
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({} if mode == "urllib-direct" else None))
+    target_url = f"http://{'127.0.0.1' if mode == 'urllib-direct' else host}:{port}/1k"
+def work_urllib():
+    mine = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        body = opener.open(target_url).read()
+        if len(body) != 1024:
+            sys.exit(f"bad answer {len(body)}")
+        mine.append((time.perf_counter_ns() - t) / 1e6)
+    lat.extend(mine)
 def work():
     c = (UnixConnection if mode.startswith("unix:") else http.client.HTTPConnection)(*target)
     mine = []
@@ -63,7 +76,7 @@ def work():
         mine.append((time.perf_counter_ns() - t) / 1e6)
     lat.extend(mine)
 t0 = time.perf_counter_ns()
-ts = [threading.Thread(target=work) for _ in range(threads)]
+ts = [threading.Thread(target=work_urllib if mode.startswith("urllib-") else work) for _ in range(threads)]
 for t in ts: t.start()
 for t in ts: t.join()
 print(json.dumps({"wallMs": (time.perf_counter_ns() - t0) / 1e6, "lat": lat}))
@@ -117,9 +130,9 @@ export async function runEgressBench(): Promise<void> {
   try {
     const box = await provider.acquire(SPEC("proxy"), {});
     const session = await gateway.open({ jobId: "bench", policy: policy({ default: "deny", egress: ["bench.test"] }), boundSecrets: {}, sandbox: box.egress! });
-    const direct = async (n: number, threads: number): Promise<Measure> => parse((await run(PYTHON, ["-c", CLIENT, ...args("direct", n, threads)], { maxBuffer: 64 * MiB })).stdout);
-    const proxied = async (n: number, threads: number): Promise<Measure> => {
-      const r = await box.exec({ argv: [PYTHON, "-c", CLIENT, ...args("proxy", n, threads)], env: { PATH: "/usr/bin:/bin", ...session.proxyEnv }, timeoutMs: 300_000, maxOutputBytes: 64 * MiB });
+    const direct = async (n: number, threads: number, mode = "direct"): Promise<Measure> => parse((await run(PYTHON, ["-c", CLIENT, ...args(mode, n, threads)], { maxBuffer: 64 * MiB })).stdout);
+    const proxied = async (n: number, threads: number, mode = "proxy"): Promise<Measure> => {
+      const r = await box.exec({ argv: [PYTHON, "-c", CLIENT, ...args(mode, n, threads)], env: { PATH: "/usr/bin:/bin", ...session.proxyEnv }, timeoutMs: 300_000, maxOutputBytes: 64 * MiB });
       if (r.exitCode !== 0) throw new Error(`proxied client failed: ${r.stderr.toString()}`);
       return parse(r.stdout.toString());
     };
@@ -129,13 +142,23 @@ export async function runEgressBench(): Promise<void> {
     // The proxy alone: the same client on the host, on the job's unix socket (no sandbox, no bridge).
     const socketOnly = async (n: number, threads: number): Promise<Measure> =>
       parse((await run(PYTHON, ["-c", CLIENT, ...args(`unix:${join(box.egress!.hostDir, EGRESS_SOCKET)}`, n, threads)], { maxBuffer: 64 * MiB })).stdout);
-    const results = { seqDirect: [] as Measure[], seqProxy: [] as Measure[], seqSocket: [] as Measure[], parDirect: [] as Measure[], parProxy: [] as Measure[] };
+    const results = {
+      seqDirect: [] as Measure[],
+      seqProxy: [] as Measure[],
+      seqSocket: [] as Measure[],
+      parDirect: [] as Measure[],
+      parProxy: [] as Measure[],
+      urlDirect: [] as Measure[],
+      urlProxy: [] as Measure[],
+    };
     for (let round = 0; round < ROUNDS; round++) {
       results.seqDirect.push(await direct(SEQ_REQUESTS, 1));
       results.seqProxy.push(await proxied(SEQ_REQUESTS, 1));
       results.seqSocket.push(await socketOnly(SEQ_REQUESTS, 1));
       results.parDirect.push(await direct(SEQ_REQUESTS / THREADS, THREADS));
       results.parProxy.push(await proxied(SEQ_REQUESTS / THREADS, THREADS));
+      results.urlDirect.push(await direct(SEQ_REQUESTS / 4, 1, "urllib-direct"));
+      results.urlProxy.push(await proxied(SEQ_REQUESTS / 4, 1, "urllib-proxy"));
     }
     await session.close();
     await box.release();
@@ -152,6 +175,12 @@ export async function runEgressBench(): Promise<void> {
     const dP50 = med(results.seqProxy, "p50Ms") - med(results.seqDirect, "p50Ms");
     console.log(`  throughput proxied/direct: ${tSeq.toFixed(2)}x (1 connection), ${tPar.toFixed(2)}x (${THREADS} connections) (target >= 0.8x)`);
     console.log(`  p50 added by sandbox + bridge + proxy: ${dP50 >= 0 ? "+" : ""}${dP50.toFixed(3)} ms (target <= +2 ms)`);
+    console.log(`Python urllib.request.urlopen, a connection per request (how most scripts fetch), ${SEQ_REQUESTS / 4} requests:`);
+    console.log(line("direct (host)", results.urlDirect));
+    console.log(line("sandbox -> proxy (HTTP_PROXY)", results.urlProxy));
+    const uT = med(results.urlProxy, "perSec") / med(results.urlDirect, "perSec");
+    const uP = med(results.urlProxy, "p50Ms") - med(results.urlDirect, "p50Ms");
+    console.log(`  throughput proxied/direct: ${uT.toFixed(2)}x (target >= 0.8x); p50 ${uP >= 0 ? "+" : ""}${uP.toFixed(3)} ms (target <= +2 ms)`);
 
     if (process.env.SANDQUEUE_BENCH_EGRESS_RSS !== "0") await rssWithPolicies(provider, gateway, upstream.port);
   } finally {
