@@ -145,6 +145,9 @@ describe("network policies through local sandboxes (real worker)", () => {
         `python3 -c "import urllib.request,sys; sys.stdout.buffer.write(urllib.request.urlopen('${url}').read())" > py.bin`,
         "sha256sum curl.bin py.bin",
         'echo "proxy=$HTTP_PROXY"',
+        // And the other way: a 3 MB upload through the bridge's backpressure.
+        "head -c 3000000 /dev/urandom > up.bin",
+        `curl -sSf -X POST -H 'content-type: application/octet-stream' --data-binary @up.bin -o /dev/null http://plain.test:${plain.port}/upload`,
       ].join(" && "),
     });
     expect(r.status, r.stderr).toBe("succeeded");
@@ -152,6 +155,7 @@ describe("network policies through local sandboxes (real worker)", () => {
     expect(r.stdout).toContain(`${want}  curl.bin`);
     expect(r.stdout).toContain(`${want}  py.bin`);
     expect(r.stdout).toContain("proxy=http://127.0.0.1:3128");
+    expect(plain.seen.find((s) => s.url === "/upload")).toMatchObject({ method: "POST", bodyBytes: 3_000_000 });
   });
 
   it("a denied host, method and path each get 403 naming the rule", async () => {
