@@ -235,17 +235,25 @@ export class IsloSandbox implements Sandbox {
       for await (const c of checked) chunks.push(c as Buffer);
       const gz = await gzipAsync(Buffer.concat(chunks), { level: 1 });
       throwIfTransferAborted(what, opts.signal);
-      const form = new FormData();
-      form.append("file", new Blob([gz], { type: "application/gzip" }), "archive.tar.gz");
-      const res = await this.o.api.call("compute", {
-        method: "POST",
-        path: `/sandboxes/${encodeURIComponent(this.id)}/files-archive`,
-        query: { path: abs },
-        body: form,
-        accept: [400, 404],
-        op: `upload archive to ${abs} in sandbox ${this.id}`,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      });
+      const upload = () => {
+        const form = new FormData();
+        form.append("file", new Blob([gz], { type: "application/gzip" }), "archive.tar.gz");
+        return this.o.api.call("compute", {
+          method: "POST",
+          path: `/sandboxes/${encodeURIComponent(this.id)}/files-archive`,
+          query: { path: abs },
+          body: form,
+          accept: [400, 404],
+          op: `upload archive to ${abs} in sandbox ${this.id}`,
+          ...(opts.signal ? { signal: opts.signal } : {}),
+        });
+      };
+      let res = await upload();
+      if (res.status === 400 && errorCode(res) === "SANDBOX_INVALID_STATE") {
+        // islo paused or stopped it meanwhile: resumed (never recreated), then once more.
+        await this.resumeIfHalted();
+        res = await upload();
+      }
       if (res.status === 404) throw this.lose("not found (404)");
       if (res.status === 400) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what}: ${res.text().slice(0, 300)}`, { retryable: false });
     } catch (err) {
@@ -261,17 +269,25 @@ export class IsloSandbox implements Sandbox {
     throwIfTransferAborted(what, signal);
     const abs = await this.checkedDir(dir, false);
     throwIfTransferAborted(what, signal);
-    const res = await this.o.api.stream({
-      method: "GET",
-      path: `/sandboxes/${encodeURIComponent(this.id)}/files-archive`,
-      query: { path: abs },
-      accept: [400, 404],
-      op: `download archive of ${abs} from sandbox ${this.id}`,
-      ...(signal ? { signal } : {}),
-    });
-    if (res.status >= 400) {
-      const text = await new Response(Readable.toWeb(res.body) as ReadableStream).text().catch(() => "");
-      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what}: HTTP ${res.status}: ${text.slice(0, 300)}`, { retryable: false });
+    const download = () =>
+      this.o.api.stream({
+        method: "GET",
+        path: `/sandboxes/${encodeURIComponent(this.id)}/files-archive`,
+        query: { path: abs },
+        accept: [400, 404],
+        op: `download archive of ${abs} from sandbox ${this.id}`,
+        ...(signal ? { signal } : {}),
+      });
+    const bodyText = async (r: Awaited<ReturnType<typeof download>>) => new Response(Readable.toWeb(r.body) as ReadableStream).text().catch(() => "");
+    let res = await download();
+    for (let resumed = false; res.status >= 400; resumed = true) {
+      const text = await bodyText(res);
+      if (res.status === 404 && /SANDBOX_NOT_FOUND/.test(text)) throw this.lose("not found (404)");
+      if (resumed || !/SANDBOX_INVALID_STATE/.test(text)) {
+        throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what}: HTTP ${res.status}: ${text.slice(0, 300)}`, { retryable: false });
+      }
+      await this.resumeIfHalted();
+      res = await download();
     }
     // Filtered, limited and re-encoded here, exactly as the other providers' archives.
     const tar = destroyOnAbort(res.body, what, signal).pipe(createGunzip());

@@ -99,6 +99,14 @@ describe("create", () => {
       expect(log.some((l) => l.startsWith("POST /sandboxes "))).toBe(false);
     }
     expect(h.standin.sandboxList().filter((s) => s.name === box.id)).toHaveLength(1);
+    // Workspace transfers too: a paused sandbox is resumed, then the archive goes through.
+    h.standin.setStatus(box.id, "paused");
+    await box.putArchive("/workspace", Readable.from([await (await import("../unit/archive-helpers.js")).rawTar([{ name: "g.txt", body: "put\n" }])]));
+    h.standin.setStatus(box.id, "stopped");
+    const { collect } = await import("../unit/archive-helpers.js");
+    const tar = await collect(await box.getArchive("/workspace"));
+    expect(tar.includes(Buffer.from("put\n"))).toBe(true);
+    expect(tar.includes(Buffer.from("kept\n"))).toBe(true);
     await box.release();
   });
 
