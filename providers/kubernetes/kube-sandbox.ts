@@ -18,7 +18,7 @@ import { ExecSupervision, notRunResult } from "../exec-supervision.js";
 import { workspaceSegments } from "../local/workspace-path.js";
 import { WORKSPACE_DIR, type ExecRequest, type ExecResult, type Sandbox } from "../provider.js";
 import type { KubernetesProvider, PodRef } from "./kubernetes-provider.js";
-import { ExecUpgradeError, exitCodeOf, openExec, stdinStream, wrapCommand, V5, type ExecEnd, type ExecHandle } from "./pod-exec.js";
+import { ExecUpgradeError, envHeader, exitCodeOf, openExec, stdinStream, wrapCommand, V5, type ExecEnd, type ExecHandle } from "./pod-exec.js";
 import { containerStatus } from "./pod-lifecycle.js";
 import { translateKubeError } from "./kube-errors.js";
 import { CONTAINER } from "./pod-spec.js";
@@ -80,9 +80,12 @@ export class KubeSandbox implements Sandbox {
     const started = performance.now();
     if (req.signal?.aborted) return notRunResult(started);
     if (this.restarting) await this.awaitRestart();
-    const stdin = req.stdin === undefined ? null : Buffer.from(req.stdin);
+    const cwd = req.cwd ?? WORKSPACE_DIR;
+    const jobStdin = req.stdin === undefined ? Buffer.alloc(0) : Buffer.from(req.stdin);
     const v5 = this.provider.speaksV5;
-    const argv = wrapCommand(req.argv, req.env, req.cwd ?? WORKSPACE_DIR, stdin && !v5 ? stdin.length : null);
+    const argv = wrapCommand(req.argv, cwd, v5 ? null : jobStdin.length);
+    // The environment first (never in the command: see envHeader), then the job's stdin.
+    const stdin = Buffer.concat([envHeader(req.env, cwd), jobStdin]);
     let handle: ExecHandle | undefined;
     let killWanted = false;
     const sup = new ExecSupervision(req, {
@@ -93,7 +96,7 @@ export class KubeSandbox implements Sandbox {
       },
     });
     try {
-      handle = await this.open(argv, stdin ? stdinStream(stdin, v5 ? V5 : "v4") : null, (c) => sup.stdout.push(c), (c) => sup.stderr.push(c));
+      handle = await this.open(argv, stdinStream(stdin, v5 ? V5 : "v4"), (c) => sup.stdout.push(c), (c) => sup.stderr.push(c));
     } catch (err) {
       sup.stop();
       if (sup.killed) return sup.result({ exitCode: null, signal: null });

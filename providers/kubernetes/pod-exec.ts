@@ -114,21 +114,54 @@ export function exitCodeOf(status: V1Status): number | null {
   return Number.isInteger(n) ? n : null;
 }
 
-// cd sets OLDPWD, which is not the job's.
-const RUN = 'cd -- "$1" || exit 126; unset OLDPWD; shift; exec "$@"';
-const RUN_V4_STDIN = 'cd -- "$1" || exit 126; unset OLDPWD; n=$2; shift 2; head -c "$n" | "$@"';
+/**
+ * The environment travels on stdin, never in the command: the exec's
+ * command is part of the request URL, which API server audit logs and the
+ * node's process list show, and the job's secrets are in its environment.
+ * One line per variable, `NAME=value`, then an empty line; bytes outside
+ * printable ASCII and backslashes as `\0ooo`, decoded by printf %b only
+ * when present. The shell's `read` takes stdin byte by byte (POSIX: no
+ * read past the newline on a pipe), so what follows the header is left
+ * whole for the job.
+ */
+const READ_ENV = [
+  'while IFS= read -r __sq_l && [ -n "$__sq_l" ]; do',
+  '  case $__sq_l in',
+  '    *\\\\*) __sq_v=$(printf "%bx" "${__sq_l#*=}"); export "${__sq_l%%=*}=${__sq_v%x}" ;;',
+  '    *) export "$__sq_l" ;;',
+  "  esac",
+  "done",
+  "unset __sq_l __sq_v",
+  // cd sets OLDPWD, which is not the job's.
+  'cd -- "$1" || exit 126; unset OLDPWD',
+].join("\n");
+const RUN = `${READ_ENV}\nshift; exec "$@"`;
+/** v4 cannot close stdin: the job reads exactly its known length after the header. */
+const RUN_V4 = `${READ_ENV}\nn=$2; shift 2; head -c "$n" | "$@"`;
+
+function encodeValue(v: string): string {
+  let out = "";
+  for (const byte of Buffer.from(v, "utf8")) {
+    out += byte >= 0x20 && byte < 0x7f && byte !== 0x5c ? String.fromCharCode(byte) : `\\0${byte.toString(8).padStart(3, "0")}`;
+  }
+  return out;
+}
+
+/** The stdin header that carries `env` (PWD added as the working directory when not given). */
+export function envHeader(env: Record<string, string>, cwd: string): Buffer {
+  const vars = { ...(env.PWD === undefined ? { PWD: cwd } : {}), ...env };
+  return Buffer.from(`${Object.entries(vars).map(([k, v]) => `${k}=${encodeValue(v)}\n`).join("")}\n`, "latin1");
+}
 
 /**
- * The command that runs `argv` with exactly `env` in `cwd`. `v4StdinBytes`:
- * under v4 (no way to close stdin), the length of stdin, after which the
- * program reads end-of-file.
+ * The command that runs `argv` in `cwd` with exactly the environment sent
+ * by `envHeader` on stdin. `v4StdinBytes`: under v4 (no way to close
+ * stdin), the length of the job's stdin after the header (0 for none).
  */
-export function wrapCommand(argv: string[], env: Record<string, string>, cwd: string, v4StdinBytes: number | null): string[] {
-  const vars = { ...(env.PWD === undefined ? { PWD: cwd } : {}), ...env };
-  const assignments = Object.entries(vars).map(([k, v]) => `${k}=${v}`);
+export function wrapCommand(argv: string[], cwd: string, v4StdinBytes: number | null): string[] {
   return v4StdinBytes === null
-    ? ["env", "-i", ...assignments, "/bin/sh", "-c", RUN, "sandqueue-exec", cwd, ...argv]
-    : ["env", "-i", ...assignments, "/bin/sh", "-c", RUN_V4_STDIN, "sandqueue-exec", cwd, String(v4StdinBytes), ...argv];
+    ? ["env", "-i", "/bin/sh", "-c", RUN, "sandqueue-exec", cwd, ...argv]
+    : ["env", "-i", "/bin/sh", "-c", RUN_V4, "sandqueue-exec", cwd, String(v4StdinBytes), ...argv];
 }
 
 /**

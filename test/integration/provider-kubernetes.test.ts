@@ -105,6 +105,29 @@ describe("kubernetes provider specifics", () => {
     }
   });
 
+  it("sends the environment on stdin, never in the exec request (audit logs show its URL); any value round-trips", async () => {
+    const r = await rig();
+    const p = await makeProvider();
+    const box = await p.acquire(spec(), {});
+    try {
+      const secret = `s3cr3t-${RUN}`;
+      const odd = "line one\nline two\\n back\\slash é ünï %s $HOME `x` 'q' \"d\" \t tab\n";
+      const res = await box.exec({
+        argv: ["python3", "-c", "import os, sys; sys.stdout.write(os.environ['ODD'] + '|' + os.environ['TOKEN'] + '|' + sys.stdin.read())"],
+        env: { PATH: "/usr/bin:/bin", ODD: odd, TOKEN: secret },
+        stdin: "and stdin after it",
+        timeoutMs: 10_000,
+        maxOutputBytes: 1 << 20,
+      });
+      expect(res.stdout.toString()).toBe(`${odd}|${secret}|and stdin after it`);
+      const execs = r.standin.requests().filter((q) => q.path.includes(`/pods/${box.id}/exec`));
+      expect(execs.length).toBeGreaterThan(0);
+      for (const q of r.standin.requests()) expect(decodeURIComponent(q.path)).not.toContain(secret);
+    } finally {
+      await box.release();
+    }
+  });
+
   it("refuses to start without a default-deny NetworkPolicy in the namespace, naming what to apply", async () => {
     const r = await rig();
     const ns = `nopolicy-${process.pid}`;
