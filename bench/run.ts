@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- queue snapshot docker api egress islo]`: runs the selected benchmarks
+ * `npm run bench [-- queue snapshot docker api egress islo remote]`: runs the selected benchmarks
  * (all by default) and prints each one's figures and ratios against a
  * baseline measured in the same run.
  */

@@ -102,7 +102,8 @@ export const KILL_GRACE_MS = 5_000;
 export function shimArgv(req: Pick<ExecRequest, "argv" | "env" | "cwd" | "timeoutMs">, cap: number): string[] {
   // isolate: the command runs in a network namespace of its own (only loopback), or not at all.
   const spec = { argv: req.argv, env: req.env, cwd: req.cwd ?? WORKSPACE_DIR, timeoutMs: req.timeoutMs, cap, isolate: true };
-  return ["python3", "-c", SHIM, JSON.stringify(spec)];
+  // -I -S: no user site, no PYTHON* variables, no site import (the shim needs the standard library only; faster start).
+  return ["python3", "-I", "-S", "-c", SHIM, JSON.stringify(spec)];
 }
 
 interface ShimStatus {
