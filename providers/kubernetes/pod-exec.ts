@@ -4,10 +4,11 @@
  * then v4 and older, as the server chooses): stdout and stderr on their
  * channels, the exit code from the status channel's metav1.Status.
  *
- * What the protocol does not carry is put in the command: Kubernetes exec
- * has no environment and no working directory, so the command runs under
- * `env -i NAME=VALUE… /bin/sh -c 'cd "$1" && exec "$@"'`; under v4, which
- * cannot close stdin, a known length of stdin is cut with `head -c`.
+ * What the protocol does not carry is added around the job: Kubernetes
+ * exec has no environment and no working directory, so the command is
+ * `env -i /bin/sh -c '<read the environment from stdin>; cd "$1"; exec "$@"'`
+ * (the environment on stdin, see envHeader); under v4, which cannot close
+ * stdin, the job's stdin is cut to its known length with `head -c`.
  */
 import { PassThrough, Readable, Writable } from "node:stream";
 import { Exec, type KubeConfig, type V1Status } from "@kubernetes/client-node";
