@@ -59,6 +59,22 @@ describe("security: hostile jobs (kubernetes provider, through the stand-in)", (
     expect(await managedPods()).toEqual([]);
   });
 
+  it("the API's faults through the worker: a pod vanishing mid-job and a 429 are retried, a 401 ends the job at once", async () => {
+    // The image's first pod gets a tar check by exec: done by this job, so the fault meets the job's own exec.
+    await rig.run({ kind: "shell", script: "true" });
+    k8s.standin.faults.add({ match: { verb: "exec", namespace: SANDBOX_NS }, action: { type: "vanish", afterMs: 300 }, count: 1 });
+    const lost = await rig.run({ kind: "shell", script: "sleep 1; echo done" });
+    expect(lost, JSON.stringify(lost)).toMatchObject({ status: "succeeded", stdout: "done\n", attempts: 2 });
+    k8s.standin.faults.add({ match: { verb: "create", resource: "pods", namespace: SANDBOX_NS }, action: { type: "fail", code: 429, retryAfterSeconds: 1 }, count: 1 });
+    const limited = await rig.run({ kind: "shell", script: "echo after 429" });
+    expect(limited, JSON.stringify(limited)).toMatchObject({ status: "succeeded", stdout: "after 429\n", attempts: 2 });
+    k8s.standin.faults.add({ match: { verb: "create", resource: "pods", namespace: SANDBOX_NS }, action: { type: "fail", code: 401 }, count: 1 });
+    const refused = await rig.run({ kind: "shell", script: "echo never" });
+    expect(refused, JSON.stringify(refused)).toMatchObject({ status: "error", attempts: 1, error: { code: "SANDQ_ERR_PROVIDER_CREDENTIALS" } });
+    // The credentials fault made the worker report not ready; a passing check brings it back.
+    await rig.runtime.provider.check();
+  });
+
   it("no network and none of the worker's environment", async () => {
     const code = `
 import socket, os
