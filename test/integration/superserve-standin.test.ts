@@ -147,6 +147,24 @@ describe("@superserve/sdk against the stand-in", () => {
     await sbx.kill();
   });
 
+  it("faults and statuses can be set over HTTP (what `npm run standin` users have), bad ones refused naming the field", async () => {
+    const admin = (p: string, body: unknown, key = conn.apiKey) =>
+      fetch(`${conn.baseUrl}${p}`, { method: "POST", headers: { "X-API-Key": key, "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    expect((await admin("/standin/faults", { match: { op: "create" }, action: { type: "fail", code: 503 } }, "wrong")).status).toBe(401);
+    const bad = await admin("/standin/faults", { match: { op: "nope" }, action: { type: "fail", code: 503 } });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: { message: string } }).error.message).toMatch(/^match\.op: expected one of create, list/);
+    const badCode = await admin("/standin/faults", { action: { type: "fail", code: 418 } });
+    expect(((await badCode.json()) as { error: { message: string } }).error.message).toMatch(/^action\.code:/);
+    expect((await admin("/standin/faults", { match: { op: "create" }, action: { type: "fail", code: 400 } })).status).toBe(201);
+    await expect(Sandbox.create({ ...conn, name: "refused" })).rejects.toBeInstanceOf(ValidationError);
+    const sbx = await Sandbox.create({ ...conn, name: "admin-status" });
+    expect((await admin(`/standin/sandboxes/${sbx.id}/status`, { status: "sleeping" })).status).toBe(400);
+    expect((await admin(`/standin/sandboxes/${sbx.id}/status`, { status: "paused" })).status).toBe(204);
+    expect((await sbx.getInfo()).status).toBe("paused");
+    await sbx.kill();
+  });
+
   it("the data plane refuses bad paths, missing routing headers and bad tokens (raw requests)", async () => {
     const sbx = await Sandbox.create({ ...conn, name: "sdk-raw" });
     const token = (await (await fetch(`${conn.baseUrl}/sandboxes/${sbx.id}/activate`, { method: "POST", headers: { "X-API-Key": conn.apiKey } })).json()) as {
