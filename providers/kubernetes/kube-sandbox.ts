@@ -116,25 +116,37 @@ export class KubeSandbox implements Sandbox {
         retryable: true,
       });
     }
-    if (exitCode === 137 && (await this.memoryKilled())) sup.note("memory");
+    if (exitCode === 137) {
+      const why = await this.killedBy();
+      if (why === "memory") sup.note("memory");
+      // Deleted, evicted or past its deadline under the job: not the job's failure.
+      else if (why === "pod") throw await this.lostError("the job was killed with its pod (exit 137)");
+    }
     return sup.result({ exitCode, signal: null });
   }
 
   /**
-   * Whether the container was just OOM-killed: its restart count went up
-   * with OOMKilled as the last termination (or it is terminated so, when it
-   * will not restart). Exit 137 without that is a kill the pod does not
-   * explain (e.g. a single-process OOM kill under cgroup v1): not reported.
+   * What an exit 137 came from, as far as the pod shows: "memory" when the
+   * container was just OOM-killed (its restart count went up with OOMKilled
+   * as the last termination, or it is terminated so); "pod" when the pod is
+   * gone, being deleted, or ended (its deadline); else null, a kill the pod
+   * does not explain (e.g. a single-process OOM kill under cgroup v1, or
+   * the job's own kill -9): reported as the exit status it is.
    */
-  private async memoryKilled(): Promise<boolean> {
-    const pod = await this.provider.readPod(this.id).catch(() => null);
+  private async killedBy(): Promise<"memory" | "pod" | null> {
+    const pod = await this.provider.readPod(this.id).catch(() => undefined);
+    if (pod === undefined) return null;
     const cs = pod ? containerStatus(pod) : undefined;
-    if (!cs) return false;
-    const restarted = cs.restartCount > this.restarts;
-    this.restarts = cs.restartCount;
-    if (restarted && !cs.state?.running) this.restarting = true;
-    const terminated = restarted ? cs.lastState?.terminated : cs.state?.terminated;
-    return terminated?.reason === "OOMKilled";
+    if (cs) {
+      const restarted = cs.restartCount > this.restarts;
+      this.restarts = cs.restartCount;
+      if (restarted && !cs.state?.running) this.restarting = true;
+      const terminated = restarted ? cs.lastState?.terminated : cs.state?.terminated;
+      if (terminated?.reason === "OOMKilled") return "memory";
+    }
+    const phase = pod?.status?.phase;
+    if (!pod || pod.metadata?.deletionTimestamp || phase === "Failed" || phase === "Succeeded") return "pod";
+    return null;
   }
 
   /** Waits for the container restarted after a memory kill to run again. */

@@ -174,13 +174,20 @@ describe("kubernetes provider specifics", () => {
     await box.release();
   });
 
-  it("a pod vanishing mid-exec is SANDBOX_LOST (retryable); an exec refused with 401 is CREDENTIALS", async () => {
+  it("a pod vanishing or deleted mid-exec is SANDBOX_LOST (retryable); an exec refused with 401 is CREDENTIALS", async () => {
     const r = await rig();
     const p = await makeProvider();
     const box = await p.acquire(spec(), {});
     r.standin.faults.add({ match: { verb: "exec", name: box.id }, action: { type: "vanish", afterMs: 300 }, count: 1 });
     await expect(box.exec(shellRequest("sleep 10"))).rejects.toMatchObject({ code: ErrorCodes.SANDBOX_LOST, retryable: true, message: expect.stringContaining("the pod is gone") });
     await box.release();
+    // Deleted under a running job (kubectl delete pod): the exec ends 137, which is the pod's doing, not the job's.
+    const deleted = await p.acquire(spec(), {});
+    const running = deleted.exec(shellRequest("echo started; sleep 10"));
+    await new Promise((res) => setTimeout(res, 500));
+    await r.core.deleteNamespacedPod({ name: deleted.id, namespace: SANDBOX_NS });
+    await expect(running).rejects.toMatchObject({ code: ErrorCodes.SANDBOX_LOST, retryable: true });
+    await deleted.release();
     const other = await p.acquire(spec(), {});
     r.standin.faults.add({ match: { verb: "exec", name: other.id }, action: { type: "fail", code: 401 }, count: 1 });
     await expect(other.exec(shellRequest("true"))).rejects.toMatchObject({ code: ErrorCodes.PROVIDER_CREDENTIALS });
