@@ -32,6 +32,17 @@ async function standinList(what: "sandboxes" | "profiles" | "requests"): Promise
   return (await res.json()) as unknown[];
 }
 
+/** The list once the worker's background releases are through (they follow the results by moments). */
+async function settled(what: "sandboxes" | "profiles"): Promise<unknown[]> {
+  const end = Date.now() + 10_000;
+  let list = await standinList(what);
+  while (list.length > 0 && Date.now() < end) {
+    await new Promise((r) => setTimeout(r, 50));
+    list = await standinList(what);
+  }
+  return list;
+}
+
 beforeAll(async () => {
   const envFile = path.join(tempDir("islo-env"), "islo.env");
   // What `npm run standin -- islo --env-file FILE` runs (npm would not pass our SIGTERM on).
@@ -85,8 +96,8 @@ describe("worker --provider islo through the stand-in", () => {
     } finally {
       await client.close();
     }
-    expect(await standinList("sandboxes")).toEqual([]);
-    expect(await standinList("profiles")).toEqual([]);
+    expect(await settled("sandboxes")).toEqual([]);
+    expect(await settled("profiles")).toEqual([]);
   }, 150_000);
 
   it("a job's network policy runs under a gateway profile of its own, made before its sandbox and deleted after; what islo cannot say is refused", async () => {
@@ -106,13 +117,47 @@ describe("worker --provider islo through the stand-in", () => {
     } finally {
       await client.close();
     }
+    expect(await settled("sandboxes")).toEqual([]);
+    expect(await settled("profiles")).toEqual([]);
     const log = ((await standinList("requests")) as { method: string; path: string; status: number }[]).slice(before).map((q) => `${q.method} ${q.path.replace(/[0-9a-f-]{36}/g, "ID")} ${q.status}`);
     // One profile and its two rules, then the sandbox; at release the sandbox first, then the profile.
     const at = (line: string) => log.findIndex((l) => l === line || l.startsWith(line));
     expect(log.filter((l) => l.startsWith("POST /gateway/profiles"))).toEqual(["POST /gateway/profiles 200", "POST /gateway/profiles/ID/rules 200", "POST /gateway/profiles/ID/rules 200"]);
     expect(at("POST /gateway/profiles 200")).toBeLessThan(at("POST /sandboxes 201"));
+    expect(at("DELETE /sandboxes/")).toBeGreaterThan(-1);
     expect(at("DELETE /sandboxes/")).toBeLessThan(at("DELETE /gateway/profiles/ID 204"));
-    expect(await standinList("sandboxes")).toEqual([]);
-    expect(await standinList("profiles")).toEqual([]);
+  }, 120_000);
+
+  it("a worker killed -9 mid-job: another worker reaps its sandbox through islo's list once its heartbeat is gone, and runs the job", async () => {
+    await worker?.stop("SIGTERM");
+    worker = undefined;
+    const q = uniqueQueue("islo-kill");
+    const fast = { ...env, SANDQUEUE_HEARTBEAT_TTL_MS: "2000" };
+    const a = spawnWorker(q, fast, ["--provider", "islo", "--concurrency", "1"]);
+    await a.waitFor("worker.started", 30_000);
+    const client = testClient(q);
+    try {
+      const { id } = await client.enqueue({ kind: "shell", script: "sleep 4; echo done", limits: { timeoutMs: 30_000 } });
+      const until = Date.now() + 20_000;
+      let orphan: { name: string } | undefined;
+      while (!(orphan = ((await standinList("sandboxes")) as { name: string }[])[0])) {
+        if (Date.now() > until) throw new Error("worker A made no sandbox");
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      await a.stop("SIGKILL");
+      const b = spawnWorker(q, fast, ["--provider", "islo", "--concurrency", "1"]);
+      try {
+        const r = await client.waitForResult(id, { timeoutMs: 60_000 });
+        expect(r).toMatchObject({ status: "succeeded", stdout: "done\n", worker: expect.stringContaining(`:${b.pid}:`) });
+        const reaped = await b.waitFor("worker.reaped", 30_000);
+        expect(reaped).toMatchObject({ sandboxes: 1 });
+        expect(((await standinList("sandboxes")) as { name: string }[]).map((x) => x.name)).not.toContain(orphan.name);
+        expect(await settled("sandboxes")).toEqual([]);
+      } finally {
+        await b.stop("SIGTERM");
+      }
+    } finally {
+      await client.close();
+    }
   }, 120_000);
 });
