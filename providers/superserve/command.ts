@@ -7,14 +7,14 @@
  *
  *   exec env -i NAME=VALUE… /bin/sh -c 'cd -- "$1" || exit 126; shift; unset OLDPWD; exec "$@"' sandqueue-exec CWD ARGV…
  *
- * with every word single-quoted (the quoting in which all bytes but NUL are
- * literal). Validation (argv, env names, NUL bytes, absolute cwd) is the
+ * after `exec </dev/null`, every word single-quoted (the quoting in which
+ * all bytes but NUL are literal). Validation (argv, env names, NUL bytes, absolute cwd) is the
  * request script's, shared with the local and docker providers.
  */
 import { WORKSPACE_DIR, type ExecRequest } from "../provider.js";
 import { requestPrelude, shellQuote } from "../request-script.js";
 
-
+/** Stdin is /dev/null: reading it ends at once, whatever the service would otherwise give. */
 export function commandString(req: Pick<ExecRequest, "argv" | "env" | "cwd">): string {
   requestPrelude(req); // validation only
   const cwd = req.cwd ?? WORKSPACE_DIR;
@@ -24,5 +24,5 @@ export function commandString(req: Pick<ExecRequest, "argv" | "env" | "cwd">): s
   const oldpwd = req.env.OLDPWD === undefined ? "unset OLDPWD" : `export OLDPWD=${shellQuote(req.env.OLDPWD)}`;
   const run = `cd -- "$1" || exit 126; shift; ${oldpwd}; exec "$@"`;
   const words = ["env", "-i", ...Object.entries(vars).map(([k, v]) => `${k}=${v}`), "/bin/sh", "-c", run, "sandqueue-exec", cwd, ...req.argv];
-  return `exec ${words.map(shellQuote).join(" ")}`;
+  return `exec </dev/null; exec ${words.map(shellQuote).join(" ")}`;
 }
