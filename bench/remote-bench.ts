@@ -28,9 +28,10 @@ import { BENCH_CODE } from "./remote-target.js";
 import { microsandboxTarget } from "./remote-microsandbox.js";
 import { provisionerTarget } from "./remote-provisioner.js";
 import { superserveTarget } from "./remote-superserve.js";
+import { isloTarget } from "./remote-islo.js";
 
 /** Every target, in the order they run. Add one line per remote provider. */
-export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget];
+export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget, isloTarget];
 
 export interface RemoteBenchRow {
   provider: string;
