@@ -27,44 +27,70 @@ import type { ExecLimitHit, ExecRequest, ExecResult } from "../provider.js";
 import { WORKSPACE_DIR } from "../provider.js";
 import { requestPrelude } from "../request-script.js";
 
-export const SHIM = String.raw`import base64,json,os,select,signal,subprocess,sys,time
-s=json.loads(sys.argv[1]);cap=s["cap"];end=time.monotonic()+s["timeoutMs"]/1000.0
+// Only built-in modules at start (os, sys, select, time, binascii, _signal): the shim's own start-up
+// is most of what it costs. argv: cap, timeoutMs, isolate (0/1), cwd, env count, NAME=value..., argv...
+export const SHIM = String.raw`import os,sys,select,time,binascii,_signal
+a=sys.argv;cap=int(a[1]);end=time.monotonic()+int(a[2])/1000.0;iso=a[3]=="1";cwd=a[4];ne=int(a[5])
+env=dict(x.split("=",1) for x in a[6:6+ne]);argv=a[6+ne:]
+SIG={v:k for k,v in vars(_signal).items() if k.startswith("SIG") and not k.startswith("SIG_") and isinstance(v,int)}
+def js(v):return "null" if v is None else ('"%s"'%v if isinstance(v,str) else str(v))
 def done(code,sig,limit,out,err):
     for b,f in ((out,sys.stdout),(err,sys.stderr)):
-        e=base64.b64encode(bytes(b)).decode()
-        for i in range(0,len(e),76):f.write(e[i:i+76]+"\n")
-    sys.stdout.write("#"+json.dumps({"code":code,"signal":sig,"limit":limit})+"\n");sys.stdout.flush();sys.stderr.flush();sys.exit(0)
-if s["cwd"]=="/workspace":
-    try:os.makedirs(s["cwd"],exist_ok=True)
+        e=binascii.b2a_base64(bytes(b),newline=False).decode()
+        f.write("".join(e[i:i+76]+"\n" for i in range(0,len(e),76)))
+    sys.stdout.write('#{"code":%s,"signal":%s,"limit":%s}\n'%(js(code),js(sig),js(limit)));sys.stdout.flush();sys.stderr.flush();os._exit(0)
+if cwd=="/workspace":
+    try:os.makedirs(cwd,exist_ok=True)
     except OSError:pass
 def cut():
-    import ctypes,fcntl,socket,struct
-    libc=ctypes.CDLL(None,use_errno=True);u,g=os.getuid(),os.getgid()
-    if libc.unshare(0x40000000)!=0:
-        if libc.unshare(0x50000000)!=0:return [n for _,n in socket.if_nameindex() if n!="lo"]==[]
+    import fcntl,_socket,_struct
+    un=getattr(os,"unshare",None)
+    if un is None:
+        import ctypes
+        libc=ctypes.CDLL(None,use_errno=True)
+        def un(f):
+            if libc.unshare(f)!=0:raise OSError(ctypes.get_errno(),"unshare")
+    u,g=os.getuid(),os.getgid()
+    try:un(0x40000000)
+    except OSError:
+        try:un(0x50000000)
+        except OSError:return [n for _,n in _socket.if_nameindex() if n!="lo"]==[]
         for f,t in (("setgroups","deny"),("uid_map","%d %d 1"%(u,u)),("gid_map","%d %d 1"%(g,g))):
-            try:open("/proc/self/"+f,"w").write(t)
+            try:
+                with open("/proc/self/"+f,"w") as h:h.write(t)
             except OSError:pass
     try:
-        k=socket.socket();fl=struct.unpack("16sH",fcntl.ioctl(k,0x8913,struct.pack("16sH22x",b"lo",0))[:18])[1]
-        fcntl.ioctl(k,0x8914,struct.pack("16sH22x",b"lo",fl|1));k.close()
+        k=_socket.socket(_socket.AF_INET,_socket.SOCK_DGRAM);fl=_struct.unpack("16sH",fcntl.ioctl(k.fileno(),0x8913,_struct.pack("16sH22x",b"lo",0))[:18])[1]
+        fcntl.ioctl(k.fileno(),0x8914,_struct.pack("16sH22x",b"lo",fl|1));k.close()
     except OSError:pass
     return True
-if s.get("isolate") and not cut():
-    sys.stdout.write("#"+json.dumps({"error":"network"})+"\n");sys.exit(0)
-if not os.path.isdir(s["cwd"]):done(126,None,None,b"",("sh: cd: can't cd to %s\n"%s["cwd"]).encode())
-try:p=subprocess.Popen(s["argv"],env=s["env"],cwd=s["cwd"],stdin=subprocess.DEVNULL,stdout=subprocess.PIPE,stderr=subprocess.PIPE,start_new_session=True)
-except FileNotFoundError:done(127,None,None,b"",("sh: 1: %s: not found\n"%s["argv"][0]).encode())
-except PermissionError:done(126,None,None,b"",("sh: 1: %s: Permission denied\n"%s["argv"][0]).encode())
+if iso and not cut():
+    sys.stdout.write('#{"error":"network"}\n');sys.stdout.flush();os._exit(0)
+if not os.path.isdir(cwd):done(126,None,None,b"",("sh: cd: can't cd to %s\n"%cwd).encode())
+o0,o1=os.pipe();e0,e1=os.pipe();x0,x1=os.pipe()
+pid=os.fork()
+if pid==0:
+    try:
+        os.setsid();n=os.open("/dev/null",os.O_RDONLY);os.dup2(n,0);os.dup2(o1,1);os.dup2(e1,2);os.chdir(cwd);os.execvpe(argv[0],argv,env)
+    except OSError as x:os.write(x1,str(x.errno).encode())
+    os._exit(127)
+for f in (o1,e1,x1):os.close(f)
+err=os.read(x0,32);os.close(x0)
+if err:
+    os.waitpid(pid,0);no=int(err)
+    done(127 if no==2 else 126,None,None,b"",("sh: 1: %s: %s\n"%(argv[0],"not found" if no==2 else "Permission denied")).encode())
 def kill():
-    try:os.killpg(p.pid,signal.SIGKILL)
+    try:os.killpg(pid,9)
     except OSError:pass
-buf={p.stdout.fileno():bytearray(),p.stderr.fileno():bytearray()};open_=set(buf);limit=None;exited_at=None
+buf={o0:bytearray(),e0:bytearray()};open_=set(buf);limit=None;exited_at=None;status=None
 while open_:
     now=time.monotonic()
     if limit is None and now>=end:limit="timeout";kill()
-    if exited_at is None and p.poll() is not None:exited_at=now;kill()
+    if status is None:
+        w,st=os.waitpid(pid,os.WNOHANG)
+        if w:status=st;exited_at=now;kill()
     wait=0.5 if limit else max(0.0,min(end-now,0.5))
+    if status is not None:wait=min(wait,0.05)
     if exited_at is not None and now-exited_at>2:break
     r,_,_=select.select(list(open_),[],[],wait)
     for fd in r:
@@ -73,8 +99,9 @@ while open_:
         b=buf[fd];room=cap+1-len(b)
         if room>0:b+=c[:room]
         if len(c)>room and limit is None:limit="output";kill()
-rc=p.wait()
-done(rc if rc>=0 else None,signal.Signals(-rc).name if rc<0 else None,limit,buf[p.stdout.fileno()],buf[p.stderr.fileno()])
+if status is None:status=os.waitpid(pid,0)[1]
+if os.WIFSIGNALED(status):done(None,SIG.get(os.WTERMSIG(status),"SIG%d"%os.WTERMSIG(status)),limit,buf[o0],buf[e0])
+done(os.WEXITSTATUS(status),None,limit,buf[o0],buf[e0])
 `;
 
 /** What a transport's synchronous exec call answered. */
@@ -100,10 +127,10 @@ export const KILL_GRACE_MS = 5_000;
 
 /** The argv that runs `req` under the shim, keeping `cap` bytes of each stream (+1 to see overflow). */
 export function shimArgv(req: Pick<ExecRequest, "argv" | "env" | "cwd" | "timeoutMs">, cap: number): string[] {
-  // isolate: the command runs in a network namespace of its own (only loopback), or not at all.
-  const spec = { argv: req.argv, env: req.env, cwd: req.cwd ?? WORKSPACE_DIR, timeoutMs: req.timeoutMs, cap, isolate: true };
-  // -I -S: no user site, no PYTHON* variables, no site import (the shim needs the standard library only; faster start).
-  return ["python3", "-I", "-S", "-c", SHIM, JSON.stringify(spec)];
+  const env = Object.entries(req.env).map(([k, v]) => `${k}=${v}`);
+  // isolate 1: the command runs in a network namespace of its own (only loopback), or not at all.
+  // -I -S: no user site, no PYTHON* variables, no site import (standard library only; faster start).
+  return ["python3", "-I", "-S", "-c", SHIM, String(cap), String(Math.max(1, Math.round(req.timeoutMs))), "1", req.cwd ?? WORKSPACE_DIR, String(env.length), ...env, ...req.argv];
 }
 
 interface ShimStatus {
