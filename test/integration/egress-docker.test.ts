@@ -6,8 +6,9 @@
  * (no http.client, so no urllib): the job's client speaks HTTP and CONNECT
  * over Python sockets to the proxy named by HTTP_PROXY, with ssl for TLS.
  */
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { writeFileSync } from "node:fs";
+import { existsSync, readdirSync, writeFileSync } from "node:fs";
 import { networkInterfaces } from "node:os";
 import path, { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -22,6 +23,8 @@ import { startTestWorker, tempDir, testClient, uniqueQueue } from "../support/ha
 const ROOT = path.resolve(import.meta.dirname, "../..");
 const DOCKER_HOST = process.env.DOCKER_HOST ?? `unix://${path.join(ROOT, ".sandqueue/podman/podman.sock")}`;
 const IMAGE = "sandqueue-python";
+/** Where the worker's docker provider keeps egress directories: <state dir>/egress (the state dir is ./.sandqueue). */
+const EGRESS_ROOT = path.join(process.cwd(), ".sandqueue", "egress");
 const sha = (b: Buffer): string => createHash("sha256").update(b).digest("hex");
 const SECRET_VALUE = `docker-egress-s3cr3t-${process.pid}-${Date.now()}`;
 
@@ -182,5 +185,16 @@ for addr in [('127.0.0.1', ${plain.port})${other ? `, ('${other}', ${plain.port}
     const [bStart, bEnd] = b.stderr.trim().split("\n").map(Number) as [number, number];
     expect(aStart).toBeLessThan(bEnd);
     expect(bStart).toBeLessThan(aEnd);
+  });
+
+  it("leaves no bridge and no egress directory behind once its jobs are done", async () => {
+    // Released in the background after each result: give the last releases a moment.
+    const deadline = Date.now() + 10_000;
+    const leftovers = (): string[] => [
+      ...execFileSync("ps", ["--ppid", String(process.pid), "-o", "args="], { encoding: "utf8" }).split("\n").filter((l) => l.includes("egress-bridge.py")),
+      ...(existsSync(EGRESS_ROOT) ? readdirSync(EGRESS_ROOT).filter((n) => n.startsWith(`sq-${process.pid}-`)) : []),
+    ];
+    while (leftovers().length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(leftovers()).toEqual([]);
   });
 });
