@@ -20,6 +20,8 @@ interface Service {
   name: "microsandbox" | "provisioner";
   /** Written last to the env file. */
   readyKey: string;
+  /** The variable holding the service's API key (must never show up in logs or results). */
+  keyVar: string;
   /** Sandbox names in the service's own list. */
   list(env: Record<string, string>): Promise<string[]>;
   /** How the demo's memory job ends: refused when memory is not a capability. */
@@ -30,6 +32,7 @@ const SERVICES: Service[] = [
   {
     name: "microsandbox",
     readyKey: "MSB_API_KEY=",
+    keyVar: "MSB_API_KEY",
     memory: "enforced",
     async list(env) {
       const res = await fetch(`${env.MSB_SERVER_URL}/api/v1/rpc`, {
@@ -44,6 +47,7 @@ const SERVICES: Service[] = [
   {
     name: "provisioner",
     readyKey: "SANDQUEUE_PROVISIONER_IMAGES=",
+    keyVar: "SANDQUEUE_PROVISIONER_API_KEY",
     memory: "refused",
     async list(env) {
       const res = await fetch(`${env.SANDQUEUE_PROVISIONER_URL}/api/sandboxes`, { headers: { "X-API-Key": env.SANDQUEUE_PROVISIONER_API_KEY! } });
@@ -131,6 +135,10 @@ describe.each(SERVICES)("worker --provider $name through its stand-in", (svc) =>
       expect(byTitle["shell: floods stdout"]!.stdout.length).toBe(65536);
       expect(byTitle["python: tries the network"]!.stdout).toMatch(/^no network:/);
       expect(await svc.list(env)).toEqual([]);
+      const key = env[svc.keyVar]!;
+      expect(key.length).toBeGreaterThan(8);
+      expect(JSON.stringify(results)).not.toContain(key);
+      expect(JSON.stringify(worker.events)).not.toContain(key);
 
       // kill -9 mid-job: the sandbox stays on the service until a live worker sees no heartbeat.
       const long = await client.enqueue({ kind: "shell", script: "echo started; sleep 20", limits: { timeoutMs: 60_000 } });
