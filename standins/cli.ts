@@ -39,7 +39,7 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   if (kind === "provisioner") return runProvisionerStandin(rest, env);
   if (kind === "superserve") return runSuperserveStandin(rest, env);
   if (kind !== "kubernetes") {
-    console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo, microsandbox, superserve)\n\n${USAGE}`);
+    console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo, microsandbox, provisioner, superserve)\n\n${USAGE}`);
     return kind === "--help" ? 0 : 2;
   }
   const { values } = parseArgs({
