@@ -34,9 +34,10 @@ const CHECK_DIR = [
   'while [ -n "$p" ] && [ ! -e "$p" ] && [ ! -L "$p" ]; do p=${p%/*}; done',
   `[ -L "$p" ] && exit ${THROUGH_SYMLINK}`,
   `[ -d "$p" ] || exit ${NOT_A_DIR}`,
-  `[ "$(cd -P -- "$p" && pwd -P)" = "$p" ] || exit ${THROUGH_SYMLINK}`,
+  // cd -P sets PWD to the physical path (no subshell, no fork): any symlink on the way shows as a difference.
+  `cd -P -- "$p" && [ "$PWD" = "$p" ] || exit ${THROUGH_SYMLINK}`,
 ].join("\n");
-const PUT_SCRIPT = `${CHECK_DIR}\nmkdir -p -- "$d" && cd -- "$d" && exec tar -x -f -`;
+const PUT_SCRIPT = `${CHECK_DIR}\n{ [ "$p" = "$d" ] || mkdir -p -- "$d"; } && cd -- "$d" && exec tar -x -f -`;
 const GET_SCRIPT = `${CHECK_DIR}\n[ "$p" = "$d" ] || exit ${NOT_A_DIR}\ncd -- "$d" && exec tar -c -f - .`;
 const KILL_LEFTOVERS = "kill -9 -1 2>/dev/null; true";
 

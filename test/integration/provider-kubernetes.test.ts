@@ -128,6 +128,23 @@ describe("kubernetes provider specifics", () => {
     }
   });
 
+  it("archive targets through a symlink in the middle of the path are refused, missing ones made", async () => {
+    const p = await makeProvider();
+    const box = await p.acquire(spec(), {});
+    try {
+      await box.exec(shellRequest("mkdir -p /tmp/real/in && ln -s /tmp/real /workspace/t"));
+      for (const dir of ["/workspace/t/in", "/workspace/t/in/new"]) {
+        await expect(box.putArchive(dir, filesToTar({ "x.txt": "x" }))).rejects.toMatchObject({ code: ErrorCodes.TAR_THROUGH_SYMLINK });
+      }
+      await expect(box.getArchive("/workspace/t/in")).rejects.toMatchObject({ code: ErrorCodes.TAR_THROUGH_SYMLINK });
+      expect((await box.exec(shellRequest("ls -A /tmp/real/in"))).stdout.toString()).toBe("");
+      await box.putArchive("/workspace/a/b", filesToTar({ "x.txt": "made\n" }));
+      expect((await box.exec(shellRequest("cat /workspace/a/b/x.txt"))).stdout.toString()).toBe("made\n");
+    } finally {
+      await box.release();
+    }
+  });
+
   it("refuses to start without a default-deny NetworkPolicy in the namespace, naming what to apply", async () => {
     const r = await rig();
     const ns = `nopolicy-${process.pid}`;
