@@ -38,6 +38,8 @@ export interface IsloProviderOptions {
   pollMs: number;
   /** Longest wait for a sandbox to be running after create or resume, ms. */
   readyTimeoutMs: number;
+  /** Job image name -> islo image; unmapped names are sent as they are. */
+  images?: Record<string, string>;
   /** A gateway profile named by the operator, used for sandboxes without a job policy and never changed. */
   gatewayProfile?: string;
   vcpus?: number;
@@ -92,9 +94,10 @@ export class IsloProvider implements SandboxProvider {
         throwIfAborted(signal);
       }
       const gateway = profileId ?? this.o.gatewayProfile;
+      const image = this.o.images?.[spec.image] ?? spec.image;
       const body = {
         name,
-        image: spec.image,
+        image,
         workdir: "/workspace",
         memory_mb: spec.limits.memoryMb,
         ...(this.o.vcpus ? { vcpus: this.o.vcpus } : {}),
@@ -105,7 +108,8 @@ export class IsloProvider implements SandboxProvider {
         // islo's own backstop: the sandbox goes even when no worker is left to delete it.
         lifecycle: { delete_after: Math.ceil(spec.maxLifetimeMs / 1000) },
       };
-      const status = await this.createSandbox(name, body, spec.image, signal);
+      const shown = image === spec.image ? `'${image}'` : `'${image}' (job image '${spec.image}')`;
+      const status = await this.createSandbox(name, body, shown, signal);
       created = true;
       const box = new IsloSandbox({
         api: this.api,
@@ -140,7 +144,7 @@ export class IsloProvider implements SandboxProvider {
    * never a second create while the name exists.
    */
   /** Creates (or adopts) the sandbox; answers the status it was last seen in. */
-  private async createSandbox(name: string, body: Record<string, unknown>, image: string, signal?: AbortSignal): Promise<string> {
+  private async createSandbox(name: string, body: Record<string, unknown>, shownImage: string, signal?: AbortSignal): Promise<string> {
     for (let attempt = 0; attempt < 2; attempt++) {
       const res = await this.api.call("compute", { method: "POST", path: "/sandboxes", json: body, accept: [400, 409], op: `create sandbox ${name}`, ...(signal ? { signal } : {}) });
       if (res.status < 300) return res.json<IsloSandboxBody>().status;
@@ -148,7 +152,7 @@ export class IsloProvider implements SandboxProvider {
       if (res.status === 400) {
         const text = res.text();
         if (code === "SANDBOX_PROVISIONING_FAILED" && /image/i.test(text)) {
-          throw new ProviderError(ErrorCodes.IMAGE_NOT_FOUND, `islo: image '${image}' not found (${text.slice(0, 200)})`, { retryable: false });
+          throw new ProviderError(ErrorCodes.IMAGE_NOT_FOUND, `islo: image ${shownImage} not found (${text.slice(0, 200)})`, { retryable: false });
         }
         throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `islo: create sandbox ${name}: HTTP 400: ${text.slice(0, 300)}`, { retryable: false });
       }

@@ -113,6 +113,14 @@ describe("create", () => {
   it("an unknown image is IMAGE_NOT_FOUND and leaves nothing; a missing API key is PROVIDER_CREDENTIALS, asked once", async () => {
     const before = await h.resources();
     await expect(h.provider().acquire({ ...spec(), image: "no-such-islo-image" }, {})).rejects.toMatchObject({ code: "SANDQ_ERR_IMAGE_NOT_FOUND", retryable: false });
+    // SANDQUEUE_ISLO_IMAGES: the job's image name is mapped to islo's before the create.
+    const mapped = h.provider({ images: { "py-job": "host", "gone-job": "islo/missing:1" } });
+    const box = await mapped.acquire({ ...spec(), image: "py-job" }, {});
+    expect((await box.exec(sh("echo mapped"))).stdout.toString()).toBe("mapped\n");
+    await box.release();
+    const missing = (await mapped.acquire({ ...spec(), image: "gone-job" }, {}).catch((e: unknown) => e)) as Error;
+    expect(missing).toMatchObject({ code: "SANDQ_ERR_IMAGE_NOT_FOUND" });
+    expect(missing.message).toContain("'islo/missing:1' (job image 'gone-job')");
     expect(await h.resources()).toEqual(before);
     const mark = h.standin.requests.length;
     const err = await h.provider({ apiKey: "ak_wrong" }).acquire(spec(), {}).catch((e: unknown) => e);
