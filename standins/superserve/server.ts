@@ -586,7 +586,12 @@ export class SuperserveStandin {
             }
           : {}),
       });
-      if (controller.signal.aborted || res.destroyed) return;
+      if (res.destroyed) return;
+      // Ended by the service (pause, failure, delete): the connection goes with the command.
+      if (controller.signal.aborted) {
+        res.destroy();
+        return;
+      }
       const error = r.limitHit === "timeout" ? `command timed out after ${timeoutS}s` : r.limitHit === "output" ? "output limit exceeded" : undefined;
       const exitCode = r.exitCode ?? (r.limitHit === "timeout" ? 124 : 137);
       if (streaming) {

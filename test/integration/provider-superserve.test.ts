@@ -181,6 +181,21 @@ describe("superserve provider: faults", () => {
     }
   });
 
+  it("a sandbox paused under a running job: the job fails retryable (no hang); the next command resumes it (activate)", async () => {
+    const box = await provider.acquire(spec(), {});
+    const running = box.exec(sh("echo started; sleep 20"));
+    await new Promise((r) => setTimeout(r, 400));
+    await standin.setStatus(box.id, "paused");
+    const t0 = Date.now();
+    await expect(running).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_UNAVAILABLE", retryable: true });
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    const before = standin.requests.length;
+    expect((await box.exec(sh("echo resumed"))).stdout.toString()).toBe("resumed\n");
+    // 503: the data plane of a paused sandbox (its token still current): the SDK activates, which resumes it.
+    expect(requestsSince(before).map((q) => `${q.op} ${q.status}`)).toEqual(["exec-stream 503", "activate 200", "exec-stream 200"]);
+    await box.release();
+  });
+
   it("refuses path escapes before any request", async () => {
     const box = await provider.acquire(spec(), {});
     const { filesToTar } = await import("../../providers/archive/index.js");
