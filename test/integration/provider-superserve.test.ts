@@ -196,6 +196,16 @@ describe("superserve provider: faults", () => {
     await box.release();
   });
 
+  it("a 5xx burst on delete: release retries until the sandbox is gone; 404 counts as gone", async () => {
+    const box = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-delete") }), {});
+    standin.faults.add({ match: { op: "delete", sandbox: box.id }, action: { type: "fail", code: 500 }, count: 2 });
+    await box.release();
+    expect(ofJob("job-delete")).toEqual([]);
+    const other = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-delete-2") }), {});
+    await SdkSandbox.killById(other.id, { apiKey: standin.apiKey, baseUrl: standin.controlUrl });
+    await expect(other.release()).resolves.toBeUndefined();
+  });
+
   it("refuses path escapes before any request", async () => {
     const box = await provider.acquire(spec(), {});
     const { filesToTar } = await import("../../providers/archive/index.js");
