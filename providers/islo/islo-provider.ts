@@ -59,6 +59,8 @@ export class IsloProvider implements SandboxProvider {
   readonly api: IsloApi;
   private readonly workerLabel: string;
   private readonly live = new Set<IsloSandbox>();
+  /** Our sandboxes (and their profiles) whose delete failed: retried by every reap until it goes through. */
+  private readonly leftOvers = new Map<string, string | null>();
   private closed = false;
 
   constructor(private readonly o: IsloProviderOptions) {
@@ -119,7 +121,10 @@ export class IsloProvider implements SandboxProvider {
         pollMs: this.o.pollMs,
         readyTimeoutMs: this.o.readyTimeoutMs,
         archiveLimits: this.o.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS,
-        onReleased: () => this.live.delete(box),
+        onReleased: (leftOver) => {
+          this.live.delete(box);
+          if (leftOver) this.leftOvers.set(name, profileId);
+        },
       });
       this.live.add(box);
       // Created running (as islo's create usually answers): no extra round trip.
@@ -210,11 +215,23 @@ export class IsloProvider implements SandboxProvider {
 
   /**
    * Deletes sandboxes (and their job profiles) of workers whose heartbeat is
-   * gone, found through islo's list call by our name prefix. Our own are
-   * never touched; without heartbeats to ask, nothing is.
+   * gone, found through islo's list call by our name prefix, after retrying
+   * our own releases that failed. Our own live ones are never touched;
+   * without heartbeats to ask, no one else's are.
    */
   async reap(owners?: OwnerLiveness): Promise<number> {
-    if (!owners) return 0;
+    let n = 0;
+    for (const [name, profileId] of this.leftOvers) {
+      try {
+        await this.api.deleteSandbox(name);
+        if (profileId) await this.api.deleteProfile(profileId);
+        this.leftOvers.delete(name);
+        n++;
+      } catch (err) {
+        if (!isSandqueueError(err)) throw err;
+      }
+    }
+    if (!owners) return n;
     const sandboxes = await this.api.listSandboxes(NAME_PREFIX);
     const profiles = await this.api.listProfiles();
     const others = (name: string) => {
@@ -222,9 +239,8 @@ export class IsloProvider implements SandboxProvider {
       return o !== null && o !== this.workerLabel ? o : null;
     };
     const labels = [...new Set([...sandboxes.map((s) => others(s.name)), ...profiles.map((p) => others(p.name))].filter((o): o is string => o !== null))];
-    if (labels.length === 0) return 0;
+    if (labels.length === 0) return n;
     const live = await owners.liveOwners(labels);
-    let n = 0;
     for (const sb of sandboxes) {
       const o = others(sb.name);
       if (o === null || live.has(o)) continue;

@@ -40,7 +40,8 @@ export interface IsloSandboxOptions {
   /** Longest wait for a resumed sandbox to run again, ms. */
   readyTimeoutMs: number;
   archiveLimits: ArchiveLimits;
-  onReleased: () => void;
+  /** Called once release is over; `leftOver` when the service could not be told to delete (retried by the provider's next reap). */
+  onReleased: (leftOver: boolean) => void;
 }
 
 export class IsloSandbox implements Sandbox {
@@ -298,12 +299,14 @@ export class IsloSandbox implements Sandbox {
   release(): Promise<void> {
     this.releasing ??= (async () => {
       this.released.abort();
+      let leftOver = true;
       try {
         await this.o.api.deleteSandbox(this.id);
         // After the sandbox: islo refuses to delete a profile a sandbox still uses.
         if (this.o.profileId) await this.o.api.deleteProfile(this.o.profileId);
+        leftOver = false;
       } finally {
-        this.o.onReleased();
+        this.o.onReleased(leftOver);
       }
     })();
     return this.releasing;

@@ -243,6 +243,14 @@ describe("reaping through the list call", () => {
     expect(profiles.some((n) => ownerOf(n) === "dead-worker")).toBe(false);
     // Without heartbeats to ask, nothing is reaped.
     expect(await reaper.reap()).toBe(0);
+    // A release whose delete fails (503s past the retries) is retried by the next reap.
+    const stuck = await reaper.acquire(spec({ [LABEL_JOB]: "stuck" }), {});
+    h.standin.faults.add({ match: { op: "delete", name: stuck.id }, action: { type: "fail", code: 503 }, count: 6 });
+    await expect(stuck.release()).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_UNAVAILABLE" });
+    expect(h.standin.sandboxList().map((s) => s.name)).toContain(stuck.id);
+    expect(await reaper.reap()).toBe(1);
+    expect(h.standin.sandboxList().map((s) => s.name)).not.toContain(stuck.id);
+    expect(await reaper.reap()).toBe(0);
     await Promise.all([l1.release(), own.release(), d1.release(), d2.release()]);
     await reaper.api.call("compute", { method: "DELETE", path: "/sandboxes/someone-elses" });
     const op = h.standin.profileList().find((p) => p.name === "operator-profile")!;
