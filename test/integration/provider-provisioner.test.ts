@@ -216,4 +216,15 @@ describe("provisioner provider specifics", () => {
     expect(standin.calls.length).toBe(calls);
     await box.release();
   });
+
+  it("takes faults over HTTP (POST /standin/faults) and names a bad field", async () => {
+    const p = makeProvider({ retries: 0 });
+    const bad = await fetch(`${standin.url}/standin/faults`, { method: "POST", body: JSON.stringify({ action: { type: "fail", code: 418 } }) });
+    expect(bad.status).toBe(400);
+    expect(((await bad.json()) as { error: string }).error).toMatch(/action\.code/);
+    const ok = await fetch(`${standin.url}/standin/faults`, { method: "POST", body: JSON.stringify({ match: { op: "list" }, action: { type: "fail", code: 503 } }) });
+    expect(ok.status).toBe(200);
+    await expect(p.check()).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_UNAVAILABLE" });
+    await expect(p.check()).resolves.toBeUndefined();
+  });
 });
