@@ -5,12 +5,17 @@
  * returns (release runs after, untimed, as the worker does it in the
  * background). Through the kubernetes provider (warm pool of 1: pod
  * adoption patch, WebSocket exec, tar over exec) against the Kubernetes
- * stand-in, vs the same job on the local provider directly: the stand-in's
- * pods are local sandboxes, so the difference is the provider's API calls,
- * the exec protocol and the stand-in's serving of them. Interleaved in one
- * run. Needs root and bubblewrap.
+ * stand-in (its own process, as an API server is;
+ * SANDQUEUE_BENCH_STANDIN=inprocess runs it in the bench's process), vs the
+ * same job on the local provider directly: the stand-in's pods are local
+ * sandboxes, so the difference is the provider's API calls, the exec
+ * protocol and the stand-in's serving of them. Interleaved in one run.
+ * Needs root and bubblewrap.
  */
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp, rm, rmdir } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
 import os from "node:os";
 import path from "node:path";
 import { KubeConfig, NetworkingV1Api } from "@kubernetes/client-node";
@@ -24,6 +29,8 @@ import { fmt, stats, type RunStats } from "./stats.js";
 const NS = "sandqueue-sandboxes";
 
 export interface KubernetesBenchResult {
+  /** Where the stand-in ran. */
+  standin: "process" | "in-process";
   local: RunStats;
   /** The local provider with the put done as a `tar -x` exec, as the kubernetes provider does it. */
   localTarExec: RunStats;
@@ -74,17 +81,36 @@ async function job(p: SandboxProvider, i: number, tarExec = false): Promise<{ ac
   return { acquire: t1 - t0, put: t2 - t1, exec: t3 - t2, release: box.release() };
 }
 
-export async function runKubernetesBench(opts: { n?: number; warmup?: number } = {}): Promise<KubernetesBenchResult> {
+/** The stand-in as its own process (`npm run standin -- kubernetes`), as an API server is; resolves once its kubeconfig is written. */
+async function standinProcess(kubeconfig: string, workRoot: string): Promise<ChildProcess> {
+  const cli = fileURLToPath(new URL("../standins/cli.js", import.meta.url));
+  const child = spawn(
+    process.execPath,
+    ["--", cli, "kubernetes", "--kubeconfig", kubeconfig, "--namespace", NS, "--image", "python:3.12-slim=host", "--default-image", "none", "--work-root", workRoot],
+    { stdio: ["ignore", "ignore", "inherit"] },
+  );
+  const exited = new Promise((r) => child.once("exit", r));
+  for (let i = 0; !existsSync(kubeconfig); i++) {
+    if (child.exitCode !== null || i > 300) throw new Error("the Kubernetes stand-in did not start");
+    await Promise.race([new Promise((r) => setTimeout(r, 100)), exited]);
+  }
+  return child;
+}
+
+export async function runKubernetesBench(opts: { n?: number; warmup?: number; inProcess?: boolean } = {}): Promise<KubernetesBenchResult> {
   const n = opts.n ?? 60;
   const warmup = opts.warmup ?? 5;
   const dir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-k8s-bench-"));
-  const behind = new LocalProvider({ workRoot: path.join(dir, "standin"), cgroupParent: `sandqueue-k8s-bench-${process.pid}` });
   const local = new LocalProvider({ workRoot: path.join(dir, "local"), cgroupParent: `sandqueue-k8s-bench-local-${process.pid}` });
-  const standin = await KubernetesStandin.start({ provider: behind, namespaces: [NS], images: { "python:3.12-slim": "host" }, defaultImage: null });
+  const kubeconfig = path.join(dir, "kubeconfig");
+  // Default: the stand-in in its own process (an API server does not share the worker's event loop).
+  const inProcess = opts.inProcess ?? process.env.SANDQUEUE_BENCH_STANDIN === "inprocess";
+  const behind = inProcess ? new LocalProvider({ workRoot: path.join(dir, "standin"), cgroupParent: `sandqueue-k8s-bench-${process.pid}` }) : null;
+  const standin = behind ? await KubernetesStandin.start({ provider: behind, namespaces: [NS], images: { "python:3.12-slim": "host" }, defaultImage: null }) : null;
+  const child = behind ? null : await standinProcess(kubeconfig, path.join(dir, "standin"));
   let kube: KubernetesProvider | undefined;
   try {
-    const kubeconfig = path.join(dir, "kubeconfig");
-    await standin.writeKubeconfig(kubeconfig, NS);
+    if (standin) await standin.writeKubeconfig(kubeconfig, NS);
     const kc = new KubeConfig();
     kc.loadFromFile(kubeconfig);
     await kc.makeApiClient(NetworkingV1Api).createNamespacedNetworkPolicy({
@@ -115,6 +141,7 @@ export async function runKubernetesBench(opts: { n?: number; warmup?: number } =
     const wall = (xs: typeof times.local) => total(xs).reduce((a, b) => a + b, 0);
     const phases = (xs: typeof times.local) => ({ acquire: p50(xs.map((t) => t.acquire)), put: p50(xs.map((t) => t.put)), exec: p50(xs.map((t) => t.exec)) });
     return {
+      standin: inProcess ? "in-process" : "process",
       local: stats(total(times.local), wall(times.local)),
       localTarExec: stats(total(times.localTarExec), wall(times.localTarExec)),
       kubernetes: stats(total(times.kubernetes), wall(times.kubernetes)),
@@ -123,10 +150,15 @@ export async function runKubernetesBench(opts: { n?: number; warmup?: number } =
     };
   } finally {
     await kube?.close().catch(() => undefined);
-    await standin.stop();
-    await behind.close();
+    await standin?.stop();
+    await behind?.close();
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    }
     await local.close();
-    for (const d of [...behind.cgroupParentDirs, ...local.cgroupParentDirs]) await rmdir(d).catch(() => undefined);
+    for (const d of [...(behind?.cgroupParentDirs ?? []), ...local.cgroupParentDirs]) await rmdir(d).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
   }
 }
@@ -135,7 +167,7 @@ export function reportKubernetesBench(r: KubernetesBenchResult): string {
   const ph = (x: { acquire: number; put: number; exec: number }) => `acquire ${x.acquire.toFixed(2)} / put ${x.put.toFixed(2)} / exec ${x.exec.toFixed(2)} ms`;
   return [
     `  local provider directly         ${fmt(r.local)}   (${ph(r.localPhases)})`,
-    `  kubernetes provider (stand-in)  ${fmt(r.kubernetes)}   (${ph(r.phases)})`,
+    `  kubernetes provider (stand-in, ${r.standin.padEnd(10)}) ${fmt(r.kubernetes)}   (${ph(r.phases)})`,
     `  added by the provider (API + WebSocket exec + tar over exec, and the stand-in serving them): ` +
       `p50 +${(r.kubernetes.p50Ms - r.local.p50Ms).toFixed(2)} ms, ratio ${(r.kubernetes.p50Ms / r.local.p50Ms).toFixed(2)} (target <= +10 ms)`,
     `  local provider, put as a tar -x exec ${fmt(r.localTarExec)}`,

@@ -57,6 +57,8 @@ export class KubeSandbox implements Sandbox {
   constructor(
     private readonly provider: KubernetesProvider,
     readonly pod: PodRef,
+    /** A pooled pod's adoption patch (job label, annotations, deadline), settled either way. */
+    readonly adopted: Promise<void> = Promise.resolve(),
   ) {
     this.id = pod.name;
     this.restarts = pod.restarts;
@@ -292,6 +294,8 @@ export class KubeSandbox implements Sandbox {
       this.provider.forget(this);
       // A running exec sees the abort and reports "aborted".
       this.releaseController.abort();
+      // A patch landing after the delete would only fail; let it finish first.
+      await this.adopted;
       await this.provider.deletePod(this.id);
     })();
     return this.released;

@@ -184,14 +184,19 @@ export class KubernetesProvider implements SandboxProvider {
     }
     const t = this.templateOf(spec);
     const lifetimeS = Math.max(1, Math.ceil(spec.maxLifetimeMs / 1000));
-    let pod = await this.pool.take(poolKey(t), t, opts.signal);
-    if (pod && (opts.signal?.aborted || !(await this.adopt(pod, spec, lifetimeS)))) {
-      await this.deletePod(pod.name).catch(() => undefined);
-      pod = undefined;
-    }
+    const pooled = await this.pool.take(poolKey(t), t, opts.signal);
+    if (pooled && opts.signal?.aborted) await this.deletePod(pooled.name).catch(() => undefined);
     throwIfAborted(opts.signal);
-    pod ??= await this.createPod(t, spec.labels, spec.annotations, lifetimeS, opts.signal);
-    const box = new KubeSandbox(this, pod);
+    let box: KubeSandbox;
+    if (pooled) {
+      // The adoption patch runs beside the job, off its critical path: the
+      // pod already carries the worker's labels (what reaping needs). A pod
+      // gone meanwhile shows at the first exec (SANDBOX_LOST, retried); a
+      // patch that fails otherwise leaves the pool's deadline and no job label.
+      box = new KubeSandbox(this, pooled, this.adopt(pooled, spec, lifetimeS).then(() => undefined, () => undefined));
+    } else {
+      box = new KubeSandbox(this, await this.createPod(t, spec.labels, spec.annotations, lifetimeS, opts.signal));
+    }
     this.live.add(box);
     return box;
   }

@@ -238,6 +238,8 @@ describe("kubernetes provider specifics", () => {
     expect(p.readySandboxes()).toEqual({ [POD_IMAGE]: 1 });
     const box = await p.acquire(spec(ownershipLabels(p.owner, "pooled-job")), {});
     expect(p.pool.hits).toBe(1);
+    // The adoption patch runs beside the job.
+    await (box as unknown as { adopted: Promise<void> }).adopted;
     const pod = await r.core.readNamespacedPod({ name: box.id, namespace: SANDBOX_NS });
     expect(pod.metadata?.labels?.[LABEL_JOB]).toBe("pooled-job");
     expect(pod.metadata?.labels?.["sandqueue.io/pooled"]).toBeUndefined();
