@@ -66,7 +66,7 @@ describe("remote HTTP client", () => {
     for (const status of [401, 403]) {
       const c = client();
       script = [{ status, body: '{"detail":"Invalid or missing API key"}' }];
-      const err = await c.request({ method: "GET", path: "/x" }).catch((e: unknown) => e as Error);
+      const err = (await c.request({ method: "GET", path: "/x" }).then(() => null, (e: unknown) => e)) as Error;
       expect(err).toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS", retryable: false });
       expect(err.message).toContain("Invalid or missing API key");
       expect(err.message).not.toContain("secret-key-123");
