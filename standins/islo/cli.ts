@@ -12,6 +12,7 @@ import path from "node:path";
 import { LocalProvider } from "../../providers/local/index.js";
 import { parseIntFlag, parsePairs, usage } from "../../cli/args.js";
 import { IsloStandin } from "./server.js";
+import { DEFAULT_EGRESS_CONFIG } from "../../worker/egress/config.js";
 
 export const ISLO_USAGE = `usage: npm run standin -- islo --env-file FILE [options]
 
@@ -23,6 +24,9 @@ export const ISLO_USAGE = `usage: npm run standin -- islo --env-file FILE [optio
   --memory-mb N            memory of sandboxes created without memory_mb (default 512)
   --pids N                 pids limit of every sandbox (default 256)
   --token-ttl S            session token lifetime, seconds (default 600)
+  --enforce-gateway        enforce gateway profiles with sandqueue's egress proxy (default: stored only, no network)
+  --egress-hosts FILE      (with --enforce-gateway) a hosts-format file the proxy resolves names with
+  --allow-private          (with --enforce-gateway) let allowed names resolve to loopback/private addresses
   --work-root DIR          local sandboxes' work root (default: a fresh temporary directory)
   --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
 
@@ -38,6 +42,9 @@ export async function runIsloStandin(args: string[], env: NodeJS.ProcessEnv): Pr
       "memory-mb": { type: "string" },
       pids: { type: "string" },
       "token-ttl": { type: "string" },
+      "enforce-gateway": { type: "boolean" },
+      "egress-hosts": { type: "string" },
+      "allow-private": { type: "boolean" },
       "work-root": { type: "string" },
       "images-dir": { type: "string" },
       help: { type: "boolean" },
@@ -67,6 +74,15 @@ export async function runIsloStandin(args: string[], env: NodeJS.ProcessEnv): Pr
       ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
       ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
       ...(values["token-ttl"] ? { tokenTtlSeconds: parseIntFlag("token-ttl", values["token-ttl"], 1, 86_400) } : {}),
+      ...(values["enforce-gateway"]
+        ? {
+            egress: {
+              ...DEFAULT_EGRESS_CONFIG,
+              ...(values["egress-hosts"] ? { hostsFile: path.resolve(values["egress-hosts"]) } : {}),
+              allowPrivate: values["allow-private"] === true,
+            },
+          }
+        : {}),
     });
     await writeFile(envFile, standin.envFile(), { mode: 0o600 });
     console.log(`islo stand-in: control ${standin.controlUrl}, compute ${standin.computeUrl}; env file ${envFile}; sandboxes under ${workRoot}`);

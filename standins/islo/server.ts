@@ -4,8 +4,8 @@
  * two bases: control (`/auth/token`, `/gateway/profiles`) and compute
  * (`/sandboxes`...). Each sandbox is a real local sandbox, so exec, files,
  * limits and kills are real. Gateway profiles are stored and checked
- * (references, in-use deletes) but not enforced: the sandboxes have no
- * network at all.
+ * (references, in-use deletes); with the `egress` option they are enforced
+ * by sandqueue's egress proxy, else the sandboxes have no network at all.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
@@ -16,6 +16,9 @@ import { createGunzip, gzipSync } from "node:zlib";
 import { pack } from "tar-stream";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
+import { NetworkPolicySchema, type NetworkPolicy } from "../../producer/network-policy.js";
+import { EgressGateway, type EgressJobSession } from "../../worker/egress/gateway.js";
+import type { EgressConfig } from "../../worker/egress/config.js";
 import { FaultTable, parseFault, type FaultAction, type IsloOp } from "./faults.js";
 import { multipartField } from "./multipart.js";
 
@@ -40,6 +43,13 @@ export interface IsloStandinOptions {
   maxOutputBytes?: number;
   /** Largest request body (archives), bytes. Default 256 MiB. */
   maxBodyBytes?: number;
+  /**
+   * Enforce gateway profiles: a sandbox created with one gets a route to
+   * sandqueue's egress proxy (worker/egress) applying the profile's rules,
+   * pointed at by the proxy variables in every exec. Unset: profiles are
+   * stored and checked only (the sandboxes have no network).
+   */
+  egress?: EgressConfig;
 }
 
 export type SandboxStatus = "creating" | "running" | "paused" | "stopped" | "failed";
@@ -69,6 +79,8 @@ interface SandboxRecord {
   execs: Map<string, ExecRecord>;
   /** Execs run one after another on the local sandbox. */
   queue: Promise<unknown>;
+  /** The gateway enforcing its profile (stand-in with `egress`), and what its execs get to reach it. */
+  egress: { session: EgressJobSession; env: Record<string, string> } | null;
 }
 
 export interface GatewayRule {
@@ -149,6 +161,7 @@ export class IsloStandin {
   private readonly profiles = new Map<string, GatewayProfile>();
   private readonly tokens = new Map<string, number>();
   private readonly creating = new Set<string>();
+  private readonly gateway: EgressGateway | null;
   private stopped = false;
 
   private constructor(
@@ -157,6 +170,7 @@ export class IsloStandin {
     private readonly compute: http.Server,
   ) {
     this.apiKey = opts.apiKey ?? `ak_${randomBytes(16).toString("hex")}`;
+    this.gateway = opts.egress ? new EgressGateway(opts.egress) : null;
   }
 
   static async start(opts: IsloStandinOptions): Promise<IsloStandin> {
@@ -225,6 +239,7 @@ export class IsloStandin {
       await new Promise<void>((resolve) => server.close(() => resolve()));
     }
     await Promise.allSettled([...this.sandboxes.values()].map((s) => this.remove(s)));
+    await this.gateway?.close();
   }
 
   // --- routing -------------------------------------------------------------
@@ -397,11 +412,13 @@ export class IsloStandin {
     const workdir = body.workdir ?? "/workspace";
     if (typeof workdir !== "string" || !workdir.startsWith("/")) throw new HttpError(400, "VALIDATION_ERROR", "workdir: expected an absolute path");
     let gatewayProfile: string | null = null;
+    let policy: NetworkPolicy | null = null;
     if (body.gateway_profile !== undefined && body.gateway_profile !== null) {
       const ref = String(body.gateway_profile);
       const profile = this.profiles.get(ref) ?? [...this.profiles.values()].find((p) => p.name === ref);
       if (!profile) throw new HttpError(400, "INVALID_REQUEST", `gateway profile '${ref}' not found`);
       gatewayProfile = profile.id;
+      if (this.gateway) policy = enforceablePolicy(profile);
     }
     this.creating.add(name);
     try {
@@ -411,7 +428,7 @@ export class IsloStandin {
           {
             image: this.opts.images?.[image] ?? image,
             limits: { memoryMb: memory as number, pids: this.opts.pidsLimit ?? 256 },
-            network: "none",
+            network: policy ? "proxy" : "none",
             labels: { "islo-standin/sandbox": name },
             annotations: {},
             maxLifetimeMs: 24 * 3600_000,
@@ -438,7 +455,12 @@ export class IsloStandin {
         box,
         execs: new Map(),
         queue: Promise.resolve(),
+        egress: null,
       };
+      if (policy && this.gateway && box.egress) {
+        const session = await this.gateway.open({ jobId: name, policy, boundSecrets: {}, sandbox: box.egress });
+        sb.egress = { session, env: { ...session.caEnv, ...session.proxyEnv } };
+      }
       if (this.stopped) {
         await box.release();
         throw new HttpError(503, "RESOURCE_UNAVAILABLE", "shutting down");
@@ -454,6 +476,7 @@ export class IsloStandin {
     if (this.sandboxes.get(sb.name) === sb) this.sandboxes.delete(sb.name);
     this.haltExecs(sb);
     await sb.box.release();
+    await sb.egress?.session.close();
   }
 
   private haltExecs(sb: SandboxRecord): void {
@@ -492,6 +515,8 @@ export class IsloStandin {
       if (v === null) delete merged[k];
       else merged[k] = v;
     }
+    // islo's gateway sits in the VM's network path; here the proxy variables lead to it (the only route out).
+    Object.assign(merged, sb.egress?.env);
     const vanish = this.faults.take("exec", sb.name, ["vanish"]) as Extract<FaultAction, { type: "vanish" }> | null;
     const cap = this.opts.maxOutputBytes ?? 16 * MIB;
     const run = async (): Promise<void> => {
@@ -727,6 +752,31 @@ export class IsloStandin {
     }
     throw new HttpError(422, "VALIDATION_ERROR", "expected a JSON object body");
   }
+}
+
+/**
+ * A profile as a sandqueue network policy, for the egress proxy to enforce:
+ * rules in priority order (first match wins, as islo's lowest priority
+ * first), path_pattern as the one path. A rule the proxy's engine cannot
+ * express (a host glob other than an exact name or `*.suffix`) makes the
+ * create fail: the stand-in never runs a sandbox under rules it ignores.
+ */
+function enforceablePolicy(p: GatewayProfile): NetworkPolicy {
+  const r = NetworkPolicySchema.safeParse({
+    default: p.default_action,
+    egress: p.rules.map((rule) => ({
+      host: rule.host_pattern,
+      action: rule.action,
+      ...(rule.methods ? { methods: rule.methods } : {}),
+      ...(rule.path_pattern ? { paths: [rule.path_pattern] } : {}),
+      ...(rule.rate_limit_rpm ? { ratePerMinute: rule.rate_limit_rpm } : {}),
+    })),
+  });
+  if (!r.success) {
+    const issue = r.error.issues[0];
+    throw new HttpError(400, "INVALID_REQUEST", `gateway profile '${p.name}': the stand-in cannot enforce ${issue?.path.join(".") ?? "it"}: ${issue?.message ?? ""}`);
+  }
+  return r.data;
 }
 
 function profileResponse(p: GatewayProfile): Record<string, unknown> {
