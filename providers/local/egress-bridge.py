@@ -255,8 +255,9 @@ class Bridge:
             s.sock.close()
 
 
-def main():
-    args = sys.argv[1:]
+def main(argv=None):
+    """argv: the arguments (sys.argv[1:] when run as a program; the spawn helper passes them when it forks this)."""
+    args = sys.argv[1:] if argv is None else list(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     if args[:1] == ["--entered"]:
         # Re-executed by nsenter inside the namespace (enter_netns): PIDFD PORT SOCKET.

@@ -35,10 +35,12 @@ export interface BridgeRequest {
 
 /** Starts the bridge and waits until it listens inside the sandbox's namespace. */
 export async function startBridge(spawner: Spawner, req: BridgeRequest): Promise<SpawnedProcess> {
-  const argv = [spawner.python, "-I", helperPath("egress-bridge.py"), String(req.bwrapPid), String(EGRESS_PORT), req.socketPath];
-  if (req.procsFile) argv.push(req.procsFile);
+  const args = [String(req.bwrapPid), String(EGRESS_PORT), req.socketPath];
+  if (req.procsFile) args.push(req.procsFile);
+  // A fork of the spawn helper, which has the interpreter running already: no python start per exec.
   const proc = await spawner.start({
-    argv,
+    module: helperPath("egress-bridge.py"),
+    args,
     mkfifo: [req.statusFifo],
     fds: [
       [0, "/dev/null", "r"],

@@ -16,6 +16,10 @@ Protocol: one JSON object per line on stdin, one per line on stdout.
   <- {"op": "oom", "id": S}
   <- {"op": "exit", "id": S, "code": N | null, "signal": N | null}
   <- {"op": "error", "id": S, "message": "..."}
+  -> {"op": "start", "id": S, "module": PATH, "args": [...], "fds": ...}
+     instead of argv: fork this process and run main(args) of the Python
+     module at PATH in the child (the egress bridge: no interpreter start
+     per sandbox); reported like any other child.
 FIFOs are opened without blocking ("r": read-only, "rw": read-write) and
 handed to the child as `target_fd`; nothing else of this process is
 inherited. The environment of every child is empty.
@@ -66,6 +70,44 @@ def write_file(path, value, optional=False):
         os.close(fd)
 
 
+_modules = {}
+
+
+def fork_module(path, args, fds):
+    """Forks and runs main(args) of the module at `path` in the child, with `fds` as its 0, 1, 2 and nothing else."""
+    module = _modules.get(path)
+    if module is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(f"sandqueue_helper_{len(_modules)}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _modules[path] = module
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        for fd, target in fds:
+            os.dup2(fd, target)
+        # Nothing of the helper's own (the worker's pipes, the selector, other children's pidfds) stays open.
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        code = module.main(args) or 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
 def spawn_in_cgroup(argv, actions, cgroup, nice=0):
     # A niceness for the child is set on this process around the spawn (the
     # child inherits it before it can fork); root may lower it again.
@@ -95,10 +137,15 @@ def start(msg, children, sel):
         for path in msg.get("mkfifo", []):
             os.mkfifo(path, 0o600)
         actions = []
+        dups = []
         for target, path, mode in msg.get("fds", []):
             fd = open_fd(path, mode)
             opened.append(fd)
             actions.append((os.POSIX_SPAWN_DUP2, fd, target))
+            dups.append((fd, target))
+        if "module" in msg:
+            pid = fork_module(msg["module"], msg.get("args", []), dups)
+            return register(msg, pid, None, children, sel)
         # Watching before the spawn: an OOM in the first instant is not missed.
         oom = (msg.get("cgroup") or {}).get("oom")
         watch = watch_oom(oom, msg["id"], sel) if oom else None
@@ -111,6 +158,10 @@ def start(msg, children, sel):
     finally:
         for fd in opened:
             os.close(fd)
+    register(msg, pid, watch, children, sel)
+
+
+def register(msg, pid, watch, children, sel):
     pidfd = os.pidfd_open(pid)
     children[pid] = (msg["id"], pidfd, watch)
     sel.register(pidfd, selectors.EVENT_READ, pid)

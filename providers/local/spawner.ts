@@ -16,9 +16,22 @@ import { createInterface } from "node:readline";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import type { ExecCgroup } from "./cgroups.js";
 
-export interface SpawnRequest {
-  /** argv[0] must be an absolute path (no PATH lookup). */
-  argv: string[];
+export type SpawnRequest = SpawnCommon & (
+  | {
+      /** argv[0] must be an absolute path (no PATH lookup). */
+      argv: string[];
+    }
+  | {
+      /**
+       * A Python module run by a fork of the helper itself: `main(args)` of
+       * the file at this path (no interpreter start; the egress bridge).
+       */
+      module: string;
+      args: string[];
+    }
+);
+
+interface SpawnCommon {
   /** FIFOs the helper creates (mode 0600) before starting the process. */
   mkfifo: string[];
   /** [target fd, path, mode]: 0, 1 and 2 must be among them. */

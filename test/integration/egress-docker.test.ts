@@ -110,7 +110,10 @@ describe("network policies through docker sandboxes (real worker)", () => {
   });
 
   const run = async (network: unknown, script: string, files: Record<string, string> = {}): Promise<JobResult> =>
-    client.waitForResult((await client.enqueue({ image: IMAGE, kind: "shell", network, files: { "client.py": CLIENT, ...files }, script })).id, { timeoutMs: 90_000 });
+    // A loaded 2-core machine starts python in a container slowly: a wall time well above the default.
+    client.waitForResult((await client.enqueue({ image: IMAGE, kind: "shell", network, files: { "client.py": CLIENT, ...files }, script, limits: { timeoutMs: 60_000 } })).id, {
+      timeoutMs: 90_000,
+    });
 
   it("an allowed GET arrives byte-exact; a denied host gets 403 naming the rule; no route without the proxy", async () => {
     const n = 150_000;
