@@ -79,6 +79,8 @@ export class SuperserveProvider implements SandboxProvider {
   private readonly live = new Set<SuperserveSandbox>();
   private readonly warm = new Map<string, SdkSandbox[]>();
   private closed = false;
+  /** Releases being cleaned and paused for the pool right now (close waits for them). */
+  private readonly parking = new Set<Promise<void>>();
 
   constructor(private readonly opts: SuperserveProviderOptions) {
     this.conn = { apiKey: opts.apiKey, ...(opts.baseUrl ? { baseUrl: opts.baseUrl } : {}) };
@@ -232,9 +234,7 @@ export class SuperserveProvider implements SandboxProvider {
 
   /** Adds a known sandbox to the reuse pool (a restarted worker's paused sandbox, tests). */
   adoptPaused(sdk: SdkSandbox, template: string): void {
-    const list = this.warm.get(template) ?? [];
-    list.push(sdk);
-    this.warm.set(template, list);
+    this.warmList(template).push(sdk);
   }
 
   forget(box: SuperserveSandbox): void {
@@ -243,16 +243,36 @@ export class SuperserveProvider implements SandboxProvider {
 
   /** Release with warm reuse: clean, pause, keep; anything failing (or a full pool, or a closed provider) deletes it. */
   async park(box: SuperserveSandbox): Promise<void> {
-    const list = this.warm.get(box.template) ?? [];
-    if (!this.opts.pauseOnRelease || this.closed || list.length >= this.opts.warmMax) return this.destroy(box.sdk);
-    try {
-      await box.sdk.commands.run(CLEAN_FOR_REUSE, { timeoutMs: 30_000 });
-      await box.sdk.pause();
+    const list = this.warmList(box.template);
+    // Counted while it is cleaned and paused, so concurrent releases do not overfill the pool.
+    if (!this.opts.pauseOnRelease || this.closed || list.length + this.parking.size >= this.opts.warmMax) return this.destroy(box.sdk);
+    const parked = (async () => {
+      try {
+        await box.sdk.commands.run(CLEAN_FOR_REUSE, { timeoutMs: 30_000 });
+        await box.sdk.pause();
+      } catch {
+        return this.destroy(box.sdk);
+      }
+      // Closed meanwhile: close() has emptied the pool already, so this one goes now.
+      if (this.closed) return this.destroy(box.sdk);
       list.push(box.sdk);
-      this.warm.set(box.template, list);
-    } catch {
-      await this.destroy(box.sdk);
+    })();
+    this.parking.add(parked);
+    try {
+      await parked;
+    } finally {
+      this.parking.delete(parked);
     }
+  }
+
+  /** The pool list of a template, made and stored at once (concurrent parks share it). */
+  private warmList(template: string): SdkSandbox[] {
+    let list = this.warm.get(template);
+    if (!list) {
+      list = [];
+      this.warm.set(template, list);
+    }
+    return list;
   }
 
   /** Deletes a sandbox (404 counts as done), retrying what the SDK did not. */
@@ -309,6 +329,8 @@ export class SuperserveProvider implements SandboxProvider {
     if (this.closed) return;
     this.closed = true;
     const paused = [...this.warm.values()].flat();
+    // Releases still parking see `closed` and delete their sandbox themselves.
+    await Promise.allSettled([...this.parking]);
     this.warm.clear();
     await Promise.allSettled([...[...this.live].map((b) => b.release()), ...paused.map((s) => this.destroy(s))]);
   }

@@ -619,8 +619,20 @@ export class SuperserveStandin {
     }
   }
 
-  /** `POST /standin/faults` {match, action, count}, `DELETE /standin/faults`, `POST /standin/sandboxes/{id}/status` {status}. */
+  /**
+   * `POST /standin/faults` {match, action, count}, `DELETE /standin/faults`,
+   * `POST /standin/sandboxes/{id}/status` {status}, `GET /standin/sandboxes`
+   * (deleted ones too), `GET /standin/requests` (the request log).
+   */
   private async admin(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    if (req.method === "GET" && url.pathname === "/standin/requests") {
+      sendJson(res, 200, this.requests);
+      return;
+    }
+    if (req.method === "GET" && url.pathname === "/standin/sandboxes") {
+      sendJson(res, 200, [...this.sandboxes.values()].map((s) => ({ id: s.id, name: s.name, status: s.status, metadata: s.metadata })));
+      return;
+    }
     if (url.pathname === "/standin/faults" && req.method === "POST") {
       const f = parseFault(await this.readJson(req));
       if (typeof f === "string") throw new HttpError(400, "invalid_fault", f);

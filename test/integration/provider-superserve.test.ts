@@ -321,6 +321,21 @@ describe("superserve provider: warm reuse (pause on release)", () => {
   });
 });
 
+describe("superserve provider: warm reuse, concurrent releases", () => {
+  it("sandboxes released at once all reach the pool (none paused and forgotten); close deletes every one, even one still parking", async () => {
+    const provider = makeProvider({ pauseOnRelease: true, owner: "warm-many" });
+    const mine = () => standin.sandboxList().filter((x) => x.metadata["sandqueue.io/worker"] === "warm-many");
+    const boxes = await Promise.all([1, 2, 3].map((i) => provider.acquire(spec({ labels: ownershipLabels("warm-many", `many-${i}`) }), {})));
+    await Promise.all(boxes.map((b) => b.release()));
+    expect(provider.readySandboxes()).toEqual({ "superserve/python-3.11": 3 });
+    const late = await provider.acquire(spec({ labels: ownershipLabels("warm-many", "many-late") }), {});
+    const parking = late.release();
+    await provider.close();
+    await parking;
+    expect(mine()).toEqual([]);
+  });
+});
+
 describe("superserve provider: reaping through the SDK's list call", () => {
   it("deletes the sandboxes of dead workers only: never its own, a live worker's, or an unlabelled one", async () => {
     const conn = { apiKey: standin.apiKey, baseUrl: standin.controlUrl };

@@ -21,6 +21,11 @@ const ROOT = path.resolve(import.meta.dirname, "../..");
 let standin: ChildProcess;
 let env: Record<string, string> = {};
 const workers: WorkerProcess[] = [];
+/** Successful creates so far, from the stand-in's request log. */
+async function createCount(): Promise<number> {
+  const res = await fetch(`${env.SANDQUEUE_SUPERSERVE_BASE_URL}/standin/requests`, { headers: { "X-API-Key": env.SANDQUEUE_SUPERSERVE_API_KEY! } });
+  return ((await res.json()) as { op: string; status: number }[]).filter((q) => q.op === "create" && q.status === 201).length;
+}
 
 function parseEnvFile(text: string): Record<string, string> {
   return Object.fromEntries(
@@ -66,6 +71,7 @@ describe("worker --provider superserve through the stand-in", () => {
   for (const warm of [false, true]) {
     it(`runs the demo's jobs with the right statuses and leaves no sandbox in the service's list${warm ? " (warm reuse: pause on release)" : ""}`, async () => {
       const queue = uniqueQueue("superserve");
+      const createsBefore = await createCount();
       const worker = spawnWorker(queue, { ...env, SANDQUEUE_SUPERSERVE_PAUSE_ON_RELEASE: String(warm) }, ["--provider", "superserve", "--concurrency", "2"]);
       workers.push(worker);
       await worker.waitFor("worker.started", 30_000);
@@ -96,13 +102,20 @@ describe("worker --provider superserve through the stand-in", () => {
       } finally {
         await client.close();
       }
+      // Every job but the two refused ones got a sandbox; with warm reuse, from fewer creates.
+      const ran = DEMO_JOBS.length - 2;
+      const created = (await createCount()) - createsBefore;
+      if (warm) expect(created).toBeLessThan(ran);
+      else expect(created).toBe(ran);
       // Warm: paused sandboxes stay while the worker runs, and go when it stops.
       if (warm) await until("released sandboxes to be paused", async () => {
         const list = await serviceList();
         return list.length > 0 && list.every((s) => s.status === "paused");
       });
       await worker.stop("SIGTERM");
-      expect(await serviceList()).toEqual([]);
+      const left = await serviceList();
+      if (left.length) console.log("LEFT", JSON.stringify(left), JSON.stringify(worker.events.slice(-8)));
+      expect(left).toEqual([]);
     }, 150_000);
   }
 
