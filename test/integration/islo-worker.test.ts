@@ -11,11 +11,14 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DEMO_JOBS } from "../../cli/demo-command.js";
 import { dropTestQueues, tempDir, testClient, uniqueQueue } from "../support/harness.js";
 import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
+import { startHttpUpstream, type Upstream } from "../support/egress-fixtures.js";
+import { writeFileSync } from "node:fs";
 
 const ROOT = path.resolve(import.meta.dirname, "../..");
 let standin: ChildProcess;
 let env: Record<string, string> = {};
 let worker: WorkerProcess | undefined;
+let upstream: Upstream;
 const queue = uniqueQueue("islo");
 
 function parseEnvFile(text: string): Record<string, string> {
@@ -44,9 +47,14 @@ async function settled(what: "sandboxes" | "profiles"): Promise<unknown[]> {
 }
 
 beforeAll(async () => {
-  const envFile = path.join(tempDir("islo-env"), "islo.env");
+  const dir = tempDir("islo-env");
+  const envFile = path.join(dir, "islo.env");
+  // Gateway profiles enforced, with names of an upstream on 127.0.0.1.
+  upstream = await startHttpUpstream();
+  writeFileSync(path.join(dir, "hosts"), "127.0.0.1 open.test\n127.0.0.1 closed.test\n");
+  const flags = ["--enforce-gateway", "--egress-hosts", path.join(dir, "hosts"), "--allow-private"];
   // What `npm run standin -- islo --env-file FILE` runs (npm would not pass our SIGTERM on).
-  standin = spawn("node", ["--", "dist/standins/cli.js", "islo", "--env-file", envFile], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+  standin = spawn("node", ["--", "dist/standins/cli.js", "islo", "--env-file", envFile, ...flags], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
   const until = Date.now() + 30_000;
   while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes("SANDQUEUE_ISLO_API_KEY=")) {
     if (Date.now() > until || standin.exitCode !== null) throw new Error("the islo stand-in wrote no env file");
@@ -60,6 +68,7 @@ afterAll(async () => {
   const exited = new Promise((r) => standin.once("exit", r));
   standin.kill("SIGTERM");
   await exited;
+  await upstream?.close();
   await dropTestQueues();
 });
 
@@ -106,10 +115,16 @@ describe("worker --provider islo through the stand-in", () => {
     const client = testClient(queue);
     const before = ((await standinList("requests")) as { method: string; path: string; status: number }[]).length;
     try {
-      const ok = await client.enqueue({ kind: "shell", script: "echo under-policy", network: { default: "deny", egress: ["pypi.org", { host: "api.example.com", methods: ["GET"] }] } });
+      const curl = (host: string, p: string) => `curl -s -o /dev/null -w '%{http_code} ' http://${host}:${upstream.port}${p}`;
+      const ok = await client.enqueue({
+        kind: "shell",
+        script: `${curl("open.test", "/allowed")}; ${curl("closed.test", "/refused")}; echo under-policy`,
+        network: { default: "deny", egress: ["open.test", { host: "api.example.com", methods: ["GET"] }] },
+      });
       const capped = await client.enqueue({ kind: "shell", script: "echo never", network: { default: "deny", egress: ["pypi.org"], maxBytes: 1000 } });
       const r = await client.waitForResult(ok.id, { timeoutMs: 60_000 });
-      expect(r).toMatchObject({ status: "succeeded", stdout: "under-policy\n" });
+      expect(r).toMatchObject({ status: "succeeded", stdout: "200 403 under-policy\n" });
+      expect(upstream.seen.map((q) => q.url)).toEqual(["/allowed"]);
       const refused = await client.waitForResult(capped.id, { timeoutMs: 60_000 });
       expect(refused.status).toBe("error");
       expect(refused.error?.code).toBe("SANDQ_ERR_CAPABILITY_UNSUPPORTED");
