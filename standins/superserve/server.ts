@@ -423,11 +423,12 @@ export class SuperserveStandin {
     return `at_${randomBytes(24).toString("base64url")}`;
   }
 
-  private metadataOf(v: unknown): Record<string, string> {
-    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new HttpError(400, "invalid_metadata", "metadata must be an object of strings");
+  /** An object of strings (metadata, env_vars, env), or 400 naming the field. */
+  private metadataOf(v: unknown, field = "metadata"): Record<string, string> {
+    if (typeof v !== "object" || v === null || Array.isArray(v)) throw new HttpError(400, `invalid_${field}`, `${field} must be an object of strings`);
     const out: Record<string, string> = {};
     for (const [k, val] of Object.entries(v)) {
-      if (typeof val !== "string") throw new HttpError(400, "invalid_metadata", `metadata.${k} must be a string`);
+      if (typeof val !== "string") throw new HttpError(400, `invalid_${field}`, `${field}.${k} must be a string`);
       out[k] = val;
     }
     return out;
@@ -440,7 +441,7 @@ export class SuperserveStandin {
     const image = this.templates[template];
     if (image === undefined) throw new HttpError(404, "template_not_found", `template ${template} not found`);
     const metadata = body.metadata === undefined ? {} : this.metadataOf(body.metadata);
-    const envVars = body.env_vars === undefined ? {} : this.metadataOf(body.env_vars);
+    const envVars = body.env_vars === undefined ? {} : this.metadataOf(body.env_vars, "env_vars");
     let box: Sandbox;
     try {
       box = await this.opts.provider.acquire(
@@ -513,7 +514,7 @@ export class SuperserveStandin {
     }
     const body = await this.readJson(req);
     if (typeof body.command !== "string" || body.command === "") throw new HttpError(400, "invalid_command", "command is required");
-    await this.exec(s, body, op === "exec-stream", req, res);
+    await this.exec(s, body, op === "exec-stream", res);
   }
 
   private async writeFile(s: SandboxRecord, p: string, bytes: Buffer, res: ServerResponse): Promise<void> {
@@ -543,8 +544,8 @@ export class SuperserveStandin {
     res.end(r.stdout);
   }
 
-  private async exec(s: SandboxRecord, body: Record<string, unknown>, streaming: boolean, req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const env = body.env === undefined ? {} : this.metadataOf(body.env);
+  private async exec(s: SandboxRecord, body: Record<string, unknown>, streaming: boolean, res: ServerResponse): Promise<void> {
+    const env = body.env === undefined ? {} : this.metadataOf(body.env, "env");
     const cwd = typeof body.working_dir === "string" && body.working_dir ? body.working_dir : "/workspace";
     const timeoutS = typeof body.timeout_s === "number" && body.timeout_s > 0 ? body.timeout_s : 300;
     const controller = new AbortController();
