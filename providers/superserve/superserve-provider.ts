@@ -181,10 +181,10 @@ export class SuperserveProvider implements SandboxProvider {
         if (outcome === "recreate") continue;
         await sdk.update({ metadata: { ...metadata, [LABEL_CREATE]: randomUUID() }, timeoutSeconds });
         return sdk;
-      } catch (err) {
+      } catch {
+        // Not usable (resume timed out, update refused...): it goes, and the next one is tried.
         await this.destroy(sdk).catch(() => undefined);
         if (signal?.aborted) throw aborted(signal);
-        void err;
       }
     }
     return undefined;
