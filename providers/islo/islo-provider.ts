@@ -89,7 +89,8 @@ export class IsloProvider implements SandboxProvider {
     const plan = policy ? profilePlan(name, this.workerLabel, policy) : null;
     throwIfAborted(signal);
     let profileId: string | null = null;
-    let created = false;
+    // Once a create was sent, the sandbox may exist even if no answer said so.
+    let sent = false;
     try {
       if (plan) {
         profileId = await this.createProfile(plan, signal);
@@ -111,8 +112,8 @@ export class IsloProvider implements SandboxProvider {
         lifecycle: { delete_after: Math.ceil(spec.maxLifetimeMs / 1000) },
       };
       const shown = image === spec.image ? `'${image}'` : `'${image}' (job image '${spec.image}')`;
+      sent = true;
       const status = await this.createSandbox(name, body, shown, signal);
-      created = true;
       const box = new IsloSandbox({
         api: this.api,
         name,
@@ -135,9 +136,16 @@ export class IsloProvider implements SandboxProvider {
       }
       return box;
     } catch (err) {
-      // Nothing half-made stays behind.
-      if (created) await this.api.deleteSandbox(name).catch(() => undefined);
-      if (profileId) await this.api.deleteProfile(profileId).catch(() => undefined);
+      // Refused credentials: nothing was created, and no delete would be accepted either.
+      if (isSandqueueError(err) && err.code === ErrorCodes.PROVIDER_CREDENTIALS) sent = false;
+      // Nothing half-made stays behind (our name: deleting it is safe; 404 is fine); what cannot be deleted now is retried by reap.
+      const undo = async (): Promise<void> => {
+        if (sent) await this.api.deleteSandbox(name);
+        if (profileId) await this.api.deleteProfile(profileId);
+      };
+      await undo().catch(() => this.leftOvers.set(name, profileId));
+      // A create still on its way (aborted, timed out) may land after our delete: the next reap looks again.
+      if (sent && !this.leftOvers.has(name)) this.leftOvers.set(name, null);
       throw err;
     }
   }
@@ -223,10 +231,10 @@ export class IsloProvider implements SandboxProvider {
     let n = 0;
     for (const [name, profileId] of this.leftOvers) {
       try {
-        await this.api.deleteSandbox(name);
+        const res = await this.api.deleteSandbox(name);
         if (profileId) await this.api.deleteProfile(profileId);
         this.leftOvers.delete(name);
-        n++;
+        if (res.status < 300) n++;
       } catch (err) {
         if (!isSandqueueError(err)) throw err;
       }

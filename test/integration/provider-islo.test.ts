@@ -258,6 +258,22 @@ describe("reaping through the list call", () => {
   });
 });
 
+describe("aborted acquires", () => {
+  it("an acquire aborted after a create whose answer was lost deletes that sandbox by its name: nothing is left", async () => {
+    const p = h.provider({ backoffMs: 800 });
+    h.standin.faults.add({ match: { op: "create" }, action: { type: "drop" } });
+    const ac = new AbortController();
+    const pending = p.acquire({ ...spec({ [LABEL_JOB]: "aborted-create" }), attempt: 1 }, { signal: ac.signal });
+    // The create was served (the sandbox exists) but its answer never came; the client waits to retry.
+    while (!h.standin.sandboxList().some((s) => s.name.includes("aborted-create"))) await new Promise((r) => setTimeout(r, 10));
+    ac.abort();
+    await expect(pending).rejects.toMatchObject({ code: expect.stringMatching(/^SANDQ_ERR_/) });
+    expect(h.standin.sandboxList().some((s) => s.name.includes("aborted-create"))).toBe(false);
+    // The next reap looks once more (a create still on its way could land late) and finds nothing to count.
+    expect(await p.reap()).toBe(0);
+  });
+});
+
 describe("gateway profiles", () => {
   it("a job policy becomes a profile of its own, created before the sandbox and deleted after it", async () => {
     const policy: EgressPolicyLike = {
