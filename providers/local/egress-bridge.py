@@ -291,11 +291,8 @@ def serve(pidfd, port, socket_path):
     listener = listen(port)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
-    # Nobody reads these any more.
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 1)
-    os.dup2(null, 2)
-    os.close(null)
+    # stdout stays open: for the local provider it is a FIFO this process holds read-write, and
+    # closing it before the worker has opened its end would discard "ready" with the pipe.
     Bridge(listener, socket_path, pidfd).run()
 
 

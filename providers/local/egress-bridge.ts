@@ -50,7 +50,8 @@ export async function startBridge(spawner: Spawner, req: BridgeRequest): Promise
   });
   let status: net.Socket | undefined;
   try {
-    // The bridge holds the FIFO read-write: nothing it wrote is lost before we open it, and its exit ends our read.
+    // The bridge holds the FIFO read-write for its whole life: nothing it wrote is lost before we open
+    // it. A bridge that exits first takes the pipe with it (no end-of-file for us): its exit is watched too.
     status = new net.Socket({ fd: openSync(req.statusFifo, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK), readable: true, writable: false });
     await waitReady(status, proc);
     return proc;
