@@ -6,11 +6,9 @@
  * deletes every sandbox and the file).
  */
 import { parseArgs } from "node:util";
-import { mkdtemp, rm, rmdir, writeFile } from "node:fs/promises";
-import os from "node:os";
 import path from "node:path";
-import { LocalProvider } from "../../providers/local/index.js";
-import { parseIntFlag, parsePairs, usage } from "../../cli/args.js";
+import { serveStandin } from "../serve-standin.js";
+import { parseIntFlag, parsePairs } from "../../cli/args.js";
 import { IsloStandin } from "./server.js";
 import { DEFAULT_EGRESS_CONFIG } from "../../worker/egress/config.js";
 
@@ -54,49 +52,33 @@ export async function runIsloStandin(args: string[], env: NodeJS.ProcessEnv): Pr
     console.log(ISLO_USAGE);
     return 0;
   }
-  if (!values["env-file"]) throw usage(`--env-file FILE is required\n\n${ISLO_USAGE}`);
-  const envFile = path.resolve(values["env-file"]);
-  const ownWorkRoot = values["work-root"] === undefined;
-  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-islo-standin-")));
-  const provider = new LocalProvider({
-    workRoot,
-    cgroupParent: "sandqueue-standin",
-    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  return serveStandin({
+    name: "islo",
+    usage: ISLO_USAGE,
+    flags: values,
+    env,
+    start: (provider) => {
+      return IsloStandin.start({
+        provider,
+        controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
+        computePort: values["compute-port"] === undefined ? 0 : parseIntFlag("compute-port", values["compute-port"], 0, 65535),
+        ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
+        images: parsePairs("image", values.image),
+        ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
+        ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+        ...(values["token-ttl"] ? { tokenTtlSeconds: parseIntFlag("token-ttl", values["token-ttl"], 1, 86_400) } : {}),
+        ...(values["enforce-gateway"]
+          ? {
+              egress: {
+                ...DEFAULT_EGRESS_CONFIG,
+                ...(values["egress-hosts"] ? { hostsFile: path.resolve(values["egress-hosts"]) } : {}),
+                allowPrivate: values["allow-private"] === true,
+              },
+            }
+          : {}),
+      });
+    },
+    envFile: (standin) => standin.envFile(),
+    where: (standin) => `control ${standin.controlUrl}, compute ${standin.computeUrl}`,
   });
-  let standin: IsloStandin | undefined;
-  try {
-    standin = await IsloStandin.start({
-      provider,
-      controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
-      computePort: values["compute-port"] === undefined ? 0 : parseIntFlag("compute-port", values["compute-port"], 0, 65535),
-      ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
-      images: parsePairs("image", values.image),
-      ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-      ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-      ...(values["token-ttl"] ? { tokenTtlSeconds: parseIntFlag("token-ttl", values["token-ttl"], 1, 86_400) } : {}),
-      ...(values["enforce-gateway"]
-        ? {
-            egress: {
-              ...DEFAULT_EGRESS_CONFIG,
-              ...(values["egress-hosts"] ? { hostsFile: path.resolve(values["egress-hosts"]) } : {}),
-              allowPrivate: values["allow-private"] === true,
-            },
-          }
-        : {}),
-    });
-    await writeFile(envFile, standin.envFile(), { mode: 0o600 });
-    console.log(`islo stand-in: control ${standin.controlUrl}, compute ${standin.computeUrl}; env file ${envFile}; sandboxes under ${workRoot}`);
-    await new Promise<void>((resolve) => {
-      process.once("SIGTERM", resolve);
-      process.once("SIGINT", resolve);
-    });
-    console.log("islo stand-in stopping: deleting sandboxes");
-    return 0;
-  } finally {
-    await standin?.stop();
-    await provider.close();
-    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
-    if (standin) await rm(envFile, { force: true });
-    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
-  }
 }

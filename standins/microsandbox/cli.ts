@@ -5,11 +5,8 @@
  * sandbox and removes the file).
  */
 import { parseArgs } from "node:util";
-import { mkdtemp, rm, rmdir, writeFile } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { LocalProvider } from "../../providers/local/index.js";
-import { parseIntFlag, parsePairs, usage } from "../../cli/args.js";
+import { serveStandin } from "../serve-standin.js";
+import { parseIntFlag, parsePairs } from "../../cli/args.js";
 import { MicrosandboxStandin } from "./server.js";
 
 export const MICROSANDBOX_USAGE = `usage: npm run standin -- microsandbox --env-file FILE [options]
@@ -50,40 +47,24 @@ export async function runMicrosandboxStandin(args: string[], env: NodeJS.Process
     console.log(MICROSANDBOX_USAGE);
     return 0;
   }
-  if (!values["env-file"]) throw usage(`--env-file FILE is required\n\n${MICROSANDBOX_USAGE}`);
-  const envFile = path.resolve(values["env-file"]);
-  const ownWorkRoot = values["work-root"] === undefined;
-  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-msb-standin-")));
-  const provider = new LocalProvider({
-    workRoot,
-    cgroupParent: "sandqueue-standin",
-    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  return serveStandin({
+    name: "microsandbox",
+    usage: MICROSANDBOX_USAGE,
+    flags: values,
+    env,
+    start: (provider) => {
+      const defaultImage = values["default-image"];
+      return MicrosandboxStandin.start({
+        provider,
+        port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+        ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
+        images: parsePairs("image", values.image),
+        defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),
+        ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
+        ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+      });
+    },
+    envFile: (standin) => envFileText(standin.envVars()),
+    where: (standin) => `listening on ${standin.url}`,
   });
-  let standin: MicrosandboxStandin | undefined;
-  try {
-    const defaultImage = values["default-image"];
-    standin = await MicrosandboxStandin.start({
-      provider,
-      port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
-      ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
-      images: parsePairs("image", values.image),
-      defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),
-      ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-      ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-    });
-    await writeFile(envFile, envFileText(standin.envVars()), { mode: 0o600 });
-    console.log(`microsandbox stand-in listening on ${standin.url}; env file ${envFile}; sandboxes under ${workRoot}`);
-    await new Promise<void>((resolve) => {
-      process.once("SIGTERM", resolve);
-      process.once("SIGINT", resolve);
-    });
-    console.log("microsandbox stand-in stopping: stopping sandboxes");
-    return 0;
-  } finally {
-    await standin?.stop();
-    await provider.close();
-    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
-    if (standin) await rm(envFile, { force: true });
-    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
-  }
 }

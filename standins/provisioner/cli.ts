@@ -6,11 +6,8 @@
  * sandbox and the file).
  */
 import { parseArgs } from "node:util";
-import { mkdtemp, rm, rmdir, writeFile } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { LocalProvider } from "../../providers/local/index.js";
-import { parseIntFlag, usage } from "../../cli/args.js";
+import { serveStandin } from "../serve-standin.js";
+import { parseIntFlag } from "../../cli/args.js";
 import { envFileText } from "../microsandbox/cli.js";
 import { ProvisionerStandin } from "./server.js";
 
@@ -48,40 +45,24 @@ export async function runProvisionerStandin(args: string[], env: NodeJS.ProcessE
     console.log(PROVISIONER_USAGE);
     return 0;
   }
-  if (!values["env-file"]) throw usage(`--env-file FILE is required\n\n${PROVISIONER_USAGE}`);
-  const envFile = path.resolve(values["env-file"]);
-  const ownWorkRoot = values["work-root"] === undefined;
-  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-prov-standin-")));
-  const provider = new LocalProvider({
-    workRoot,
-    cgroupParent: "sandqueue-standin",
-    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  return serveStandin({
+    name: "provisioner",
+    usage: PROVISIONER_USAGE,
+    flags: values,
+    env,
+    start: (provider) => {
+      return ProvisionerStandin.start({
+        provider,
+        port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+        ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
+        ...(values["sandbox-api-key"] ? { sandboxApiKey: values["sandbox-api-key"] } : {}),
+        ...(values.image ? { image: values.image } : {}),
+        ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
+        ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+        ...(values["start-delay-ms"] ? { startDelayMs: parseIntFlag("start-delay-ms", values["start-delay-ms"], 0, 3_600_000) } : {}),
+      });
+    },
+    envFile: (standin) => envFileText(standin.envVars()),
+    where: (standin) => `listening on ${standin.url}`,
   });
-  let standin: ProvisionerStandin | undefined;
-  try {
-    standin = await ProvisionerStandin.start({
-      provider,
-      port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
-      ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
-      ...(values["sandbox-api-key"] ? { sandboxApiKey: values["sandbox-api-key"] } : {}),
-      ...(values.image ? { image: values.image } : {}),
-      ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-      ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-      ...(values["start-delay-ms"] ? { startDelayMs: parseIntFlag("start-delay-ms", values["start-delay-ms"], 0, 3_600_000) } : {}),
-    });
-    await writeFile(envFile, envFileText(standin.envVars()), { mode: 0o600 });
-    console.log(`provisioner stand-in listening on ${standin.url}; env file ${envFile}; sandboxes under ${workRoot}`);
-    await new Promise<void>((resolve) => {
-      process.once("SIGTERM", resolve);
-      process.once("SIGINT", resolve);
-    });
-    console.log("provisioner stand-in stopping: deleting sandboxes");
-    return 0;
-  } finally {
-    await standin?.stop();
-    await provider.close();
-    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
-    if (standin) await rm(envFile, { force: true });
-    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
-  }
 }

@@ -6,11 +6,8 @@
  * and runs until SIGTERM or SIGINT (then deletes every sandbox and the file).
  */
 import { parseArgs } from "node:util";
-import { mkdtemp, rm, rmdir, writeFile } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { LocalProvider } from "../../providers/local/index.js";
-import { parseIntFlag, parsePairs, usage } from "../../cli/args.js";
+import { serveStandin } from "../serve-standin.js";
+import { parseIntFlag, parsePairs } from "../../cli/args.js";
 import { SuperserveStandin } from "./server.js";
 
 export const SUPERSERVE_USAGE = `usage: npm run standin -- superserve --env-file FILE [options]
@@ -48,41 +45,25 @@ export async function runSuperserveStandin(args: string[], env: NodeJS.ProcessEn
     console.log(SUPERSERVE_USAGE);
     return 0;
   }
-  if (!values["env-file"]) throw usage(`--env-file FILE is required\n\n${SUPERSERVE_USAGE}`);
-  const envFile = path.resolve(values["env-file"]);
-  const ownWorkRoot = values["work-root"] === undefined;
-  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-superserve-standin-")));
-  const provider = new LocalProvider({
-    workRoot,
-    cgroupParent: "sandqueue-standin",
-    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
+  return serveStandin({
+    name: "superserve",
+    usage: SUPERSERVE_USAGE,
+    flags: values,
+    env,
+    start: (provider) => {
+      const templates = parsePairs("template", values.template);
+      return SuperserveStandin.start({
+        provider,
+        controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
+        dataPort: values["data-port"] === undefined ? 0 : parseIntFlag("data-port", values["data-port"], 0, 65535),
+        ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
+        ...(Object.keys(templates).length ? { templates } : {}),
+        ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
+        ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+        ...(values["transition-ms"] ? { transitionMs: parseIntFlag("transition-ms", values["transition-ms"], 0, 600_000) } : {}),
+      });
+    },
+    envFile: (standin) => standin.envFile(),
+    where: (standin) => `control ${standin.controlUrl}, data ${standin.dataUrl}`,
   });
-  let standin: SuperserveStandin | undefined;
-  try {
-    const templates = parsePairs("template", values.template);
-    standin = await SuperserveStandin.start({
-      provider,
-      controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
-      dataPort: values["data-port"] === undefined ? 0 : parseIntFlag("data-port", values["data-port"], 0, 65535),
-      ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
-      ...(Object.keys(templates).length ? { templates } : {}),
-      ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-      ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-      ...(values["transition-ms"] ? { transitionMs: parseIntFlag("transition-ms", values["transition-ms"], 0, 600_000) } : {}),
-    });
-    await writeFile(envFile, standin.envFile(), { mode: 0o600 });
-    console.log(`superserve stand-in: control ${standin.controlUrl}, data ${standin.dataUrl}; env file ${envFile}; sandboxes under ${workRoot}`);
-    await new Promise<void>((resolve) => {
-      process.once("SIGTERM", resolve);
-      process.once("SIGINT", resolve);
-    });
-    console.log("superserve stand-in stopping: deleting sandboxes");
-    return 0;
-  } finally {
-    await standin?.stop();
-    await provider.close();
-    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
-    if (standin) await rm(envFile, { force: true });
-    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
-  }
 }
