@@ -18,7 +18,7 @@ import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits, type PackOptions } from "..
 import type { ExecRequest, ExecResult, OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
 import { notRunResult } from "../exec-supervision.js";
 import { runShimmed, type ShimTransport } from "../remote/exec-shim.js";
-import { deadOwnerTags, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
+import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
 import { getArchiveOverExec, putArchiveOverExec, type RawOutput } from "../remote/tar-over-exec.js";
 import { microsandboxDefinition } from "./definition.js";
 import { MsbRpcClient, MsbRpcError } from "./rpc-client.js";
@@ -134,17 +134,9 @@ export class MicrosandboxProvider implements SandboxProvider {
   }
 
   async reap(owners?: OwnerLiveness): Promise<number> {
-    const names = await this.list();
-    const tagged = names.map((n) => ({ n, tag: ownerTagOf(NAME_PREFIX, n) })).filter((x) => x.tag !== null && x.tag !== this.ownTag);
-    const dead = await deadOwnerTags(owners, tagged.map((x) => x.tag!));
-    if (!dead) return 0;
-    let removed = 0;
-    for (const { n, tag } of tagged) {
-      if (!dead.has(tag!)) continue;
-      await this.stopSandbox(n);
-      removed++;
-    }
-    return removed;
+    const doomed = await namesOfDeadOwners(NAME_PREFIX, this.ownTag, await this.list(), owners);
+    for (const n of doomed) await this.stopSandbox(n);
+    return doomed.length;
   }
 
   /** @internal */

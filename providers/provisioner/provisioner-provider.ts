@@ -25,7 +25,7 @@ import { WORKSPACE_DIR } from "../provider.js";
 import { shellQuote } from "../request-script.js";
 import { runShimmed, type ShimTransport } from "../remote/exec-shim.js";
 import { RemoteHttpClient, RemoteHttpError } from "../remote/http-client.js";
-import { deadOwnerTags, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
+import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
 import { CHECK_DIR, stepFailed, workspacePath, type RawOutput } from "../remote/tar-over-exec.js";
 import { provisionerDefinition } from "./definition.js";
 
@@ -174,16 +174,9 @@ export class ProvisionerProvider implements SandboxProvider {
   }
 
   async reap(owners?: OwnerLiveness): Promise<number> {
-    const tagged = (await this.list()).map((n) => ({ n, tag: ownerTagOf(NAME_PREFIX, n) })).filter((x) => x.tag !== null && x.tag !== this.ownTag);
-    const dead = await deadOwnerTags(owners, tagged.map((x) => x.tag!));
-    if (!dead) return 0;
-    let removed = 0;
-    for (const { n, tag } of tagged) {
-      if (!dead.has(tag!)) continue;
-      await this.deleteSandbox(n);
-      removed++;
-    }
-    return removed;
+    const doomed = await namesOfDeadOwners(NAME_PREFIX, this.ownTag, await this.list(), owners);
+    for (const n of doomed) await this.deleteSandbox(n);
+    return doomed.length;
   }
 
   /** @internal */

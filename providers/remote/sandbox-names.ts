@@ -55,3 +55,13 @@ export async function deadOwnerTags(owners: OwnerLiveness | undefined, tags: Ite
   const live = new Set([...(await dir.liveOwnerLabels())].map((l) => hex(l, 10)));
   return new Set([...tags].filter((t) => !live.has(t)));
 }
+
+/**
+ * Which of `names` (a service's list) are ours, made by another worker that
+ * has no heartbeat: what a reap removes. Empty when liveness cannot be told.
+ */
+export async function namesOfDeadOwners(prefix: string, ownTag: string, names: readonly string[], owners: OwnerLiveness | undefined): Promise<string[]> {
+  const tagged = names.map((n) => ({ n, tag: ownerTagOf(prefix, n) })).filter((x): x is { n: string; tag: string } => x.tag !== null && x.tag !== ownTag);
+  const dead = await deadOwnerTags(owners, tagged.map((x) => x.tag));
+  return dead ? tagged.filter((x) => dead.has(x.tag)).map((x) => x.n) : [];
+}

@@ -1,7 +1,7 @@
 /** Names of sandboxes on remote services: stable per job and attempt, owner recoverable, valid Kubernetes names. */
 import { describe, expect, it } from "vitest";
 import { ownershipLabels } from "../../providers/provider.js";
-import { deadOwnerTags, ownerTag, ownerTagOf, sandboxName } from "../../providers/remote/sandbox-names.js";
+import { deadOwnerTags, namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../../providers/remote/sandbox-names.js";
 
 const spec = (job: string | undefined, attempt?: number) => ({ labels: ownershipLabels("w", job), ...(attempt === undefined ? {} : { attempt }) });
 
@@ -35,5 +35,14 @@ describe("remote sandbox names", () => {
     expect(await deadOwnerTags(owners, tags)).toEqual(new Set([ownerTag("dead")]));
     expect(await deadOwnerTags({ liveOwners: async () => new Set<string>() }, tags)).toBeNull();
     expect(await deadOwnerTags(undefined, tags)).toBeNull();
+  });
+
+  it("pick from a service's list only our names whose owner is dead, never this worker's or foreign ones", async () => {
+    const owners = { liveOwners: async () => new Set<string>(), liveOwnerLabels: async () => new Set(["alive", "me"]) };
+    const job = (id: string) => ({ labels: { "sandqueue.io/job": id }, attempt: 1 });
+    const dead = sandboxName("sq", "dead", job("j1"));
+    const names = [sandboxName("sq", "alive", job("j2")), dead, sandboxName("sq", "me", job("j3")), "someone-elses", sandboxName("other", "dead", job("j4"))];
+    expect(await namesOfDeadOwners("sq", ownerTag("me"), names, owners)).toEqual([dead]);
+    expect(await namesOfDeadOwners("sq", ownerTag("me"), names, undefined)).toEqual([]);
   });
 });
