@@ -18,10 +18,11 @@
 import type { Readable } from "node:stream";
 import { ErrorCodes, SandqueueError } from "../errors/index.js";
 import { commandFor, type JobSpec, type ResolvedLimits } from "../producer/job-spec.js";
-import { isNetworkPolicy, type NetworkPolicy } from "../producer/network-policy.js";
+import { isNetworkPolicy } from "../producer/network-policy.js";
 import { NO_OUTPUT, errorJobResult, type JobResult, type KillReason, type SnapshotRef, type Timings } from "../producer/job-result.js";
-import { WORKSPACE_DIR, ownershipLabels, type ExecResult, type Sandbox, type SandboxEgress, type SandboxProvider } from "../providers/provider.js";
+import { WORKSPACE_DIR, ownershipLabels, type ExecResult, type Sandbox, type SandboxProvider } from "../providers/provider.js";
 import type { ArchiveLimits } from "../providers/archive/index.js";
+import type { EgressJobSession, EgressOpenRequest } from "./egress/gateway.js";
 
 /** Resolves secret names to values; values never leave the worker process. */
 export interface SecretResolver {
@@ -45,11 +46,7 @@ export interface WorkspaceStore {
  * (worker/egress/gateway.ts). Bound secrets go to the proxy, never the sandbox.
  */
 export interface EgressOpener {
-  open(req: { jobId: string; policy: NetworkPolicy; boundSecrets: Readonly<Record<string, string>>; sandbox: SandboxEgress }): Promise<{
-    caEnv: Record<string, string>;
-    proxyEnv: Record<string, string>;
-    close(): Promise<void>;
-  }>;
+  open(req: EgressOpenRequest): Promise<EgressJobSession>;
 }
 
 /** How to put inline `files` into a sandbox workspace (a tar, validated like any other). */
@@ -120,7 +117,7 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
   let secretValues: Record<string, string> = {};
   const policy = isNetworkPolicy(spec.network) ? spec.network : null;
   const boundNames = policy?.secrets.map((b) => b.name) ?? [];
-  let egress: Awaited<ReturnType<EgressOpener["open"]>> | undefined;
+  let egress: EgressJobSession | undefined;
   let exec: ExecResult | undefined;
   let sandbox: Sandbox | undefined;
   /** The job's end once its signal has fired; a cancel keeps the output of an exec that ran. */
@@ -173,7 +170,8 @@ export async function runJob(spec: JobSpec, ctx: RunContext): Promise<JobResult>
       }
       egress = await ctx.egress.open({ jobId: ctx.jobId, policy, boundSecrets: pick(secretValues, boundNames), sandbox: box.egress });
     }
-    const envSecrets = pick(secretValues, spec.secrets);
+    // Only when some secrets are bound to hosts does the environment get fewer than were resolved.
+    const envSecrets = boundNames.length ? pick(secretValues, spec.secrets) : secretValues;
     exec = await timed("execMs", () =>
       box.exec({
         argv: commandFor(spec),
