@@ -6,6 +6,7 @@
  * Set in-process (`standin.faults.add`) or over HTTP
  * (`POST /standin/faults`, see standins/README.md).
  */
+import { FaultTable as Faults } from "../fault-table.js";
 
 export interface FaultMatch {
   /** microsandbox: a JSON-RPC method (`sandbox.command.run`); provisioner: `create`, `get`, `list`, `delete`, `exec`, `upload`, `download`, `ready`. */
@@ -27,9 +28,6 @@ export interface FaultSpec {
   count?: number;
 }
 
-interface Fault extends Required<FaultSpec> {
-  used: number;
-}
 
 const FAIL_CODES = [400, 401, 403, 404, 409, 429, 500, 502, 503, 504];
 
@@ -61,33 +59,9 @@ export function parseFault(v: unknown): FaultSpec | string {
   return { match: m as FaultMatch, action: action as FaultAction, count: count as number };
 }
 
-export class FaultTable {
-  private faults: Fault[] = [];
-
-  add(spec: FaultSpec): void {
-    this.faults.push({ match: spec.match, action: spec.action, count: spec.count ?? 1, used: 0 });
-  }
-
-  clear(): void {
-    this.faults = [];
-  }
-
+export class FaultTable extends Faults<FaultMatch, FaultAction> {
   /** The first fault matching this request (consumed once), if any. */
   take(op: string, sandbox?: string, types: FaultAction["type"][] = ["fail", "delay", "vanish"]): FaultAction | null {
-    const f = this.faults.find(
-      (f) =>
-        f.used < f.count &&
-        types.includes(f.action.type) &&
-        (f.match.op === undefined || f.match.op === op) &&
-        (f.match.sandbox === undefined || f.match.sandbox === sandbox),
-    );
-    if (!f) return null;
-    f.used++;
-    this.faults = this.faults.filter((x) => x.used < x.count);
-    return f.action;
-  }
-
-  get pending(): number {
-    return this.faults.length;
+    return this.takeWhere((m) => (m.op === undefined || m.op === op) && (m.sandbox === undefined || m.sandbox === sandbox), types);
   }
 }

@@ -7,6 +7,7 @@
  * lose their sandbox mid-run (it turns `failed`, or is `deleted`). Set
  * in-process (`standin.faults.add`) or over HTTP (`POST /standin/faults`).
  */
+import { FaultTable as Faults } from "../fault-table.js";
 
 /** The API operation a request is, as the stand-in routes it. */
 export type SuperserveOp =
@@ -57,9 +58,6 @@ export interface FaultSpec {
   count?: number;
 }
 
-interface Fault extends Required<FaultSpec> {
-  used: number;
-}
 
 /** Checks a fault given as JSON (the admin endpoint); the message names the field at fault. */
 export function parseFault(v: unknown): FaultSpec | string {
@@ -95,33 +93,9 @@ export function parseFault(v: unknown): FaultSpec | string {
   return { match: m as FaultSpec["match"], action: a as unknown as FaultAction, count: count as number };
 }
 
-export class FaultTable {
-  private faults: Fault[] = [];
-
-  add(spec: FaultSpec): void {
-    this.faults.push({ match: spec.match, action: spec.action, count: spec.count ?? 1, used: 0 });
-  }
-
-  clear(): void {
-    this.faults = [];
-  }
-
-  /** Faults not used up yet. */
-  get pending(): number {
-    return this.faults.length;
-  }
-
+export class FaultTable extends Faults<FaultSpec["match"], FaultAction> {
   /** The first fault matching this request whose action is one of `types`, counted as used. */
   take(op: SuperserveOp, sandbox: readonly string[], types: ReadonlyArray<FaultAction["type"]>): FaultAction | null {
-    const fault = this.faults.find(
-      (f) =>
-        types.includes(f.action.type) &&
-        (f.match.op === undefined || f.match.op === op) &&
-        (f.match.sandbox === undefined || sandbox.includes(f.match.sandbox)),
-    );
-    if (!fault) return null;
-    fault.used++;
-    if (fault.used >= fault.count) this.faults = this.faults.filter((f) => f !== fault);
-    return fault.action;
+    return this.takeWhere((m) => (m.op === undefined || m.op === op) && (m.sandbox === undefined || sandbox.includes(m.sandbox)), types);
   }
 }
