@@ -52,8 +52,12 @@ export const settingTypes = {
         .pipe(z.number().int().min(min, { error: `expected ${accepts}` }).max(max, { error: `expected ${accepts}` })),
     };
   },
+  /** Any non-empty string, described as `accepts` (an API key, a context name). */
+  text(accepts: string): { schema: z.ZodType<string, string>; accepts: string } {
+    return { accepts, schema: z.string().min(1, { error: `expected ${accepts}` }) };
+  },
   path(): { schema: z.ZodType<string, string>; accepts: string } {
-    return { accepts: "a path", schema: z.string().min(1, { error: "expected a path" }) };
+    return settingTypes.text("a path");
   },
   url(schemes: string[]): { schema: z.ZodType<string, string>; accepts: string } {
     const accepts = `a URL (${schemes.map((s) => `${s}://`).join(" or ")})`;

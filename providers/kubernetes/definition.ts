@@ -49,8 +49,7 @@ export const kubernetesDefinition = defineProvider({
     context: {
       env: "SANDQUEUE_K8S_CONTEXT",
       doc: "kubeconfig context to use (unset: its current context)",
-      accepts: "a context name",
-      schema: z.string().min(1, { error: "expected a context name" }),
+      ...settingTypes.text("a context name"),
     },
     namespace: {
       env: "SANDQUEUE_K8S_NAMESPACE",

@@ -3,8 +3,6 @@ import { z } from "zod";
 import { defineProvider } from "../definition.js";
 import { settingTypes } from "../settings.js";
 
-const text = (accepts: string) => ({ accepts, schema: z.string().min(1, { error: `expected ${accepts}` }) });
-
 export const microsandboxDefinition = defineProvider({
   name: "microsandbox",
   summary: "one microVM per job through a microsandbox server's JSON-RPC API (sandbox.start / command.run / stop)",
@@ -15,7 +13,7 @@ export const microsandboxDefinition = defineProvider({
       default: () => "http://127.0.0.1:5555",
       ...settingTypes.url(["http", "https"]),
     },
-    apiKey: { env: "MSB_API_KEY", doc: "API key (Bearer); or set SANDQUEUE_MSB_API_KEY_FILE", secret: true, ...text("an API key") },
+    apiKey: { env: "MSB_API_KEY", doc: "API key (Bearer); or set SANDQUEUE_MSB_API_KEY_FILE", secret: true, ...settingTypes.text("an API key") },
     apiKeyFile: { env: "SANDQUEUE_MSB_API_KEY_FILE", doc: "file holding the API key (first line), when MSB_API_KEY is unset", ...settingTypes.path() },
     namespace: {
       env: "SANDQUEUE_MSB_NAMESPACE",

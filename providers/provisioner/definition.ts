@@ -3,8 +3,6 @@ import { z } from "zod";
 import { defineProvider } from "../definition.js";
 import { settingTypes } from "../settings.js";
 
-const text = (accepts: string) => ({ accepts, schema: z.string().min(1, { error: `expected ${accepts}` }) });
-
 export const provisionerDefinition = defineProvider({
   name: "provisioner",
   summary: "one all-in-one sandbox pod per job through deer-flow's sandbox provisioner (/api/sandboxes) and the sandbox's own HTTP API",
@@ -15,9 +13,9 @@ export const provisionerDefinition = defineProvider({
       default: () => "http://127.0.0.1:8002",
       ...settingTypes.url(["http", "https"]),
     },
-    apiKey: { env: "SANDQUEUE_PROVISIONER_API_KEY", doc: "the provisioner's API key (X-API-Key); or set SANDQUEUE_PROVISIONER_API_KEY_FILE", secret: true, ...text("an API key") },
+    apiKey: { env: "SANDQUEUE_PROVISIONER_API_KEY", doc: "the provisioner's API key (X-API-Key); or set SANDQUEUE_PROVISIONER_API_KEY_FILE", secret: true, ...settingTypes.text("an API key") },
     apiKeyFile: { env: "SANDQUEUE_PROVISIONER_API_KEY_FILE", doc: "file holding the provisioner's API key (first line)", ...settingTypes.path() },
-    sandboxApiKey: { env: "SANDQUEUE_AIO_API_KEY", doc: "the sandboxes' own API key (X-AIO-API-Key), when they ask for one", secret: true, ...text("an API key") },
+    sandboxApiKey: { env: "SANDQUEUE_AIO_API_KEY", doc: "the sandboxes' own API key (X-AIO-API-Key), when they ask for one", secret: true, ...settingTypes.text("an API key") },
     images: {
       env: "SANDQUEUE_PROVISIONER_IMAGES",
       doc: "job images served by the provisioner's one SANDBOX_IMAGE (comma-separated); others are refused",

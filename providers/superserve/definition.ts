@@ -29,8 +29,7 @@ export const superserveDefinition = defineProvider({
     apiKey: {
       env: "SANDQUEUE_SUPERSERVE_API_KEY",
       doc: "API key (X-API-Key); or SANDQUEUE_SUPERSERVE_API_KEY_FILE",
-      accepts: "an API key",
-      schema: z.string().min(1, { error: "expected an API key" }),
+      ...settingTypes.text("an API key"),
       secret: true,
     },
     apiKeyFile: {
