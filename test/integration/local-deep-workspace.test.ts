@@ -62,6 +62,16 @@ async function until(what: string, check: () => boolean, timeoutMs = 30_000): Pr
   }
 }
 
+/** A directory being removed may vanish between listing and reading it. */
+function emptyOrGone(dir: string): boolean {
+  try {
+    return readdirSync(dir).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return true;
+    throw err;
+  }
+}
+
 function track(w: WorkerProcess): WorkerProcess {
   cleanups.push(() => w.stop("SIGKILL"));
   return w;
@@ -113,7 +123,8 @@ describe("a workspace nested past the host's PATH_MAX", () => {
     const { id } = await client.enqueue({ kind: "shell", script: DEEP_JOB, limits: { timeoutMs: 60_000, memoryMb: 256 } });
     expect(await client.waitForResult(id, { timeoutMs: 90_000 })).toMatchObject({ status: "succeeded" });
     // The result is published before the release finishes; the pre-started sandboxes stay (empty).
-    await until("the job's workspace is removed", () => usedBytes(root) < 8 * MiB);
+    // The big file goes first (depth first), so the space is back before the directory chain is gone: wait for both.
+    await until("the job's workspace is removed", () => usedBytes(root) < 8 * MiB && sandboxDirs(root).every((d) => emptyOrGone(path.join(root, d, "workspace"))));
     for (const d of sandboxDirs(root)) expect(readdirSync(path.join(root, d, "workspace"))).toEqual([]);
 
     await client.enqueue({ kind: "shell", script: `${DEEP_JOB}; sleep 120`, limits: { timeoutMs: 300_000, memoryMb: 256 } });
