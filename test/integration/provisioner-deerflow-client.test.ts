@@ -9,7 +9,7 @@
  * not only our provider's habits.
  */
 import { spawn } from "node:child_process";
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, rmdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -37,6 +37,17 @@ afterAll(async () => {
   await local?.close();
   for (const dir of local?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
   await rm(tmp, { recursive: true, force: true });
+});
+
+it("the client is the seed's code: token for token, only line breaks and indentation restored", async () => {
+  const seeds = path.join(import.meta.dirname, "../../../shared/seeds");
+  const name = (await readdir(seeds)).find((f) => f.startsWith("001_"));
+  expect(name, "../shared/seeds/001_*.txt (deer-flow's RemoteSandboxBackend)").toBeDefined();
+  const seed = await readFile(path.join(seeds, name!), "utf8");
+  const ours = await readFile(path.join(FIXTURE, "deerflow_sandbox/remote_backend.py"), "utf8");
+  // From the imports on; our two comment lines saying where the file comes from are not the seed's.
+  const code = (text: string): string => text.slice(text.indexOf("from __future__")).replace(/^# .*$/gm, "").replace(/\s+/g, "");
+  expect(code(ours)).toBe(code(seed));
 });
 
 interface Seen {
