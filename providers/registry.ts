@@ -16,6 +16,7 @@ import { microsandboxDefinition } from "./microsandbox/definition.js";
 import { provisionerDefinition } from "./provisioner/definition.js";
 import { isloDefinition } from "./islo/definition.js";
 import { superserveDefinition } from "./superserve/definition.js";
+import { e2bDefinition } from "./e2b/definition.js";
 
 /** Every provider, in the order `sandqueue providers` lists them. */
 export const PROVIDERS: readonly ProviderDefinition[] = [
@@ -26,6 +27,7 @@ export const PROVIDERS: readonly ProviderDefinition[] = [
   provisionerDefinition as unknown as ProviderDefinition,
   isloDefinition as unknown as ProviderDefinition,
   superserveDefinition as unknown as ProviderDefinition,
+  e2bDefinition as unknown as ProviderDefinition,
 ];
 
 export type { ProviderDefinition };
