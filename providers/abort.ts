@@ -32,3 +32,13 @@ export function destroyOnAbort<T extends Readable>(stream: T, what: string, sign
   stream.once("close", () => signal.removeEventListener("abort", onAbort));
   return stream;
 }
+
+/** An acquire stopped by its caller's signal: retryable, the job is classified by the worker's own signal. */
+export function acquireAborted(signal: AbortSignal, provider?: string): ProviderError {
+  return new ProviderError(ErrorCodes.PROVIDER_FAILED, `${provider ? `${provider}: ` : ""}acquire aborted`, { retryable: true, cause: signal.reason });
+}
+
+/** Throws acquireAborted when `signal` has fired. */
+export function throwIfAcquireAborted(signal: AbortSignal | undefined, provider?: string): void {
+  if (signal?.aborted) throw acquireAborted(signal, provider);
+}

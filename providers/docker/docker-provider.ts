@@ -8,8 +8,8 @@ import { readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
+import { destroyOnAbort, throwIfAcquireAborted, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { DEFAULT_ARCHIVE_LIMITS, normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import {
   WORKSPACE_DIR,
@@ -163,7 +163,7 @@ export class DockerProvider implements SandboxProvider {
 
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "docker provider is closed", { retryable: true });
-    throwIfAborted(opts.signal);
+    throwIfAcquireAborted(opts.signal);
     if (spec.network === "proxy") {
       if (!this.capabilities.networkPolicy) {
         throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode "proxy" needs the engine on this host (a unix:// DOCKER_HOST)`, { retryable: false });
@@ -179,7 +179,7 @@ export class DockerProvider implements SandboxProvider {
     // only the worker label.
     const pooled = await this.pool.take(poolKey(spec), templateOf(spec), opts.signal);
     if (pooled && opts.signal?.aborted) await this.removeContainer(pooled.id).catch(() => {});
-    throwIfAborted(opts.signal);
+    throwIfAcquireAborted(opts.signal);
     // Docker has no annotations: the job's own labels become `sandqueue.label.<key>` labels.
     const labels = { ...spec.labels, ...prefixedAnnotations(spec.annotations) };
     const container = pooled ?? (await this.createContainer({ ...templateOf(spec), labels }, opts.signal));
@@ -204,7 +204,7 @@ export class DockerProvider implements SandboxProvider {
       if (!pid) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "the engine reports no init pid for the container: cannot bridge it to the egress proxy", { retryable: true });
       const bridge = await startContainerBridge(pid, egressDir);
       container.egress = { view: { hostDir: egressDir, sandboxDir: EGRESS_SANDBOX_DIR, proxyUrl: EGRESS_PROXY_URL }, bridge };
-      throwIfAborted(signal);
+      throwIfAcquireAborted(signal);
     } catch (err) {
       if (container?.egress) await stopContainerBridge(container.egress.bridge);
       if (container) await this.removeContainer(container.id).catch(() => {});
@@ -266,12 +266,12 @@ export class DockerProvider implements SandboxProvider {
       const created = await this.call({ op: "create container", image: t.image }, () =>
         this.engine.json<{ Id: string }>({ method: "POST", path: "/containers/create", query: { name }, body, signal }),
       );
-      throwIfAborted(signal);
+      throwIfAcquireAborted(signal);
       await this.call({ op: "start container", image: t.image }, () =>
         this.engine.json({ method: "POST", path: `/containers/${created.Id}/start` }),
       );
       const counterFiles = await this.findCounterFiles(created.Id);
-      throwIfAborted(signal);
+      throwIfAcquireAborted(signal);
       return { id: created.Id, user, counterFiles };
     } catch (err) {
       await this.removeContainer(name).catch(() => {});
@@ -574,12 +574,6 @@ function poolKey(spec: Pick<SandboxSpec, "image" | "limits">): string {
 
 function templateOf(spec: Pick<SandboxSpec, "image" | "limits">): ContainerTemplate {
   return { image: spec.image, memoryMb: spec.limits.memoryMb, pids: spec.limits.pids, labels: {} };
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) {
-    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
-  }
 }
 
 function pidAlive(pid: number): boolean {

@@ -3,6 +3,7 @@
  * REST API (no official npm SDK exists; this speaks HTTP with Node's fetch
  * through providers/remote/http-client.ts). See docs/PROVIDERS.md ("islo").
  */
+import { throwIfAcquireAborted } from "../abort.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
 import type { ArchiveLimits } from "../archive/index.js";
 import { DEFAULT_ARCHIVE_LIMITS } from "../archive/index.js";
@@ -87,14 +88,14 @@ export class IsloProvider implements SandboxProvider {
     const name = sandboxName(spec.labels[LABEL_WORKER] ?? this.workerLabel, spec.labels[LABEL_JOB], spec.attempt);
     // Checked before anything is created: a policy islo cannot express is refused whole.
     const plan = policy ? profilePlan(name, this.workerLabel, policy) : null;
-    throwIfAborted(signal);
+    throwIfAcquireAborted(signal, "islo");
     let profileId: string | null = null;
     // Once a create was sent, the sandbox may exist even if no answer said so.
     let sent = false;
     try {
       if (plan) {
         profileId = await this.createProfile(plan, signal);
-        throwIfAborted(signal);
+        throwIfAcquireAborted(signal, "islo");
       }
       const gateway = profileId ?? this.o.gatewayProfile;
       const image = this.o.images?.[spec.image] ?? spec.image;
@@ -132,7 +133,7 @@ export class IsloProvider implements SandboxProvider {
       if (status !== "running" && status !== "started") await box.waitRunning();
       if (signal?.aborted) {
         await box.release();
-        throwIfAborted(signal);
+        throwIfAcquireAborted(signal, "islo");
       }
       return box;
     } catch (err) {
@@ -271,8 +272,4 @@ export class IsloProvider implements SandboxProvider {
     this.closed = true;
     await Promise.allSettled([...this.live].map((s) => s.release()));
   }
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "islo: acquire aborted", { retryable: true, cause: signal.reason });
 }

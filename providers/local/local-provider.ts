@@ -21,6 +21,7 @@ import { access, readdir, rm, constants } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import os from "node:os";
 import path from "node:path";
+import { throwIfAcquireAborted } from "../abort.js";
 import { ownershipLabels, type OwnerLiveness, type ProviderCapabilities, type Sandbox, type SandboxProvider, type SandboxSpec } from "../provider.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { ErrorCodes, ProviderError, isSandqueueError } from "../../errors/index.js";
@@ -110,10 +111,6 @@ function pidAlive(pid: number): boolean {
 /** A sandbox's limits as its cgroup holds them: bwrap's own processes come on top of the job's pids. */
 function cgroupLimits(limits: { memoryMb: number; pids: number }): CgroupLimits {
   return { memoryBytes: limits.memoryMb * MiB, pids: limits.pids + BWRAP_OVERHEAD_PIDS };
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
 }
 
 /**
@@ -230,7 +227,7 @@ export class LocalProvider implements SandboxProvider {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode '${String(spec.network)}' is not supported (none, proxy)`, { retryable: false });
     }
     const egress = spec.network === "proxy";
-    throwIfAborted(opts.signal);
+    throwIfAcquireAborted(opts.signal);
     // Pool sandboxes have no egress directory bound: a job with a policy gets a fresh one.
     const warm = egress ? null : this.takeWarm(spec);
     if (warm) return warm;
@@ -329,7 +326,7 @@ export class LocalProvider implements SandboxProvider {
       if (egressHostDir) mkdirSync(egressHostDir, { mode: 0o755 });
       const cgroup: SandboxCgroup = await this.cgroups.create(id, cgroupLimits(limits));
       releasers.push(() => cgroup.remove());
-      throwIfAborted(signal);
+      throwIfAcquireAborted(signal);
       const sandbox = new LocalSandbox({
         id,
         sandboxDir,

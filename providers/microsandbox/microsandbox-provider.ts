@@ -13,11 +13,11 @@
  *   then stop every sandbox whose owner has no heartbeat.
  */
 import type { Readable } from "node:stream";
+import { acquireAborted, throwIfAcquireAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits, type PackOptions } from "../archive/index.js";
-import type { ExecRequest, ExecResult, OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
-import { notRunResult } from "../exec-supervision.js";
-import { runShimmed, type ShimTransport } from "../remote/exec-shim.js";
+import type { OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
+import { ShimmedSandbox, type RunOptions } from "../remote/shimmed-sandbox.js";
 import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
 import { getArchiveOverExec, putArchiveOverExec, type RawOutput } from "../remote/tar-over-exec.js";
 import { microsandboxDefinition } from "./definition.js";
@@ -58,7 +58,7 @@ export class MicrosandboxProvider implements SandboxProvider {
   readonly rpc: MsbRpcClient;
   readonly namespace: string;
   private readonly ownTag: string;
-  private readonly live = new Set<MicrosandboxSandbox>();
+  private readonly live = new Set<ShimmedSandbox>();
   private closing: Promise<void> | undefined;
 
   constructor(readonly opts: MicrosandboxProviderOptions) {
@@ -75,7 +75,7 @@ export class MicrosandboxProvider implements SandboxProvider {
 
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal }): Promise<Sandbox> {
     if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "microsandbox provider is closing", { retryable: true });
-    throwIfAborted(opts.signal);
+    throwIfAcquireAborted(opts.signal);
     const name = sandboxName(NAME_PREFIX, this.opts.owner, spec);
     const params = {
       sandbox: name,
@@ -87,7 +87,7 @@ export class MicrosandboxProvider implements SandboxProvider {
     } catch (err) {
       // Whatever the server made of it, nothing of this name may stay behind.
       await this.stopSandbox(name).catch(() => undefined);
-      if (opts.signal?.aborted) throw abortedAcquire(opts.signal);
+      if (opts.signal?.aborted) throw acquireAborted(opts.signal);
       if (err instanceof MsbRpcError && /image|pull/i.test(err.message)) {
         throw new ProviderError(ErrorCodes.IMAGE_NOT_FOUND, `microsandbox: image '${spec.image}' could not be started: ${err.message}`, { retryable: false, cause: err });
       }
@@ -95,7 +95,7 @@ export class MicrosandboxProvider implements SandboxProvider {
     }
     if (opts.signal?.aborted) {
       await this.stopSandbox(name).catch(() => undefined);
-      throw abortedAcquire(opts.signal);
+      throw acquireAborted(opts.signal);
     }
     const box = new MicrosandboxSandbox(this, name, this.opts.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS);
     this.live.add(box);
@@ -140,7 +140,7 @@ export class MicrosandboxProvider implements SandboxProvider {
   }
 
   /** @internal */
-  forget(box: MicrosandboxSandbox): void {
+  forget(box: ShimmedSandbox): void {
     this.live.delete(box);
   }
 
@@ -152,24 +152,17 @@ export class MicrosandboxProvider implements SandboxProvider {
   }
 }
 
-class MicrosandboxSandbox implements Sandbox {
-  private released: Promise<void> | undefined;
-  private lost = false;
-  private readonly releasing = new AbortController();
-
+class MicrosandboxSandbox extends ShimmedSandbox {
   constructor(
     private readonly provider: MicrosandboxProvider,
-    readonly id: string,
+    id: string,
     private readonly archiveLimits: ArchiveLimits,
-  ) {}
-
-  private ensureLive(op: string): void {
-    if (this.released) throw new ProviderError(ErrorCodes.SANDBOX_RELEASED, `sandbox ${this.id} was released (${op})`);
-    if (this.lost) throw new ProviderError(ErrorCodes.SANDBOX_LOST, `sandbox ${this.id} is gone (${op})`, { retryable: true });
+  ) {
+    super(provider, id);
   }
 
   /** command.run of argv; a call that fails on a sandbox that no longer exists is SANDBOX_LOST. */
-  private async run(argv: string[], opts: { timeoutMs: number; signal?: AbortSignal }): Promise<RawOutput> {
+  protected async run(argv: string[], opts: RunOptions): Promise<RawOutput> {
     const [command, ...args] = argv;
     try {
       const r = await this.provider.rpc.call<CommandResult>(
@@ -199,20 +192,8 @@ class MicrosandboxSandbox implements Sandbox {
     }
   }
 
-  private readonly transport: ShimTransport = {
-    run: (argv, opts) => this.run(argv, opts),
-    kill: async () => {
-      this.lost = true;
-      await this.provider.stopSandbox(this.id);
-    },
-  };
-
-  async exec(req: ExecRequest): Promise<ExecResult> {
-    if (this.released) this.ensureLive("exec");
-    // An exec aborted before it starts runs nothing, even on a sandbox an earlier abort deleted.
-    if (req.signal?.aborted) return notRunResult();
-    this.ensureLive("exec");
-    return runShimmed(this.transport, req, [this.releasing.signal]);
+  protected destroy(): Promise<void> {
+    return this.provider.stopSandbox(this.id);
   }
 
   async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
@@ -229,21 +210,4 @@ class MicrosandboxSandbox implements Sandbox {
     this.ensureLive("getArchive");
     return getArchiveOverExec((argv, o) => this.run(argv, o), dir, opts);
   }
-
-  release(): Promise<void> {
-    this.released ??= (async () => {
-      this.provider.forget(this);
-      this.releasing.abort();
-      await this.provider.stopSandbox(this.id);
-    })();
-    return this.released;
-  }
-}
-
-function abortedAcquire(signal: AbortSignal): ProviderError {
-  return new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw abortedAcquire(signal);
 }

@@ -16,15 +16,14 @@
 import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { acquireAborted, destroyOnAbort, throwIfAcquireAborted, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { DEFAULT_ARCHIVE_LIMITS, normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
-import { notRunResult } from "../exec-supervision.js";
-import type { ExecRequest, ExecResult, OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
+import type { OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
 import { WORKSPACE_DIR } from "../provider.js";
 import { shellQuote } from "../request-script.js";
-import { runShimmed, type ShimTransport } from "../remote/exec-shim.js";
 import { RemoteHttpClient, RemoteHttpError } from "../remote/http-client.js";
+import { ShimmedSandbox, type RunOptions } from "../remote/shimmed-sandbox.js";
 import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
 import { CHECK_DIR, stepFailed, workspacePath, type RawOutput } from "../remote/tar-over-exec.js";
 import { provisionerDefinition } from "./definition.js";
@@ -72,7 +71,7 @@ export class ProvisionerProvider implements SandboxProvider {
   readonly capabilities: ProviderCapabilities = provisionerDefinition.capabilities;
   readonly http: RemoteHttpClient;
   private readonly ownTag: string;
-  private readonly live = new Set<ProvisionerSandbox>();
+  private readonly live = new Set<ShimmedSandbox>();
   private closing: Promise<void> | undefined;
 
   constructor(readonly opts: ProvisionerProviderOptions) {
@@ -108,7 +107,7 @@ export class ProvisionerProvider implements SandboxProvider {
         { retryable: false },
       );
     }
-    throwIfAborted(opts.signal);
+    throwIfAcquireAborted(opts.signal);
     const id = sandboxName(NAME_PREFIX, this.opts.owner, spec);
     const signal = opts.signal ? { signal: opts.signal } : {};
     try {
@@ -122,7 +121,7 @@ export class ProvisionerProvider implements SandboxProvider {
     } catch (err) {
       // Whatever the provisioner made of it, nothing of this id may stay behind.
       await this.deleteSandbox(id).catch(() => undefined);
-      if (opts.signal?.aborted) throw abortedAcquire(opts.signal);
+      if (opts.signal?.aborted) throw acquireAborted(opts.signal);
       throw err;
     }
   }
@@ -132,13 +131,13 @@ export class ProvisionerProvider implements SandboxProvider {
     const deadline = Date.now() + this.opts.readyTimeoutMs;
     let last = "no answer yet";
     for (;;) {
-      throwIfAborted(signal);
+      throwIfAcquireAborted(signal);
       try {
         const r = await aio.request({ method: "GET", path: "/v1/sandbox", accept: [404, 500, 502, 503, 504], timeoutMs: Math.min(5000, this.opts.requestTimeoutMs), op: "readiness", ...(signal ? { signal } : {}) });
         if (r.status === 200 && r.json<Envelope<unknown>>().success) return;
         last = `HTTP ${r.status}`;
       } catch (err) {
-        if (signal?.aborted) throw abortedAcquire(signal);
+        if (signal?.aborted) throw acquireAborted(signal);
         if (err instanceof RemoteHttpError && err.code === ErrorCodes.PROVIDER_CREDENTIALS) throw err;
         last = (err as Error).message;
       }
@@ -180,7 +179,7 @@ export class ProvisionerProvider implements SandboxProvider {
   }
 
   /** @internal */
-  forget(box: ProvisionerSandbox): void {
+  forget(box: ShimmedSandbox): void {
     this.live.delete(box);
   }
 
@@ -192,21 +191,14 @@ export class ProvisionerProvider implements SandboxProvider {
   }
 }
 
-class ProvisionerSandbox implements Sandbox {
-  private released: Promise<void> | undefined;
-  private lost = false;
-  private readonly releasing = new AbortController();
-
+class ProvisionerSandbox extends ShimmedSandbox {
   constructor(
     private readonly provider: ProvisionerProvider,
-    readonly id: string,
+    id: string,
     private readonly aio: RemoteHttpClient,
     private readonly archiveLimits: ArchiveLimits,
-  ) {}
-
-  private ensureLive(op: string): void {
-    if (this.released) throw new ProviderError(ErrorCodes.SANDBOX_RELEASED, `sandbox ${this.id} was released (${op})`);
-    if (this.lost) throw new ProviderError(ErrorCodes.SANDBOX_LOST, `sandbox ${this.id} is gone (${op})`, { retryable: true });
+  ) {
+    super(provider, id);
   }
 
   /** A call that failed on a sandbox the provisioner no longer runs is SANDBOX_LOST. */
@@ -221,7 +213,7 @@ class ProvisionerSandbox implements Sandbox {
   }
 
   /** POST /v1/bash/exec of argv (shell-quoted); the envelope unwrapped. */
-  private async run(argv: string[], opts: { timeoutMs: number; signal?: AbortSignal }): Promise<RawOutput> {
+  protected async run(argv: string[], opts: RunOptions): Promise<RawOutput> {
     const seconds = Math.ceil(opts.timeoutMs / 1000);
     try {
       const res = await this.aio.request({
@@ -242,19 +234,8 @@ class ProvisionerSandbox implements Sandbox {
     }
   }
 
-  private readonly transport: ShimTransport = {
-    run: (argv, opts) => this.run(argv, opts),
-    kill: async () => {
-      this.lost = true;
-      await this.provider.deleteSandbox(this.id);
-    },
-  };
-
-  async exec(req: ExecRequest): Promise<ExecResult> {
-    if (this.released) this.ensureLive("exec");
-    if (req.signal?.aborted) return notRunResult();
-    this.ensureLive("exec");
-    return runShimmed(this.transport, req, [this.releasing.signal]);
+  protected destroy(): Promise<void> {
+    return this.provider.deleteSandbox(this.id);
   }
 
   async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
@@ -310,21 +291,4 @@ class ProvisionerSandbox implements Sandbox {
       throw err;
     }
   }
-
-  release(): Promise<void> {
-    this.released ??= (async () => {
-      this.provider.forget(this);
-      this.releasing.abort();
-      await this.provider.deleteSandbox(this.id);
-    })();
-    return this.released;
-  }
-}
-
-function abortedAcquire(signal: AbortSignal): ProviderError {
-  return new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) throw abortedAcquire(signal);
 }

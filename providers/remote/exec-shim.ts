@@ -26,6 +26,7 @@ import { ExecSupervision, notRunResult } from "../exec-supervision.js";
 import type { ExecLimitHit, ExecRequest, ExecResult } from "../provider.js";
 import { WORKSPACE_DIR } from "../provider.js";
 import { requestPrelude } from "../request-script.js";
+import type { RawOutput } from "./tar-over-exec.js";
 
 // Only built-in modules at start (os, sys, select, time, binascii, _signal): the shim's own start-up
 // is most of what it costs. argv: cap, timeoutMs, isolate (0/1), cwd, env count, NAME=value..., argv...
@@ -105,11 +106,7 @@ done(os.WEXITSTATUS(status),None,limit,buf[o0],buf[e0])
 `;
 
 /** What a transport's synchronous exec call answered. */
-export interface TransportOutput {
-  stdout: string;
-  stderr: string;
-  exitCode: number | null;
-}
+export type TransportOutput = RawOutput;
 
 export interface ShimTransport {
   /**

@@ -16,6 +16,7 @@
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { NotFoundError, Sandbox as SdkSandbox, ConflictError } from "@superserve/sdk";
+import { acquireAborted, throwIfAcquireAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import {
@@ -66,10 +67,6 @@ export interface SuperserveProviderOptions {
 /** What `reattach` found and did, for tests and logs. */
 export type ReattachOutcome = "ready" | "resumed" | "recreate";
 
-function aborted(signal: AbortSignal): ProviderError {
-  return new ProviderError(ErrorCodes.PROVIDER_FAILED, "superserve: acquire aborted", { retryable: true, cause: signal.reason });
-}
-
 export class SuperserveProvider implements SandboxProvider {
   readonly name = "superserve";
   readonly capabilities = SUPERSERVE_CAPABILITIES;
@@ -104,14 +101,14 @@ export class SuperserveProvider implements SandboxProvider {
     if (spec.network === "proxy") {
       throw new ProviderError(ErrorCodes.CAPABILITY_UNSUPPORTED, "the superserve provider has no way to the worker's egress proxy (capability networkPolicy)", { retryable: false });
     }
-    if (signal?.aborted) throw aborted(signal);
+    throwIfAcquireAborted(signal, "superserve");
     const template = this.templateFor(spec.image);
     const metadata: Record<string, string> = { ...spec.labels, [LABEL_WORKER]: spec.labels[LABEL_WORKER] ?? this.ownerLabel, [LABEL_MANAGED_BY]: MANAGED_BY };
     const timeoutSeconds = Math.ceil(spec.maxLifetimeMs / 1000);
     const sdk = (await this.fromWarm(template, metadata, timeoutSeconds, signal)) ?? (await this.create(spec.image, template, metadata, timeoutSeconds, signal));
     if (signal?.aborted) {
       await this.destroy(sdk).catch(() => undefined);
-      throw aborted(signal);
+      throw acquireAborted(signal, "superserve");
     }
     const box = new SuperserveSandbox(this, sdk, template);
     this.live.add(box);
@@ -147,7 +144,7 @@ export class SuperserveProvider implements SandboxProvider {
         if (signal?.aborted || (!timedOut && !isRetryableSdkError(err))) {
           // An abort may land after the service created it: find it by its token and delete it.
           if (signal?.aborted) await this.deleteByToken(token);
-          if (signal?.aborted) throw aborted(signal);
+          throwIfAcquireAborted(signal, "superserve");
           throw translateSdkError(err, op, notFound);
         }
         const found = await this.findByToken(token).catch(() => undefined);
@@ -184,7 +181,7 @@ export class SuperserveProvider implements SandboxProvider {
       } catch {
         // Not usable (resume timed out, update refused...): it goes, and the next one is tried.
         await this.destroy(sdk).catch(() => undefined);
-        if (signal?.aborted) throw aborted(signal);
+        throwIfAcquireAborted(signal, "superserve");
       }
     }
     return undefined;
@@ -201,7 +198,7 @@ export class SuperserveProvider implements SandboxProvider {
     const until = performance.now() + this.opts.resumeTimeoutMs;
     let resumed = false;
     for (let delay = 25; ; delay = Math.min(delay * 2, 500)) {
-      if (signal?.aborted) throw aborted(signal);
+      throwIfAcquireAborted(signal, "superserve");
       let status: string;
       try {
         status = String((await sdk.getInfo()).status);
