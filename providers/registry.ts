@@ -17,6 +17,7 @@ import { provisionerDefinition } from "./provisioner/definition.js";
 import { isloDefinition } from "./islo/definition.js";
 import { superserveDefinition } from "./superserve/definition.js";
 import { e2bDefinition } from "./e2b/definition.js";
+import { northflankDefinition } from "./northflank/definition.js";
 
 /** Every provider, in the order `sandqueue providers` lists them. */
 export const PROVIDERS: readonly ProviderDefinition[] = [
@@ -28,6 +29,7 @@ export const PROVIDERS: readonly ProviderDefinition[] = [
   isloDefinition as unknown as ProviderDefinition,
   superserveDefinition as unknown as ProviderDefinition,
   e2bDefinition as unknown as ProviderDefinition,
+  northflankDefinition as unknown as ProviderDefinition,
 ];
 
 export type { ProviderDefinition };

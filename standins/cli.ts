@@ -17,6 +17,7 @@ import { runMicrosandboxStandin } from "./microsandbox/cli.js";
 import { runProvisionerStandin } from "./provisioner/cli.js";
 import { runSuperserveStandin } from "./superserve/cli.js";
 import { runE2bStandin } from "./e2b/cli.js";
+import { runNorthflankStandin } from "./northflank/cli.js";
 
 const USAGE = `usage: npm run standin -- kubernetes --kubeconfig FILE [options]
 
@@ -40,8 +41,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
   if (kind === "provisioner") return runProvisionerStandin(rest, env);
   if (kind === "superserve") return runSuperserveStandin(rest, env);
   if (kind === "e2b") return runE2bStandin(rest, env);
+  if (kind === "northflank") return runNorthflankStandin(rest, env);
   if (kind !== "kubernetes") {
-    console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo, microsandbox, provisioner, superserve, e2b)\n\n${USAGE}`);
+    console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo, microsandbox, provisioner, superserve, e2b, northflank)\n\n${USAGE}`);
     return kind === "--help" ? 0 : 2;
   }
   const { values } = parseArgs({

@@ -35,6 +35,8 @@ const CLEAN_WORKSPACE = "mkdir -p /workspace && chmod -R u+rwX /workspace 2>/dev
 const CLEAN_TIMEOUT_MS = 60_000;
 /** A lease outlives its sandbox's lifetime by this much before another worker may break it. */
 const LEASE_GRACE_MS = 60_000;
+/** How long the attached service's image is trusted before it is read again. */
+const ATTACHED_IMAGE_TTL_MS = 30_000;
 
 export interface NorthflankProviderOptions extends NorthflankConnection {
   mode: "ephemeral" | "attach";
@@ -67,6 +69,8 @@ export class NorthflankProvider implements SandboxProvider {
   private readonly ownerLabel: string;
   private readonly live = new Set<NorthflankSandbox>();
   private closed = false;
+  /** The attached service's image path, as last read. */
+  private attachedImage: { path: string | undefined; at: number } | undefined;
 
   constructor(readonly opts: NorthflankProviderOptions) {
     if (opts.mode === "attach" && !opts.serviceId) {
@@ -198,8 +202,29 @@ export class NorthflankProvider implements SandboxProvider {
 
   // ---- attach ---------------------------------------------------------------
 
+  /**
+   * An attached service runs one image: a job may ask for it (by its image
+   * path or a name SANDQUEUE_NORTHFLANK_IMAGES maps to it), and for nothing
+   * else. A service not deployed from an external image takes any job image.
+   */
+  private async checkAttachedImage(serviceId: string, image: string, signal?: AbortSignal): Promise<void> {
+    if (!this.attachedImage || this.attachedImage.at < performance.now() - ATTACHED_IMAGE_TTL_MS) {
+      const svc = await this.api.call(`read attached service ${serviceId}`, () => this.api.client.get.service({ parameters: { ...this.api.project, serviceId } }), {
+        ...(signal ? { signal } : {}),
+        notFound: () => new ProviderError(ErrorCodes.PROVIDER_FAILED, `northflank: attached service ${serviceId} not found in project ${this.opts.projectId}`, { retryable: false }),
+      });
+      this.attachedImage = { path: svc.data.deployment?.external?.imagePath, at: performance.now() };
+    }
+    const runs = this.attachedImage.path;
+    const asked = this.opts.images[image] ?? image;
+    if (runs !== undefined && asked !== runs) {
+      throw new ProviderError(ErrorCodes.IMAGE_NOT_FOUND, `northflank: attached service ${serviceId} runs image "${runs}"; the job asks for "${image}" ("${asked}")`, { retryable: false });
+    }
+  }
+
   private async attach(spec: SandboxSpec, signal?: AbortSignal): Promise<NorthflankSandbox> {
     const serviceId = this.opts.serviceId!;
+    await this.checkAttachedImage(serviceId, spec.image, signal);
     const started = performance.now();
     for (let delay = 100; ; delay = Math.min(delay * 2, 1000)) {
       const instances = await this.runningInstances(serviceId, signal);

@@ -68,6 +68,8 @@ interface InstanceRecord {
   box: Sandbox | null;
   /** Sockets of commands running in it (dropped when the instance goes). */
   sockets: Set<WebSocket>;
+  /** The local sandbox runs one command at a time: commands wait here for the one before. */
+  queue: Promise<void>;
 }
 
 interface ServiceRecord {
@@ -506,7 +508,7 @@ export class NorthflankStandin {
         },
         {},
       );
-      s.instances.push({ name: `${id}-${randomBytes(5).toString("hex")}-${randomBytes(3).toString("hex").slice(0, 5)}`, createdAt: Math.floor(Date.now() / 1000), status: "TASK_RUNNING", box, sockets: new Set() });
+      s.instances.push({ name: `${id}-${randomBytes(5).toString("hex")}-${randomBytes(3).toString("hex").slice(0, 5)}`, createdAt: Math.floor(Date.now() / 1000), status: "TASK_RUNNING", box, sockets: new Set(), queue: Promise.resolve() });
     }
     // Deleted while its instances started: they go too.
     if (this.services.get(id) !== s) await this.dropInstances(s);
@@ -650,8 +652,14 @@ export class NorthflankStandin {
     const frame = (stream: "stdout" | "stderr"): string => (stream === "stdout" ? "stdOut" : "stdErr");
     try {
       const input = await stdin;
-      if (controller.signal.aborted || !inst.box) return;
-      const r = await inst.box.exec({
+      // One command at a time per local sandbox (a container would run them side by side).
+      let done: () => void = () => undefined;
+      const turn = inst.queue;
+      inst.queue = new Promise<void>((resolve) => (done = resolve));
+      await turn;
+      if (controller.signal.aborted || !inst.box) return done();
+      const r = await inst.box
+        .exec({
         argv,
         env: DEFAULT_ENV,
         ...(input.length > 0 ? { stdin: input } : {}),
@@ -662,7 +670,8 @@ export class NorthflankStandin {
           const text = encode(stream, chunk);
           if (text) send(frame(stream), text);
         },
-      });
+      })
+        .finally(done);
       if (controller.signal.aborted || ws.readyState !== ws.OPEN) return;
       for (const stream of ["stdout", "stderr"] as const) {
         const rest = encoding === undefined || encoding === "utf8" ? decoders[stream].end() : "";
