@@ -18,6 +18,7 @@
  */
 import { setTimeout as sleep } from "node:timers/promises";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import { acquireAborted } from "../abort.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { LABEL_JOB, labelSafe, type OwnerLiveness, type SandboxProvider, type SandboxSpec } from "../provider.js";
 import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
@@ -55,9 +56,7 @@ export interface NorthflankProviderOptions extends NorthflankConnection {
   archiveLimits?: ArchiveLimits;
 }
 
-function aborted(signal: AbortSignal): ProviderError {
-  return new ProviderError(ErrorCodes.PROVIDER_FAILED, "northflank: acquire aborted", { retryable: true, cause: signal.reason });
-}
+const aborted = (signal: AbortSignal): ProviderError => acquireAborted(signal, "northflank");
 
 export class NorthflankProvider implements SandboxProvider {
   readonly name = "northflank";
