@@ -1,7 +1,8 @@
 /**
  * A sandbox pod: jobs run through exec (pod-exec.ts) under the shared
  * supervision; files move as tar over exec, validated on the worker
- * (providers/archive) like every provider's.
+ * (providers/archive) like every provider's. Small archives put into
+ * /workspace ride along with the next exec (carried-put.ts).
  *
  * Killing: closing an exec's connection makes the runtime kill the exec's
  * process (containerd: SIGKILL; the stand-in kills its whole tree); then
@@ -22,6 +23,7 @@ import { ExecUpgradeError, envHeader, exitCodeOf, openExec, stdinStream, wrapCom
 import { containerStatus } from "./pod-lifecycle.js";
 import { translateKubeError } from "./kube-errors.js";
 import { CONTAINER } from "./pod-spec.js";
+import { CARRY_MAX_BYTES, CarriedPuts, MarkedOutput, readUpTo } from "./carried-put.js";
 
 /** Exit codes of the archive scripts: a symlink on the way, not a directory. */
 const THROUGH_SYMLINK = 3;
@@ -53,6 +55,8 @@ export class KubeSandbox implements Sandbox {
   private restarts: number;
   /** A memory kill restarted the container: the next exec waits for it to run. */
   private restarting = false;
+  /** Archives put into /workspace, extracted by the next exec. */
+  private readonly carried = new CarriedPuts();
 
   constructor(
     private readonly provider: KubernetesProvider,
@@ -86,9 +90,10 @@ export class KubeSandbox implements Sandbox {
     const cwd = req.cwd ?? WORKSPACE_DIR;
     const jobStdin = req.stdin === undefined ? Buffer.alloc(0) : Buffer.from(req.stdin);
     const v5 = this.provider.speaksV5;
-    const argv = wrapCommand(req.argv, cwd, v5 ? null : jobStdin.length);
-    // The environment first (never in the command: see envHeader), then the job's stdin.
-    const stdin = Buffer.concat([envHeader(req.env, cwd), jobStdin]);
+    const carried = this.carried.take();
+    const argv = wrapCommand(req.argv, cwd, v5 ? null : jobStdin.length, carried?.args(v5 && jobStdin.length === 0) ?? null);
+    // The environment first (never in the command: see envHeader), the carried archives, then the job's stdin.
+    const stdin = Buffer.concat([envHeader(req.env, cwd), ...(carried ? [carried.stdin] : []), jobStdin]);
     let handle: ExecHandle | undefined;
     let killWanted = false;
     const sup = new ExecSupervision(req, {
@@ -98,9 +103,13 @@ export class KubeSandbox implements Sandbox {
         handle?.close();
       },
     });
+    const toJob = (c: Buffer): void => sup.stdout.push(c);
+    const marked = carried ? new MarkedOutput(carried.mark, toJob) : null;
     try {
-      handle = await this.open(argv, stdinStream(stdin, v5 ? V5 : "v4"), (c) => sup.stdout.push(c), (c) => sup.stderr.push(c));
+      handle = await this.open(argv, stdinStream(stdin, v5 ? V5 : "v4"), marked ? (c) => marked.push(c) : toJob, (c) => sup.stderr.push(c));
     } catch (err) {
+      // Nothing was extracted: the next exec (or flush) carries them again.
+      if (carried) this.carried.restore(carried);
       sup.stop();
       if (sup.killed) return sup.result({ exitCode: null, signal: null });
       throw err;
@@ -119,6 +128,10 @@ export class KubeSandbox implements Sandbox {
         retryable: true,
       });
     }
+    if (carried && !marked!.started) {
+      if (exitCode === 137 && (await this.killedBy()) === "pod") throw await this.lostError("the files put were being extracted when the pod was killed (exit 137)");
+      throw pathRefused(carried.dir, exitCode, marked!.diagnostics);
+    }
     if (exitCode === 137) {
       const why = await this.killedBy();
       if (why === "memory") sup.note("memory");
@@ -126,6 +139,21 @@ export class KubeSandbox implements Sandbox {
       else if (why === "pod") throw await this.lostError("the job was killed with its pod (exit 137)");
     }
     return sup.result({ exitCode, signal: null });
+  }
+
+  /** Extracts the archives waiting for an exec, in one of their own (before anything that reads the workspace). */
+  private async flushCarried(signal: AbortSignal | undefined, what: string): Promise<void> {
+    const carried = this.carried.take();
+    if (!carried) return;
+    let stdout = "";
+    const v5 = this.provider.speaksV5;
+    const r = await this.rawExec(wrapCommand([], WORKSPACE_DIR, v5 ? null : 0, carried.args(v5)), {
+      stdin: stdinBytes(Buffer.concat([envHeader({}, WORKSPACE_DIR), carried.stdin])),
+      signal,
+      what,
+      onStdout: (c) => (stdout = (stdout + c.toString("utf8")).slice(0, 4096)),
+    });
+    if (r.exitCode !== 0) throw pathRefused(carried.dir, r.exitCode, stdout.trim());
   }
 
   /**
@@ -233,7 +261,19 @@ export class KubeSandbox implements Sandbox {
       throwIfTransferAborted(what, signal);
       const abs = workspacePath(dir);
       // The validated stream fails with the SANDQ_ERR_TAR_* error on the first bad entry; that kills the extraction.
-      const body = validateTar(destroyOnAbort(tar, what, signal), this.provider.archiveLimits);
+      let body: Readable | Buffer = validateTar(destroyOnAbort(tar, what, signal), this.provider.archiveLimits);
+      if (abs === WORKSPACE_DIR && this.pod.carriesPuts) {
+        // Validated whole before a byte goes out; a small one waits for the next exec.
+        body = await readUpTo(body, CARRY_MAX_BYTES);
+        if (Buffer.isBuffer(body)) {
+          this.ensureLive("putArchive");
+          throwIfTransferAborted(what, signal);
+          this.carried.add(dir, body);
+          return;
+        }
+      }
+      // Archives put earlier land first.
+      await this.flushCarried(signal, what);
       const r = await this.rawExec(["/bin/sh", "-c", PUT_SCRIPT, "sandqueue-put", abs], { stdin: body, signal, what });
       if (r.exitCode !== 0) throw pathRefused(dir, r.exitCode, r.stderr);
     } catch (err) {
@@ -249,6 +289,10 @@ export class KubeSandbox implements Sandbox {
     this.ensureLive("getArchive");
     throwIfTransferAborted(what, signal);
     const abs = workspacePath(dir);
+    await this.flushCarried(signal, what).catch((err: unknown) => {
+      if (signal?.aborted) throw transferAborted(what, signal);
+      throw err;
+    });
     const raw = new PassThrough();
     // Its failure reaches the reader through normalizeTar; before there is one, nobody needs to hear it.
     raw.on("error", () => undefined);
@@ -292,6 +336,7 @@ export class KubeSandbox implements Sandbox {
   release(): Promise<void> {
     this.released ??= (async () => {
       this.provider.forget(this);
+      this.carried.clear();
       // A running exec sees the abort and reports "aborted".
       this.releaseController.abort();
       // A patch landing after the delete would only fail; let it finish first.
@@ -305,6 +350,13 @@ export class KubeSandbox implements Sandbox {
 /** The absolute path of an archive target: /workspace or below, normalised. */
 function workspacePath(dir: string): string {
   return path.posix.join(WORKSPACE_DIR, ...workspaceSegments(dir));
+}
+
+/** A buffer as a stream (rawExec streams its stdin). */
+function stdinBytes(b: Buffer): Readable {
+  const s = new PassThrough();
+  s.end(b);
+  return s;
 }
 
 function pathRefused(dir: string, exitCode: number, stderr: string): Error {

@@ -14,6 +14,7 @@ import {
   type V1NetworkPolicy,
   type V1Pod,
 } from "@kubernetes/client-node";
+import { throwIfAcquireAborted } from "../abort.js";
 import { ConfigError, ErrorCodes, ProviderError } from "../../errors/index.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { WarmPool, type WarmPoolOptions } from "../docker/warm-pool.js";
@@ -35,7 +36,7 @@ import { statusOf, translateKubeError } from "./kube-errors.js";
 import { KubeSandbox } from "./kube-sandbox.js";
 import { ANNOTATION_HOST, ANNOTATION_JOB_LABELS, ANNOTATION_PID, LABEL_POOLED, sandboxPod, type PodSettings } from "./pod-spec.js";
 import { waitRunning, containerStatus } from "./pod-lifecycle.js";
-import { openExec, V5 } from "./pod-exec.js";
+import { openExec, TOOLS_PATH, V5 } from "./pod-exec.js";
 import { reuseConnections } from "./connections.js";
 
 export interface KubernetesProviderOptions {
@@ -66,6 +67,8 @@ export interface KubernetesProviderOptions {
 
 /** Deadline of a pod waiting in the pool; cut to the job's lifetime when a job takes it. */
 const POOLED_DEADLINE_S = 3600;
+/** Exit code of the image check: tar is there, but not tar and head where carried puts look (TOOLS_PATH). */
+const NO_CARRY = 5;
 
 export interface PodRef {
   id: string;
@@ -75,6 +78,8 @@ export interface PodRef {
   startedAt: number;
   /** The container's restarts when handed out (a memory kill restarts it). */
   restarts: number;
+  /** Archives put into /workspace can ride along with the next exec (carried-put.ts): the image has tar and head in TOOLS_PATH. */
+  carriesPuts: boolean;
 }
 
 interface PodTemplate {
@@ -94,8 +99,8 @@ export class KubernetesProvider implements SandboxProvider {
   private readonly ownerLabel: string;
   private readonly podSettings: PodSettings;
   private readonly live = new Set<KubeSandbox>();
-  /** Images whose pods were found to have `tar` (checked once per image). */
-  private readonly tarChecked = new Map<string, Promise<void>>();
+  /** Images whose pods were found to have `tar` (checked once per image), and whether puts can be carried. */
+  private readonly tarChecked = new Map<string, Promise<boolean>>();
   readonly pool: WarmPool<PodRef>;
   private closing: Promise<void> | undefined;
   /** The exec subprotocol the API server chose (learnt from the first exec). */
@@ -178,7 +183,7 @@ export class KubernetesProvider implements SandboxProvider {
 
   async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
     if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "kubernetes provider is closed", { retryable: true });
-    throwIfAborted(opts.signal);
+    throwIfAcquireAborted(opts.signal);
     if (spec.network !== "none") {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `network mode "${String(spec.network)}" is not supported`);
     }
@@ -186,7 +191,7 @@ export class KubernetesProvider implements SandboxProvider {
     const lifetimeS = Math.max(1, Math.ceil(spec.maxLifetimeMs / 1000));
     const pooled = await this.pool.take(poolKey(t), t, opts.signal);
     if (pooled && opts.signal?.aborted) await this.deletePod(pooled.name).catch(() => undefined);
-    throwIfAborted(opts.signal);
+    throwIfAcquireAborted(opts.signal);
     let box: KubeSandbox;
     if (pooled) {
       // The adoption patch runs beside the job, off its critical path: the
@@ -252,12 +257,12 @@ export class KubernetesProvider implements SandboxProvider {
     );
     try {
       const created = await this.call("create pod", () => this.core.createNamespacedPod({ namespace: this.namespace, body }));
-      throwIfAborted(signal);
+      throwIfAcquireAborted(signal);
       const running = await this.call("read pod", () =>
         waitRunning(this.core, this.namespace, name, t.image, this.opts.startTimeoutMs ?? 120_000, signal),
       );
-      await this.checkTar(name, t.image);
-      throwIfAborted(signal);
+      const carriesPuts = await this.checkTar(name, t.image);
+      throwIfAcquireAborted(signal);
       const startTime = running.status?.startTime;
       return {
         id: created.metadata?.uid ?? name,
@@ -265,6 +270,7 @@ export class KubernetesProvider implements SandboxProvider {
         image: t.image,
         startedAt: startTime ? new Date(startTime).getTime() : Date.now(),
         restarts: containerStatus(running)?.restartCount ?? 0,
+        carriesPuts,
       };
     } catch (err) {
       await this.deletePod(name).catch(() => undefined);
@@ -275,9 +281,10 @@ export class KubernetesProvider implements SandboxProvider {
   /**
    * Files move as tar over exec, so the image needs `tar` (and /bin/sh):
    * checked on the first pod of each image, which also learns the exec
-   * subprotocol the server speaks.
+   * subprotocol the server speaks. Resolves whether small puts can ride
+   * along with the next exec (tar and head in TOOLS_PATH); else each runs alone.
    */
-  private checkTar(pod: string, image: string): Promise<void> {
+  private checkTar(pod: string, image: string): Promise<boolean> {
     let p = this.tarChecked.get(image);
     if (!p || this.protocol === null) {
       p = (async () => {
@@ -288,7 +295,8 @@ export class KubernetesProvider implements SandboxProvider {
             namespace: this.namespace,
             pod,
             container: "sandbox",
-            argv: ["/bin/sh", "-c", "command -v tar >/dev/null 2>&1 || exit 3"],
+            // Carrying puts (carried-put.ts) runs tar and head with TOOLS_PATH.
+            argv: ["/bin/sh", "-c", `command -v tar >/dev/null 2>&1 || exit 3; PATH=${TOOLS_PATH}; { command -v tar && command -v head; } >/dev/null 2>&1 || exit ${NO_CARRY}`],
             stdin: null,
             onStdout: () => undefined,
             onStderr: (c) => stderr.push(c),
@@ -304,11 +312,13 @@ export class KubernetesProvider implements SandboxProvider {
             { retryable: false, details: { image } },
           );
         }
+        if (code === NO_CARRY) return false;
         if (code !== 0) {
           throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `pod ${pod}: the first exec failed (${end.kind === "status" ? (end.status.message ?? "") : `connection closed, code ${end.code}`}) ${Buffer.concat(stderr).toString().trim()}`, {
             retryable: true,
           });
         }
+        return true;
       })();
       this.tarChecked.set(image, p);
       p.catch(() => this.tarChecked.delete(image));
@@ -428,12 +438,6 @@ export function isDefaultDeny(p: V1NetworkPolicy, podLabels: Record<string, stri
 
 function poolKey(t: PodTemplate): string {
   return `${t.image}\u0000${t.memoryMb}`;
-}
-
-function throwIfAborted(signal: AbortSignal | undefined): void {
-  if (signal?.aborted) {
-    throw new ProviderError(ErrorCodes.PROVIDER_FAILED, "acquire aborted", { retryable: true, cause: signal.reason });
-  }
 }
 
 function pidAlive(pid: number): boolean {

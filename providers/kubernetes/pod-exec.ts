@@ -15,6 +15,7 @@ import { Exec, type KubeConfig, type V1Status } from "@kubernetes/client-node";
 // Not re-exported by the package index; the package has no "exports" map, so its file is importable.
 import { WebSocketHandler } from "@kubernetes/client-node/dist/web-socket-handler.js";
 import type { WebSocket } from "ws";
+import { WORKSPACE_DIR } from "../provider.js";
 import { resumingSocketFactory } from "./connections.js";
 
 export const V5 = "v5.channel.k8s.io";
@@ -78,10 +79,13 @@ function execFor(kc: KubeConfig): Exec {
 
 export async function openExec(o: OpenExec): Promise<ExecHandle> {
   let status: V1Status | null = null;
+  let ended: ((end: ExecEnd) => void) | null = null;
   let ws: WebSocket;
   try {
     ws = (await execFor(o.kc).exec(o.namespace, o.pod, o.container, o.argv, sink(o.onStdout), sink(o.onStderr), o.stdin, false, (s) => {
       status = s;
+      // The status is the exec's last message (its output came before it): done without waiting for the close handshake.
+      ended?.({ kind: "status", status: s });
     })) as unknown as WebSocket;
   } catch (err) {
     const message = (err as { message?: string }).message ?? String(err);
@@ -90,6 +94,7 @@ export async function openExec(o: OpenExec): Promise<ExecHandle> {
     throw (err as { error?: unknown }).error ?? err;
   }
   const done = new Promise<ExecEnd>((resolve) => {
+    ended = resolve;
     const finish = (code: number): void => resolve(status ? { kind: "status", status } : { kind: "closed", code });
     if (ws.readyState === ws.CLOSED) finish(1006);
     ws.addEventListener("close", (ev) => finish(ev.code));
@@ -125,12 +130,16 @@ export function exitCodeOf(status: V1Status): number | null {
  * read past the newline on a pipe), so what follows the header is left
  * whole for the job.
  */
-const READ_ENV = [
-  'while IFS= read -r __sq_l && [ -n "$__sq_l" ]; do',
+/** How a header line becomes an exported variable. */
+const EXPORT_LINE = [
   '  case $__sq_l in',
   '    *\\\\*) __sq_v=$(printf "%bx" "${__sq_l#*=}"); export "${__sq_l%%=*}=${__sq_v%x}" ;;',
   '    *) export "$__sq_l" ;;',
   "  esac",
+].join("\n");
+const READ_ENV = [
+  'while IFS= read -r __sq_l && [ -n "$__sq_l" ]; do',
+  EXPORT_LINE,
   "done",
   "unset __sq_l __sq_v",
   // cd sets OLDPWD, which is not the job's.
@@ -139,6 +148,43 @@ const READ_ENV = [
 const RUN = `${READ_ENV}\nshift; exec "$@"`;
 /** v4 cannot close stdin: the job reads exactly its known length after the header. */
 const RUN_V4 = `${READ_ENV}\nn=$2; shift 2; head -c "$n" | "$@"`;
+
+/** Where the extraction finds tar and head: the shell has no environment yet (env -i). */
+export const TOOLS_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/**
+ * RUN with archives extracted into /workspace first (carried-put.ts), in
+ * the same process chain: env -i, sh, tar, the job. The header is read
+ * first but exported only after the extraction, so tar runs with none of
+ * the job's environment (TAR_OPTIONS, PATH). `$1` cwd, `$2` the job's
+ * stdin length under v4 (else empty), `$3` the mark printed once the
+ * archives are in, then each archive's size ("" for the last one when it
+ * ends stdin: tar reads it to the end, the job then gets /dev/null),
+ * `--`, the job's argv (none: extract only). Tar's diagnostics go to
+ * stdout, before the mark; exit 3 when /workspace is not the directory.
+ */
+const RUN_CARRYING = [
+  "__sq_h=",
+  'while IFS= read -r __sq_l && [ -n "$__sq_l" ]; do __sq_h="$__sq_h$__sq_l',
+  '"; done',
+  "__sq_d=$1 __sq_n=$2 __sq_m=$3; shift 3",
+  `PATH=${TOOLS_PATH}`,
+  `cd -P -- ${WORKSPACE_DIR} && [ "$PWD" = ${WORKSPACE_DIR} ] || exit 3`,
+  'while [ "$1" != -- ]; do',
+  '  if [ -n "$1" ]; then head -c "$1" | tar -x -f - 2>&1; else tar -x -f - 2>&1 && exec </dev/null; fi || exit',
+  "  shift",
+  "done",
+  'shift; unset PATH; printf %s "$__sq_m"',
+  "set -f; IFS='",
+  "'",
+  "for __sq_l in $__sq_h; do",
+  EXPORT_LINE,
+  "done",
+  "set +f; unset IFS __sq_h __sq_l __sq_v __sq_m",
+  'cd -- "$__sq_d" || exit 126; unset OLDPWD __sq_d',
+  '[ $# -gt 0 ] || exit 0',
+  '[ -z "$__sq_n" ] && exec "$@"',
+  'head -c "$__sq_n" | "$@"',
+].join("\n");
 
 function encodeValue(v: string): string {
   let out = "";
@@ -154,12 +200,22 @@ export function envHeader(env: Record<string, string>, cwd: string): Buffer {
   return Buffer.from(`${Object.entries(vars).map(([k, v]) => `${k}=${encodeValue(v)}\n`).join("")}\n`, "latin1");
 }
 
+/** Archives carried in front of the job (RUN_CARRYING): its mark and each archive's size ("" to the end of stdin). */
+export interface CarriedArgs {
+  mark: string;
+  sizes: string[];
+}
+
 /**
  * The command that runs `argv` in `cwd` with exactly the environment sent
  * by `envHeader` on stdin. `v4StdinBytes`: under v4 (no way to close
  * stdin), the length of the job's stdin after the header (0 for none).
+ * `carry`: archives on stdin after the header, extracted first.
  */
-export function wrapCommand(argv: string[], cwd: string, v4StdinBytes: number | null): string[] {
+export function wrapCommand(argv: string[], cwd: string, v4StdinBytes: number | null, carry: CarriedArgs | null = null): string[] {
+  if (carry) {
+    return ["env", "-i", "/bin/sh", "-c", RUN_CARRYING, "sandqueue-exec", cwd, v4StdinBytes === null ? "" : String(v4StdinBytes), carry.mark, ...carry.sizes, "--", ...argv];
+  }
   return v4StdinBytes === null
     ? ["env", "-i", "/bin/sh", "-c", RUN, "sandqueue-exec", cwd, ...argv]
     : ["env", "-i", "/bin/sh", "-c", RUN_V4, "sandqueue-exec", cwd, String(v4StdinBytes), ...argv];

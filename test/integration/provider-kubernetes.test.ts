@@ -57,6 +57,27 @@ describeProviderContract(
   },
 );
 
+/** A tar of `files` as tar-stream writes it (names taken as given: validation is the provider's). */
+async function rawTar(files: Record<string, string>): Promise<Readable> {
+  const { pack } = await import("tar-stream");
+  const p = pack();
+  for (const [name, content] of Object.entries(files)) p.entry({ name, mode: 0o644 }, content);
+  p.finalize();
+  return p as unknown as Readable;
+}
+
+async function entryNames(tar: Readable): Promise<string[]> {
+  const { extract } = await import("tar-stream");
+  const ex = extract();
+  tar.pipe(ex as unknown as NodeJS.WritableStream);
+  const names: string[] = [];
+  for await (const entry of ex as unknown as AsyncIterable<Readable & { header: { name: string } }>) {
+    names.push(entry.header.name.replace(/^\.\//, ""));
+    entry.resume();
+  }
+  return names;
+}
+
 const spec = (labels: Record<string, string> = {}, memoryMb = 128): SandboxSpec => ({
   image: JOB_IMAGE,
   limits: { memoryMb, pids: 64 },
@@ -140,6 +161,73 @@ describe("kubernetes provider specifics", () => {
       expect((await box.exec(shellRequest("ls -A /tmp/real/in"))).stdout.toString()).toBe("");
       await box.putArchive("/workspace/a/b", filesToTar({ "x.txt": "made\n" }));
       expect((await box.exec(shellRequest("cat /workspace/a/b/x.txt"))).stdout.toString()).toBe("made\n");
+    } finally {
+      await box.release();
+    }
+  });
+
+  it("small archives put into /workspace ride along with the next exec: one exec request, files there, the job's stdin and env intact", async () => {
+    const r = await rig();
+    const p = await makeProvider();
+    const box = await p.acquire(spec(), {});
+    const execs = () => r.standin.requests().filter((q) => q.path.includes(`/pods/${box.id}/exec`)).length;
+    try {
+      const before = execs();
+      await box.putArchive("/workspace", filesToTar({ "a/one.txt": "one\n", "same.txt": "first\n" }));
+      await box.putArchive("/workspace", filesToTar({ "two.txt": "two\n", "same.txt": "second\n" }));
+      expect(execs()).toBe(before);
+      const res = await box.exec({
+        argv: ["/bin/sh", "-c", 'cat a/one.txt two.txt same.txt; printf "%s|%s|%s" "$TOKEN" "$(cat)" "$TAR_OPTIONS"'],
+        // The job's environment is set after the extraction: its TAR_OPTIONS does not reach our tar.
+        env: { PATH: "/usr/bin:/bin", TOKEN: "t0k", TAR_OPTIONS: "--to-stdout" },
+        stdin: "stdin after two archives",
+        timeoutMs: 10_000,
+        maxOutputBytes: 1 << 20,
+      });
+      expect([res.exitCode, res.stdout.toString(), res.stderr.toString()]).toEqual([0, "one\ntwo\nsecond\nt0k|stdin after two archives|--to-stdout", ""]);
+      expect(execs()).toBe(before + 1);
+      // Without stdin for the job, the last archive is read to the end: the job sees an empty stdin.
+      await box.putArchive("/workspace", filesToTar({ "three.txt": "three\n" }));
+      const last = await box.exec(shellRequest("cat three.txt; wc -c"));
+      expect(last.stdout.toString().replace(/ +/g, "")).toBe("three\n0\n");
+    } finally {
+      await box.release();
+    }
+  });
+
+  it("a carried archive that fails to extract fails the exec as the put's error, and the job never runs", async () => {
+    const p = await makeProvider();
+    const box = await p.acquire(spec(), {});
+    try {
+      // A file where the archive needs a directory: tar fails in the sandbox (the archive itself is valid).
+      await box.exec(shellRequest("echo file > /workspace/d"));
+      await box.putArchive("/workspace", filesToTar({ "d/x.txt": "x\n" }));
+      const failed = box.exec(shellRequest("echo ran > /workspace/ran; exit 7"));
+      await expect(failed).rejects.toMatchObject({ code: ErrorCodes.PROVIDER_FAILED, message: expect.stringMatching(/tar in the sandbox failed for '\/workspace' \(exit \d+\): .*d/) });
+      const after = await box.exec(shellRequest("test -e /workspace/ran && echo RAN; cat /workspace/d"));
+      expect(after.stdout.toString()).toBe("file\n");
+      // A bad archive still fails putArchive itself, before anything is sent.
+      await expect(box.putArchive("/workspace", await rawTar({ "ok.txt": "ok", "../escape.txt": "x" }))).rejects.toMatchObject({ code: ErrorCodes.TAR_PARENT_PATH });
+      expect((await box.exec(shellRequest("ls /workspace"))).stdout.toString()).toBe("d\n");
+    } finally {
+      await box.release();
+    }
+  });
+
+  it("carried archives land before anything that reads the workspace or puts elsewhere: getArchive, a large put, a put into a subdirectory", async () => {
+    const p = await makeProvider();
+    const box = await p.acquire(spec(), {});
+    try {
+      await box.putArchive("/workspace", filesToTar({ "in/small.txt": "small\n", "f.txt": "small\n" }));
+      const files = await entryNames(await box.getArchive("/workspace/in"));
+      expect(files).toContain("small.txt");
+      // Small then large (streamed, over CARRY_MAX_BYTES): the later one wins.
+      await box.putArchive("/workspace", filesToTar({ "f.txt": "small again\n" }));
+      await box.putArchive("/workspace", filesToTar({ "f.txt": "large\n", "pad.bin": "x".repeat(3 << 20) }));
+      expect((await box.exec(shellRequest("cat f.txt"))).stdout.toString()).toBe("large\n");
+      await box.putArchive("/workspace", filesToTar({ "sub/g.txt": "carried\n" }));
+      await box.putArchive("/workspace/sub", filesToTar({ "g.txt": "direct\n" }));
+      expect((await box.exec(shellRequest("cat sub/g.txt"))).stdout.toString()).toBe("direct\n");
     } finally {
       await box.release();
     }
