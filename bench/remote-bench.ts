@@ -29,9 +29,10 @@ import { microsandboxTarget } from "./remote-microsandbox.js";
 import { provisionerTarget } from "./remote-provisioner.js";
 import { superserveTarget } from "./remote-superserve.js";
 import { isloTarget } from "./remote-islo.js";
+import { e2bTarget } from "./remote-e2b.js";
 
 /** Every target, in the order they run. Add one line per remote provider. */
-export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget, isloTarget];
+export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget, isloTarget, e2bTarget];
 
 export interface RemoteBenchRow {
   provider: string;

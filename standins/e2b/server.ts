@@ -30,6 +30,7 @@ import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import path from "node:path";
 import type { ExecResult, Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
+import { sendJson } from "../kubernetes/http-util.js";
 import { FaultTable, parseFault, type E2bOp } from "./faults.js";
 
 export interface E2bStandinOptions {
@@ -124,12 +125,6 @@ const CONNECT_CODES: Record<number, string> = {
   503: "unavailable",
   504: "deadline_exceeded",
 };
-
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
-  res.end(text);
-}
 
 function sameSecret(given: string | string[] | undefined, expected: string): boolean {
   if (typeof given !== "string") return false;
@@ -332,7 +327,7 @@ export class E2bStandin {
     clearTimeout(s.expiry);
     s.endAt = new Date(Date.now() + seconds * 1000);
     // The service kills a sandbox at its end time.
-    s.expiry = setTimeout(() => void this.killSandbox(s.id), seconds * 1000).unref();
+    s.expiry = setTimeout(() => void this.killSandbox(s.id).catch(() => undefined), seconds * 1000).unref();
   }
 
   private async serveControl(req: IncomingMessage, res: ServerResponse, url: URL, entry: E2bRequestLogEntry): Promise<void> {
@@ -631,7 +626,7 @@ export class E2bStandin {
     };
     const vanish = this.faults.take("process-start", s.id, ["vanish"]);
     const timers: NodeJS.Timeout[] = [];
-    if (vanish?.type === "vanish") timers.push(setTimeout(() => void this.killSandbox(s.id), vanish.afterMs));
+    if (vanish?.type === "vanish") timers.push(setTimeout(() => void this.killSandbox(s.id).catch(() => undefined), vanish.afterMs));
     let deadlineHit = false;
     if (deadlineMs > 0) {
       timers.push(
