@@ -238,8 +238,17 @@ export class NorthflankStandin {
     const out: Record<string, string[]> = {};
     for (const i of s.instances) {
       if (!i.box) continue;
-      const r = await i.box.exec({ argv: ["find", "/workspace", "-mindepth", "1"], env: DEFAULT_ENV, timeoutMs: 30_000, maxOutputBytes: MIB });
-      out[i.name] = r.stdout.toString().split("\n").filter(Boolean).sort();
+      // Through the archive, not a command: the local sandbox may be running one (a job).
+      const { extract } = await import("tar-stream");
+      const ex = extract();
+      (await i.box.getArchive("/workspace")).pipe(ex as unknown as NodeJS.WritableStream);
+      const names: string[] = [];
+      for await (const entry of ex as unknown as AsyncIterable<NodeJS.ReadableStream & { header: { name: string }; resume(): void }>) {
+        const name = entry.header.name.replace(/^\.\/?/, "").replace(/\/$/, "");
+        if (name) names.push(`/workspace/${name}`);
+        entry.resume();
+      }
+      out[i.name] = names.sort();
     }
     return out;
   }

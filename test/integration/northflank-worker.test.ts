@@ -131,12 +131,16 @@ describe("worker --provider northflank through the stand-in", () => {
         await client.enqueue({ kind: "shell", script: "echo left > behind.txt; sleep 60", limits: { timeoutMs: 120_000 } });
         const held = async () => (mode === "attach" ? (await leases()).length : (await services()).length - 1);
         await until("the job's sandbox", async () => (await held()) === 1);
-        await new Promise((r) => setTimeout(r, 500));
+        // Time for the job to start writing (the instance cannot be looked into while it runs a command).
+        await new Promise((r) => setTimeout(r, 2000));
         doomed.proc.kill("SIGKILL");
         await doomed.exited;
         expect(await held()).toBe(1);
-        // What the dead job left is there until the reaper empties it.
-        if (mode === "attach") expect(JSON.stringify(await attachedState())).toContain("/workspace/behind.txt");
+        // What the dead job left stays until the reaper empties it (readable once its command died with the socket).
+        if (mode === "attach") {
+          await until("the instance to be readable", async () => !JSON.stringify(await attachedState()).includes('"error"'));
+          expect(JSON.stringify(await attachedState())).toContain("/workspace/behind.txt");
+        }
         const reaper = spawnWorker(uniqueQueue("northflank-reaper"), { ...env, SANDQUEUE_NORTHFLANK_MODE: mode }, ["--provider", "northflank", "--concurrency", "1"]);
         workers.push(reaper);
         await reaper.waitFor("worker.started", 30_000);
