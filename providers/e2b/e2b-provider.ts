@@ -16,6 +16,7 @@ import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Sandbox as SdkSandbox, type SandboxInfo, type SandboxListOpts } from "e2b";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
+import { acquireAborted, throwIfAcquireAborted } from "../abort.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { LABEL_MANAGED_BY, LABEL_WORKER, MANAGED_BY, labelSafe, type OwnerLiveness, type SandboxProvider, type SandboxSpec } from "../provider.js";
 import { E2B_CAPABILITIES } from "./capabilities.js";
@@ -54,10 +55,6 @@ export interface E2bConnection {
   requestTimeoutMs: number;
   /** Always false: E2B_DEBUG=true in the worker's environment would make the SDK fake creates against localhost. */
   debug: false;
-}
-
-function aborted(signal: AbortSignal): ProviderError {
-  return new ProviderError(ErrorCodes.PROVIDER_FAILED, "e2b: acquire aborted", { retryable: true, cause: signal.reason });
 }
 
 /** Every sandbox the SDK's list call shows for a metadata query (all pages). */
@@ -101,13 +98,13 @@ export class E2bProvider implements SandboxProvider {
     if (spec.network === "proxy") {
       throw new ProviderError(ErrorCodes.CAPABILITY_UNSUPPORTED, "the e2b provider has no way to the worker's egress proxy (capability networkPolicy)", { retryable: false });
     }
-    if (signal?.aborted) throw aborted(signal);
+    throwIfAcquireAborted(signal, "e2b");
     const template = this.templateFor(spec.image);
     const metadata: Record<string, string> = { ...spec.labels, [LABEL_WORKER]: spec.labels[LABEL_WORKER] ?? this.ownerLabel, [LABEL_MANAGED_BY]: MANAGED_BY };
     const sdk = await this.create(spec.image, template, metadata, Math.min(spec.maxLifetimeMs, MAX_SANDBOX_TIMEOUT_MS), signal);
     if (signal?.aborted) {
       await this.destroy(sdk.sandboxId).catch(() => undefined);
-      throw aborted(signal);
+      throw acquireAborted(signal, "e2b");
     }
     const box = new E2bSandbox(this, sdk);
     this.live.add(box);
@@ -140,7 +137,7 @@ export class E2bProvider implements SandboxProvider {
           // An abort may land after the service created it: find it by its token and kill it.
           if (signal?.aborted) {
             await this.killByToken(token);
-            throw aborted(signal);
+            throw acquireAborted(signal, "e2b");
           }
           throw translateSdkError(err, op, notFound);
         }

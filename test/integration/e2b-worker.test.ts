@@ -7,29 +7,17 @@
  * nothing afterwards; then a worker killed with -9 whose sandbox another
  * worker's reaper kills.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Sandbox, type SandboxInfo } from "e2b";
 import { DEMO_JOBS } from "../../cli/demo-command.js";
 import { labelSafe } from "../../providers/provider.js";
-import { dropTestQueues, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { dropTestQueues, testClient, uniqueQueue } from "../support/harness.js";
+import { startStandinProcess, until, type StandinProcess } from "../support/standin-process.js";
 import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
 
-const ROOT = path.resolve(import.meta.dirname, "../..");
-let standin: ChildProcess;
+let standin: StandinProcess;
 let env: Record<string, string> = {};
 const workers: WorkerProcess[] = [];
-
-function parseEnvFile(text: string): Record<string, string> {
-  return Object.fromEntries(
-    text
-      .split("\n")
-      .filter((l) => l.includes("="))
-      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-  );
-}
 
 /** The service's own list, through the official SDK (every page). */
 async function serviceList(): Promise<SandboxInfo[]> {
@@ -47,31 +35,14 @@ async function createCount(): Promise<number> {
   return ((await res.json()) as { op: string; status: number }[]).filter((q) => q.op === "create" && q.status === 201).length;
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 beforeAll(async () => {
-  const envFile = path.join(tempDir("e2b-env"), "e2b.env");
-  // What `npm run standin -- e2b --env-file FILE` runs (npm would not pass our SIGTERM on).
-  standin = spawn("node", ["--", "dist/standins/cli.js", "e2b", "--env-file", envFile], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
-  const end = Date.now() + 30_000;
-  while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes("SANDQUEUE_E2B_API_KEY=")) {
-    if (Date.now() > end || standin.exitCode !== null) throw new Error("the e2b stand-in wrote no env file");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  env = parseEnvFile(readFileSync(envFile, "utf8"));
+  standin = await startStandinProcess("e2b", "SANDQUEUE_E2B_API_KEY");
+  env = standin.env;
 }, 40_000);
 
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop("SIGTERM")));
-  const exited = new Promise((r) => standin.once("exit", r));
-  standin.kill("SIGTERM");
-  await exited;
+  await standin?.stop();
   await dropTestQueues();
 });
 
