@@ -51,6 +51,15 @@ export class E2bSandbox implements Sandbox {
     this.id = sdk.sandboxId;
   }
 
+  /**
+   * Every data-plane call says its own request timeout: the SDK's sandbox
+   * object keeps the options it was created with, whose timeout is the
+   * (longer) create timeout.
+   */
+  private get requestTimeoutMs(): number {
+    return this.provider.conn.requestTimeoutMs;
+  }
+
   private ensureLive(op: string): void {
     if (this.released) throw new ProviderError(ErrorCodes.SANDBOX_RELEASED, `sandbox ${this.id} was released (${op})`);
   }
@@ -106,6 +115,7 @@ export class E2bSandbox implements Sandbox {
     try {
       handle = await this.sdk.commands.run(command, {
         background: true,
+        requestTimeoutMs: this.requestTimeoutMs,
         ...(req.stdin !== undefined ? { stdin: true } : {}),
         timeoutMs: req.timeoutMs + SERVER_DEADLINE_GRACE_MS,
         signal: stream.signal,
@@ -140,8 +150,8 @@ export class E2bSandbox implements Sandbox {
   private async feed(handle: CommandHandle, stdin: Buffer | string): Promise<void> {
     const bytes = typeof stdin === "string" ? Buffer.from(stdin, "utf8") : stdin;
     try {
-      for (let at = 0; at < bytes.length; at += STDIN_CHUNK) await handle.sendStdin(bytes.subarray(at, at + STDIN_CHUNK));
-      await handle.closeStdin();
+      for (let at = 0; at < bytes.length; at += STDIN_CHUNK) await handle.sendStdin(bytes.subarray(at, at + STDIN_CHUNK), { requestTimeoutMs: this.requestTimeoutMs });
+      await handle.closeStdin({ requestTimeoutMs: this.requestTimeoutMs });
     } catch {
       // The command is gone (ended, killed): its result says how.
     }
@@ -151,7 +161,7 @@ export class E2bSandbox implements Sandbox {
   private async script(script: string, args: string[], signal: AbortSignal | undefined, what: string): Promise<{ stdout: string; stderr: string; exitCode: number }> {
     const command = `/bin/sh -c ${shellQuote(script)} ${args.map(shellQuote).join(" ")}`;
     try {
-      const r = await this.sdk.commands.run(command, { timeoutMs: ARCHIVE_EXEC_TIMEOUT_MS, signal: this.signals(signal) });
+      const r = await this.sdk.commands.run(command, { timeoutMs: ARCHIVE_EXEC_TIMEOUT_MS, requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
       return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
     } catch (err) {
       if (err instanceof CommandExitError) return { stdout: err.stdout, stderr: err.stderr, exitCode: err.exitCode };
@@ -174,7 +184,7 @@ export class E2bSandbox implements Sandbox {
       throwIfTransferAborted(what, signal);
       const staged = `${WORKSPACE_DIR}/.sandqueue-put-${randomUUID()}.tar`;
       try {
-        await this.sdk.files.write(staged, new Blob([Buffer.concat(chunks)]), { signal: this.signals(signal) });
+        await this.sdk.files.write(staged, new Blob([Buffer.concat(chunks)]), { requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
       } catch (err) {
         if (signal?.aborted) throw transferAborted(what, signal);
         throw await this.explain(err, "putArchive upload");
@@ -198,14 +208,14 @@ export class E2bSandbox implements Sandbox {
     const staged = `${WORKSPACE_DIR}/${name}`;
     const r = await this.script(GET_SCRIPT, ["sandqueue-get", abs, staged, name], signal, what);
     if (r.exitCode !== 0) throw stepFailed("getArchive", dir, r);
-    const removeStaged = () => this.sdk.commands.run(`rm -f -- ${shellQuote(staged)}`, { timeoutMs: 30_000 }).then(
+    const removeStaged = () => this.sdk.commands.run(`rm -f -- ${shellQuote(staged)}`, { timeoutMs: 30_000, requestTimeoutMs: this.requestTimeoutMs }).then(
       () => undefined,
       () => undefined,
     );
     let body: ReadableStream<Uint8Array>;
     try {
       // Streamed: the archive limits (normalizeTar) stop the download, nothing is held whole in memory.
-      body = await this.sdk.files.read(staged, { format: "stream", signal: this.signals(signal) });
+      body = await this.sdk.files.read(staged, { format: "stream", requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
     } catch (err) {
       await removeStaged();
       if (signal?.aborted) throw transferAborted(what, signal);
