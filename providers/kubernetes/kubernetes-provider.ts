@@ -36,7 +36,7 @@ import { statusOf, translateKubeError } from "./kube-errors.js";
 import { KubeSandbox } from "./kube-sandbox.js";
 import { ANNOTATION_HOST, ANNOTATION_JOB_LABELS, ANNOTATION_PID, LABEL_POOLED, sandboxPod, type PodSettings } from "./pod-spec.js";
 import { waitRunning, containerStatus } from "./pod-lifecycle.js";
-import { openExec, TOOLS_PATH, V5 } from "./pod-exec.js";
+import { closeExecConnections, openExec, TOOLS_PATH, V5 } from "./pod-exec.js";
 import { reuseConnections } from "./connections.js";
 
 export interface KubernetesProviderOptions {
@@ -398,6 +398,7 @@ export class KubernetesProvider implements SandboxProvider {
   close(): Promise<void> {
     this.closing ??= (async () => {
       const results = await Promise.allSettled([this.pool.drain(), ...[...this.live].map((b) => b.release())]);
+      closeExecConnections(this.kc);
       const failed = results.find((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failed) throw failed.reason;
     })();

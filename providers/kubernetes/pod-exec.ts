@@ -66,15 +66,22 @@ function sink(onChunk: (chunk: Buffer) => void): Writable {
   });
 }
 
-/** client-node's Exec for a KubeConfig, its connections resuming TLS sessions (one per KubeConfig). */
-const execs = new WeakMap<KubeConfig, Exec>();
+/** client-node's Exec for a KubeConfig, its connections resuming TLS sessions and made ahead (one per KubeConfig). */
+const execs = new WeakMap<KubeConfig, { exec: Exec; close: () => void }>();
 function execFor(kc: KubeConfig): Exec {
   let e = execs.get(kc);
   if (!e) {
-    e = new Exec(kc, new WebSocketHandler(kc, resumingSocketFactory() as never));
+    const sockets = resumingSocketFactory();
+    e = { exec: new Exec(kc, new WebSocketHandler(kc, sockets.factory as never)), close: sockets.close };
     execs.set(kc, e);
   }
-  return e;
+  return e.exec;
+}
+
+/** Drops the connection made ahead for a KubeConfig's next exec (the provider is closing). */
+export function closeExecConnections(kc: KubeConfig): void {
+  execs.get(kc)?.close();
+  execs.delete(kc);
 }
 
 export async function openExec(o: OpenExec): Promise<ExecHandle> {
