@@ -30,9 +30,10 @@ import { provisionerTarget } from "./remote-provisioner.js";
 import { superserveTarget } from "./remote-superserve.js";
 import { isloTarget } from "./remote-islo.js";
 import { e2bTarget } from "./remote-e2b.js";
+import { northflankTarget } from "./remote-northflank.js";
 
 /** Every target, in the order they run. Add one line per remote provider. */
-export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget, isloTarget, e2bTarget];
+export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget, isloTarget, e2bTarget, northflankTarget];
 
 export interface RemoteBenchRow {
   provider: string;

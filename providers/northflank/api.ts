@@ -11,8 +11,8 @@
  *   abandoned, not cancelled.
  * - exec: `execServiceSession` with `shell: "none"` (argv as given) and
  *   `encoding: "base64"` (the SDK's own file copy uses it: the service sends
- *   output base64-encoded and the SDK decodes it into bytes). Stdin is ended
- *   at once. The session has no public close; ending a command early is the
+ *   output base64-encoded and the SDK decodes it into bytes). Stdin, when
+ *   given, goes the same way, then ends. The session has no public close; ending a command early is the
  *   SDK's own teardown (`reset`, what it does on a socket error): the socket
  *   closes, and the service ends the command with it.
  */
@@ -134,7 +134,7 @@ export class NorthflankApi {
     serviceId: string,
     instanceName: string | undefined,
     argv: string[],
-    opts: { timeoutMs: number; signal?: AbortSignal; onStdout?: (b: Buffer) => void; onStderr?: (b: Buffer) => void },
+    opts: { timeoutMs: number; signal?: AbortSignal; stdin?: Buffer; onStdout?: (b: Buffer) => void; onStderr?: (b: Buffer) => void },
   ): Promise<SessionOutput> {
     const what = `exec in service ${serviceId}`;
     const timeout = AbortSignal.timeout(opts.timeoutMs);
@@ -158,6 +158,8 @@ export class NorthflankApi {
         s.once("close", () => resolve());
       });
     const streams = Promise.all([ended(session.stdOut, out, opts.onStdout), ended(session.stdErr, err, opts.onStderr)]);
+    // In the session's encoding (base64), as the SDK's own file copy writes it; then end of input.
+    if (opts.stdin?.length) session.stdIn.write(opts.stdin.toString("base64"));
     session.stdIn.end();
     try {
       const [r] = await abortable(Promise.all([result, streams]), signal, what, () => closeSession(session));

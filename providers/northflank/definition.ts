@@ -95,6 +95,13 @@ export const northflankDefinition = defineProvider({
       accepts: TAGS_ACCEPTS,
       schema: tagList,
     },
+    exec: {
+      env: "SANDQUEUE_NORTHFLANK_EXEC",
+      doc: "auto: a command runs directly where the instance's only interface is lo, else under the exec shim (python3; cuts the network or refuses); shim: always the shim",
+      default: () => "auto",
+      accepts: "auto or shim",
+      schema: z.enum(["auto", "shim"], { error: "expected auto or shim" }),
+    },
     createTimeoutMs: {
       env: "SANDQUEUE_NORTHFLANK_CREATE_TIMEOUT_MS",
       doc: "ephemeral: how long a service may take to run an instance; attach: how long to wait for a free instance",
@@ -137,6 +144,7 @@ export const northflankDefinition = defineProvider({
       deploymentPlan: s.deploymentPlan ?? "nf-compute-20",
       images: s.images ?? { host: "python:3.12-slim" },
       tags: s.tags ?? [],
+      exec: s.exec ?? "auto",
       owner: ctx.workerId,
       createTimeoutMs: s.createTimeoutMs ?? 300_000,
       requestTimeoutMs: s.requestTimeoutMs ?? 30_000,

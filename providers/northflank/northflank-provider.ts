@@ -51,6 +51,8 @@ export interface NorthflankProviderOptions extends NorthflankConnection {
   tags: string[];
   /** The worker id: its hash is in every service name, its label on every lease. */
   owner: string;
+  /** auto: commands run directly where the instance has no network but lo, else under the exec shim; shim: always the shim. */
+  exec?: "auto" | "shim";
   /** How long a create may take until an instance runs (ephemeral), or a free instance may be waited for (attach). */
   createTimeoutMs: number;
   archiveLimits?: ArchiveLimits;

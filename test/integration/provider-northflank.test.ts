@@ -113,6 +113,17 @@ describeProviderContract("northflank ephemeral (stand-in)", async () => makeProv
       .sort(),
 });
 
+// The exec shim's path (what instances with a network interface get): its own contract run.
+describeProviderContract("northflank ephemeral, exec shim (stand-in)", async () => makeProvider({ exec: "shim" }), {
+  image: "host",
+  listResources: async () =>
+    standin
+      .serviceList()
+      .filter((s) => s.description?.includes('"sandqueue.test":"contract"'))
+      .map((s) => s.id)
+      .sort(),
+});
+
 describeProviderContract("northflank attach (stand-in)", async () => attached("contract-shared"), {
   image: "host",
   missingImage: "sandqueue-contract-no-such-image",
