@@ -10,29 +10,17 @@
  * worker's reaper deletes its ephemeral service, and frees and empties the
  * attached instance it held without touching the service.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ApiClient, ApiClientInMemoryContextProvider } from "@northflank/js-client";
 import { DEMO_JOBS } from "../../cli/demo-command.js";
-import { dropTestQueues, tempDir, testClient, uniqueQueue } from "../support/harness.js";
+import { dropTestQueues, testClient, uniqueQueue } from "../support/harness.js";
+import { startStandinProcess, until, type StandinProcess } from "../support/standin-process.js";
 import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
 
-const ROOT = path.resolve(import.meta.dirname, "../..");
-let standin: ChildProcess;
+let standin: StandinProcess;
 let env: Record<string, string> = {};
 let api: ApiClient;
 const workers: WorkerProcess[] = [];
-
-function parseEnvFile(text: string): Record<string, string> {
-  return Object.fromEntries(
-    text
-      .split("\n")
-      .filter((l) => l.includes("="))
-      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-  );
-}
 
 const project = () => ({ projectId: env.SANDQUEUE_NORTHFLANK_PROJECT_ID! });
 /** The service's own lists, through the official SDK. */
@@ -47,24 +35,9 @@ async function attachedState(): Promise<unknown> {
   return { service: all.find((s) => s.id === "shared"), files };
 }
 
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 beforeAll(async () => {
-  const envFile = path.join(tempDir("northflank-env"), "northflank.env");
-  // What `npm run standin -- northflank ...` runs (npm would not pass our SIGTERM on).
-  standin = spawn("node", ["--", "dist/standins/cli.js", "northflank", "--env-file", envFile, "--attach-service", "shared:2"], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
-  const end = Date.now() + 30_000;
-  while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes("SANDQUEUE_NORTHFLANK_API_TOKEN=")) {
-    if (Date.now() > end || standin.exitCode !== null) throw new Error("the northflank stand-in wrote no env file");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  env = parseEnvFile(readFileSync(envFile, "utf8"));
+  standin = await startStandinProcess("northflank", "SANDQUEUE_NORTHFLANK_API_TOKEN", 30_000, ["--attach-service", "shared:2"]);
+  env = standin.env;
   const contexts = new ApiClientInMemoryContextProvider();
   contexts.addContext({ name: "test", token: env.SANDQUEUE_NORTHFLANK_API_TOKEN!, host: env.SANDQUEUE_NORTHFLANK_BASE_URL! });
   api = new ApiClient(contexts, { throwErrorOnHttpErrorCode: true });
@@ -72,9 +45,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(workers.map((w) => w.stop("SIGTERM")));
-  const exited = new Promise((r) => standin.once("exit", r));
-  standin.kill("SIGTERM");
-  await exited;
+  await standin?.stop();
   await dropTestQueues();
 });
 

@@ -26,10 +26,10 @@ export function parseEnvFile(text: string): Record<string, string> {
   );
 }
 
-/** Starts `standins/cli.js NAME --env-file FILE` and waits until FILE holds `readyKey`. */
-export async function startStandinProcess(name: string, readyKey: string, timeoutMs = 30_000): Promise<StandinProcess> {
+/** Starts `standins/cli.js NAME --env-file FILE [ARGS…]` and waits until FILE holds `readyKey`. */
+export async function startStandinProcess(name: string, readyKey: string, timeoutMs = 30_000, args: string[] = []): Promise<StandinProcess> {
   const envFile = path.join(tempDir(`${name}-env`), `${name}.env`);
-  const proc = spawn("node", ["--", "dist/standins/cli.js", name, "--env-file", envFile], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
+  const proc = spawn("node", ["--", "dist/standins/cli.js", name, "--env-file", envFile, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
   const end = Date.now() + timeoutMs;
   while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes(`${readyKey}=`)) {
     if (Date.now() > end || proc.exitCode !== null) {
