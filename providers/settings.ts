@@ -64,6 +64,25 @@ export const settingTypes = {
     const re = new RegExp(`^(${schemes.join("|")})://\\S+$`);
     return { accepts, schema: z.string().regex(re, { error: `expected ${accepts}` }) };
   },
+  /** Comma-separated key=value pairs (an image map); `what` names the pair, e.g. "image=image-path". */
+  pairs(what: string): { schema: z.ZodType<Record<string, string>, string>; accepts: string } {
+    const accepts = `comma-separated ${what} pairs`;
+    const schema = z.string().transform((s, ctx) => {
+      const out: Record<string, string> = {};
+      for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
+        const i = part.indexOf("=");
+        const key = i > 0 ? part.slice(0, i).trim() : "";
+        const value = part.slice(i + 1).trim();
+        if (!/^[A-Za-z0-9._:@/-]+$/.test(key) || !value) {
+          ctx.addIssue({ code: "custom", message: `expected ${accepts}; ${JSON.stringify(part)} is not one` });
+          return z.NEVER;
+        }
+        out[key] = value;
+      }
+      return out;
+    });
+    return { accepts, schema };
+  },
   bool(): { schema: z.ZodType<boolean, string>; accepts: string } {
     return { accepts: "true or false", schema: z.enum(["true", "false"], { error: "expected true or false" }).transform((s) => s === "true") };
   },

@@ -5,23 +5,6 @@ import { defineProvider } from "../definition.js";
 import { settingTypes } from "../settings.js";
 import { NORTHFLANK_CAPABILITIES } from "./capabilities.js";
 
-const PAIRS_ACCEPTS = "comma-separated image=image-path pairs";
-
-const imagePairs = z.string().transform((s, ctx) => {
-  const out: Record<string, string> = {};
-  for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
-    const i = part.indexOf("=");
-    const key = i > 0 ? part.slice(0, i).trim() : "";
-    const value = part.slice(i + 1).trim();
-    if (!/^[A-Za-z0-9._:@/-]+$/.test(key) || !value) {
-      ctx.addIssue({ code: "custom", message: `expected ${PAIRS_ACCEPTS}; ${JSON.stringify(part)} is not one` });
-      return z.NEVER;
-    }
-    out[key] = value;
-  }
-  return out;
-});
-
 const TAGS_ACCEPTS = "comma-separated tags (each defined in the team already), or empty";
 const tagList = z.string().transform((s, ctx) => {
   const tags = s.split(",").map((t) => t.trim()).filter(Boolean);
@@ -83,10 +66,9 @@ export const northflankDefinition = defineProvider({
     },
     images: {
       env: "SANDQUEUE_NORTHFLANK_IMAGES",
-      doc: "ephemeral: job image → image path; unmapped images are used as image paths",
+      doc: "job image → image path (ephemeral: what each service runs; attach: what the attached service must run); unmapped images are used as image paths",
       default: () => "host=python:3.12-slim",
-      accepts: PAIRS_ACCEPTS,
-      schema: imagePairs,
+      ...settingTypes.pairs("image=image-path"),
     },
     tags: {
       env: "SANDQUEUE_NORTHFLANK_TAGS",
