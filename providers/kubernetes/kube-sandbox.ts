@@ -128,9 +128,10 @@ export class KubeSandbox implements Sandbox {
         retryable: true,
       });
     }
-    if (carried && !marked!.started) {
+    if (carried && marked && !marked.started) {
+      // No mark: the extraction failed and the job never ran; its status is the put's.
       if (exitCode === 137 && (await this.killedBy()) === "pod") throw await this.lostError("the files put were being extracted when the pod was killed (exit 137)");
-      throw pathRefused(carried.dir, exitCode, marked!.diagnostics);
+      throw pathRefused(carried.dir, exitCode, marked.diagnostics);
     }
     if (exitCode === 137) {
       const why = await this.killedBy();
