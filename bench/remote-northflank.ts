@@ -17,15 +17,8 @@ export const northflankTarget: RemoteBenchTarget = {
     contexts.addContext({ name: "bench", token: standin.token, host: standin.url });
     const api = new ApiClient(contexts, { throwErrorOnHttpErrorCode: true });
     const project = { projectId: standin.projectId };
-    const env = Object.fromEntries(
-      standin
-        .envFile()
-        .split("\n")
-        .filter((l) => l.includes("="))
-        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-    );
     return {
-      env,
+      env: standin.envVars(),
       async minimalJob() {
         const serviceId = `m-${randomBytes(6).toString("hex")}`;
         await api.create.service.deployment({

@@ -200,17 +200,23 @@ export class NorthflankStandin {
     return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
   }
 
-  /** What a worker needs to reach the stand-in, as KEY=value lines (attach mode when a service was pre-created). */
-  envFile(): string {
+  /** What a worker needs to reach the stand-in (attach mode when a service was pre-created). */
+  envVars(): Record<string, string> {
     const attached = [...this.services.values()].find((s) => s.precreated);
-    return [
-      "SANDQUEUE_PROVIDER=northflank",
-      `SANDQUEUE_NORTHFLANK_BASE_URL=${this.url}`,
-      `SANDQUEUE_NORTHFLANK_API_TOKEN=${this.token}`,
-      `SANDQUEUE_NORTHFLANK_PROJECT_ID=${this.projectId}`,
-      ...(attached ? ["SANDQUEUE_NORTHFLANK_MODE=attach", `SANDQUEUE_NORTHFLANK_SERVICE_ID=${attached.id}`] : []),
-      "",
-    ].join("\n");
+    return {
+      SANDQUEUE_PROVIDER: "northflank",
+      SANDQUEUE_NORTHFLANK_BASE_URL: this.url,
+      SANDQUEUE_NORTHFLANK_API_TOKEN: this.token,
+      SANDQUEUE_NORTHFLANK_PROJECT_ID: this.projectId,
+      ...(attached ? { SANDQUEUE_NORTHFLANK_MODE: "attach", SANDQUEUE_NORTHFLANK_SERVICE_ID: attached.id } : {}),
+    };
+  }
+
+  /** envVars() as KEY=value lines (the env file). */
+  envFile(): string {
+    return `${Object.entries(this.envVars())
+      .map(([k, v]) => `${k}=${v}`)
+      .join("\n")}\n`;
   }
 
   /** The services (as the list call shows them) with their instances. */

@@ -15,6 +15,7 @@ import os from "node:os";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { filesToTar } from "../../providers/archive/index.js";
 import { describeProviderContract } from "../../providers/contract.js";
 import { LocalProvider } from "../../providers/local/index.js";
 import { ownershipLabels, type ExecRequest, type OwnerLiveness, type SandboxSpec } from "../../providers/provider.js";
@@ -103,26 +104,18 @@ const deadOwners = (alive: string[] = []): OwnerLiveness & { liveOwnerLabels(): 
   liveOwnerLabels: async () => new Set(alive),
 });
 
-describeProviderContract("northflank ephemeral (stand-in)", async () => makeProvider(), {
-  image: "host",
-  listResources: async () =>
-    standin
-      .serviceList()
-      .filter((s) => s.description?.includes('"sandqueue.test":"contract"'))
-      .map((s) => s.id)
-      .sort(),
-});
+/** The contract suite's services (its sandboxes carry the label sandqueue.test=contract). */
+const contractServices = async (): Promise<string[]> =>
+  standin
+    .serviceList()
+    .filter((s) => s.description?.includes('"sandqueue.test":"contract"'))
+    .map((s) => s.id)
+    .sort();
+
+describeProviderContract("northflank ephemeral (stand-in)", async () => makeProvider(), { image: "host", listResources: contractServices });
 
 // The exec shim's path (what instances with a network interface get): its own contract run.
-describeProviderContract("northflank ephemeral, exec shim (stand-in)", async () => makeProvider({ exec: "shim" }), {
-  image: "host",
-  listResources: async () =>
-    standin
-      .serviceList()
-      .filter((s) => s.description?.includes('"sandqueue.test":"contract"'))
-      .map((s) => s.id)
-      .sort(),
-});
+describeProviderContract("northflank ephemeral, exec shim (stand-in)", async () => makeProvider({ exec: "shim" }), { image: "host", listResources: contractServices });
 
 describeProviderContract("northflank attach (stand-in)", async () => attached("contract-shared"), {
   image: "host",
@@ -254,7 +247,7 @@ describe("northflank provider: an attached service is never sandqueue's", () => 
     expect(box.id).toMatch(/^kept\//);
     expect(leasesOf("kept")).toHaveLength(1);
     await box.exec(sh("mkdir -p d/e && echo x > d/e/f && echo y > .hidden && chmod 000 d"));
-    await box.putArchive("/workspace/in", Readable.from([await tarOf({ "a.txt": "a" })]));
+    await box.putArchive("/workspace/in", filesToTar({ "a.txt": "a" }));
     await box.release();
     expect(await stateOf("kept")).toEqual(before);
 
@@ -316,13 +309,3 @@ describe("northflank provider: an attached service is never sandqueue's", () => 
     await Promise.all([a.close(), b.close(), impatient.close()]);
   });
 });
-
-async function tarOf(files: Record<string, string>): Promise<Buffer> {
-  const { pack } = await import("tar-stream");
-  const p = pack();
-  for (const [name, content] of Object.entries(files)) p.entry({ name, mode: 0o644 }, content);
-  p.finalize();
-  const chunks: Buffer[] = [];
-  for await (const c of p as unknown as AsyncIterable<Buffer>) chunks.push(c);
-  return Buffer.concat(chunks);
-}
