@@ -4,7 +4,7 @@
  * late, or (exec) lose their sandbox mid-run. Set in-process
  * (`standin.faults.add`) or over HTTP (`POST /standin/faults`).
  */
-import { FaultTable as Faults } from "../fault-table.js";
+import { FaultTable as Faults, nonNegativeInt, optional, parseFaultEnvelope, statusIn, type FaultRules } from "../fault-table.js";
 
 /** The API operation a request is, as the stand-in routes it. */
 export type IsloOp =
@@ -42,39 +42,19 @@ export interface FaultSpec {
   count?: number;
 }
 
+const RULES: FaultRules = {
+  match: { op: OPS, name: "string" },
+  actions: {
+    fail: (a) => statusIn(a, FAIL_CODES) ?? optional(a, "retryAfterSeconds", nonNegativeInt),
+    delay: (a) => nonNegativeInt(a, "ms"),
+    vanish: (a) => nonNegativeInt(a, "afterMs"),
+    drop: () => null,
+  },
+};
 
 /** Checks a fault given as JSON (the admin endpoint); the message names the field at fault. */
 export function parseFault(v: unknown): FaultSpec | string {
-  if (typeof v !== "object" || v === null) return "a fault is an object {match, action, count?}";
-  const { match = {}, action, count = 1 } = v as { match?: unknown; action?: unknown; count?: unknown };
-  if (typeof match !== "object" || match === null) return "match: expected an object";
-  const m = match as Record<string, unknown>;
-  if (m.op !== undefined && !OPS.includes(m.op as IsloOp)) return `match.op: expected one of ${OPS.join(", ")}`;
-  if (m.name !== undefined && typeof m.name !== "string") return "match.name: expected a string";
-  if (!Number.isInteger(count) || (count as number) < 1) return "count: expected an integer >= 1";
-  if (typeof action !== "object" || action === null) return "action: expected an object";
-  const a = action as Record<string, unknown>;
-  const nonNegative = (k: string) => (Number.isInteger(a[k]) && (a[k] as number) >= 0 ? null : `action.${k}: expected an integer >= 0`);
-  let problem: string | null;
-  switch (a.type) {
-    case "fail":
-      problem = FAIL_CODES.includes(a.code as number) ? null : `action.code: expected one of ${FAIL_CODES.join(", ")}`;
-      if (!problem && a.retryAfterSeconds !== undefined) problem = nonNegative("retryAfterSeconds");
-      break;
-    case "delay":
-      problem = nonNegative("ms");
-      break;
-    case "vanish":
-      problem = nonNegative("afterMs");
-      break;
-    case "drop":
-      problem = null;
-      break;
-    default:
-      problem = "action.type: expected fail, delay, vanish or drop";
-  }
-  if (problem) return problem;
-  return { match: m as FaultSpec["match"], action: a as unknown as FaultAction, count: count as number };
+  return parseFaultEnvelope<FaultSpec>(v, RULES);
 }
 
 export class FaultTable extends Faults<FaultSpec["match"], FaultAction> {

@@ -6,6 +6,7 @@
  * connection drops). Set in-process (`standin.faults.add`) or over HTTP
  * (`POST /standin/faults`, see standins/README.md).
  */
+import { FaultTable as Faults, nonNegativeInt, optional, parseFaultEnvelope, statusIn, type ArmedFault, type FaultRules } from "../fault-table.js";
 
 export type Verb = "get" | "list" | "watch" | "create" | "update" | "patch" | "delete" | "deletecollection" | "exec" | "discovery";
 
@@ -34,11 +35,8 @@ export interface FaultSpec {
   count?: number;
 }
 
-export interface Fault extends Required<FaultSpec> {
-  id: number;
-  /** Matching requests it has applied to so far. */
-  used: number;
-}
+/** A fault armed in the table (what `GET /standin/faults` lists). */
+export type Fault = ArmedFault<FaultMatch, FaultAction>;
 
 export interface RequestFacts {
   verb: Verb;
@@ -50,74 +48,34 @@ export interface RequestFacts {
 const VERBS: readonly Verb[] = ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "exec", "discovery"];
 const FAIL_CODES = [400, 401, 403, 404, 409, 410, 422, 429, 500, 503, 504];
 
+const RULES: FaultRules = {
+  match: { verb: VERBS, resource: "string", namespace: "string", name: "string" },
+  actions: {
+    fail: (a) =>
+      statusIn(a, FAIL_CODES) ??
+      optional(a, "retryAfterSeconds", nonNegativeInt) ??
+      (a.message !== undefined && typeof a.message !== "string" ? "action.message: expected a string" : null),
+    delay: (a) => nonNegativeInt(a, "ms"),
+    slowStart: (a) => nonNegativeInt(a, "ms"),
+    vanish: (a) => nonNegativeInt(a, "afterMs"),
+  },
+};
+
 /** Checks a fault given as JSON (the admin endpoint); the message names the field at fault. */
 export function parseFault(v: unknown): FaultSpec | string {
-  if (typeof v !== "object" || v === null) return "a fault is an object {match, action, count?}";
-  const { match = {}, action, count = 1 } = v as { match?: unknown; action?: unknown; count?: unknown };
-  if (typeof match !== "object" || match === null) return "match: expected an object";
-  const m = match as Record<string, unknown>;
-  if (m.verb !== undefined && !VERBS.includes(m.verb as Verb)) return `match.verb: expected one of ${VERBS.join(", ")}`;
-  for (const k of ["resource", "namespace", "name"]) {
-    if (m[k] !== undefined && typeof m[k] !== "string") return `match.${k}: expected a string`;
-  }
-  if (!Number.isInteger(count) || (count as number) < 1) return "count: expected an integer >= 1";
-  if (typeof action !== "object" || action === null) return "action: expected an object";
-  const a = action as Record<string, unknown>;
-  const nonNegative = (k: string) => (Number.isInteger(a[k]) && (a[k] as number) >= 0 ? null : `action.${k}: expected an integer >= 0`);
-  let problem: string | null;
-  switch (a.type) {
-    case "fail":
-      problem = FAIL_CODES.includes(a.code as number) ? null : `action.code: expected one of ${FAIL_CODES.join(", ")}`;
-      if (!problem && a.retryAfterSeconds !== undefined) problem = nonNegative("retryAfterSeconds");
-      if (!problem && a.message !== undefined && typeof a.message !== "string") problem = "action.message: expected a string";
-      break;
-    case "delay":
-    case "slowStart":
-      problem = nonNegative("ms");
-      break;
-    case "vanish":
-      problem = nonNegative("afterMs");
-      break;
-    default:
-      problem = "action.type: expected fail, delay, slowStart or vanish";
-  }
-  if (problem) return problem;
-  return { match: m as FaultMatch, action: a as unknown as FaultAction, count: count as number };
+  return parseFaultEnvelope<FaultSpec>(v, RULES);
 }
 
-export class FaultTable {
-  private nextId = 1;
-  private faults: Fault[] = [];
-
-  add(spec: FaultSpec): Fault {
-    const fault: Fault = { id: this.nextId++, match: spec.match, action: spec.action, count: spec.count ?? 1, used: 0 };
-    this.faults.push(fault);
-    return fault;
-  }
-
-  list(): Fault[] {
-    return this.faults.map((f) => ({ ...f }));
-  }
-
-  clear(): void {
-    this.faults = [];
-  }
-
-  /**
-   * The first fault matching this request whose action is one of `types`,
-   * counted as used (and dropped once used up).
-   */
+export class FaultTable extends Faults<FaultMatch, FaultAction> {
+  /** The first fault matching this request whose action is one of `types`, counted as used. */
   take(facts: RequestFacts, types: ReadonlyArray<FaultAction["type"]>): FaultAction | null {
-    const m = (f: Fault) =>
-      types.includes(f.action.type) &&
-      (f.match.verb === undefined || f.match.verb === facts.verb) &&
-      (f.match.resource === undefined || f.match.resource === facts.resource) &&
-      (f.match.namespace === undefined || f.match.namespace === facts.namespace) &&
-      (f.match.name === undefined || f.match.name === facts.name);
-    const fault = this.faults.find(m);
-    if (!fault) return null;
-    fault.used++;
-    if (fault.used >= fault.count) this.faults = this.faults.filter((f) => f !== fault);
-    return fault.action;
+    return this.takeWhere(
+      (m) =>
+        (m.verb === undefined || m.verb === facts.verb) &&
+        (m.resource === undefined || m.resource === facts.resource) &&
+        (m.namespace === undefined || m.namespace === facts.namespace) &&
+        (m.name === undefined || m.name === facts.name),
+      types,
+    );
   }
 }

@@ -6,7 +6,7 @@
  * Set in-process (`standin.faults.add`) or over HTTP
  * (`POST /standin/faults`, see standins/README.md).
  */
-import { FaultTable as Faults } from "../fault-table.js";
+import { FaultTable as Faults, nonNegativeNumber, optional, parseFaultEnvelope, statusIn, type FaultRules } from "../fault-table.js";
 
 export interface FaultMatch {
   /** microsandbox: a JSON-RPC method (`sandbox.command.run`); provisioner: `create`, `get`, `list`, `delete`, `exec`, `upload`, `download`, `ready`. */
@@ -28,35 +28,19 @@ export interface FaultSpec {
   count?: number;
 }
 
-
 const FAIL_CODES = [400, 401, 403, 404, 409, 429, 500, 502, 503, 504];
+const RULES: FaultRules = {
+  match: { op: "string", sandbox: "string" },
+  actions: {
+    fail: (a) => statusIn(a, FAIL_CODES) ?? optional(a, "retryAfterSeconds", nonNegativeNumber),
+    delay: (a) => nonNegativeNumber(a, "ms"),
+    vanish: (a) => nonNegativeNumber(a, "afterMs"),
+  },
+};
 
 /** Checks a fault given as JSON; the message names the field at fault. */
 export function parseFault(v: unknown): FaultSpec | string {
-  if (typeof v !== "object" || v === null) return "a fault is an object {match, action, count?}";
-  const { match = {}, action, count = 1 } = v as { match?: unknown; action?: unknown; count?: unknown };
-  if (typeof match !== "object" || match === null) return "match: expected an object";
-  const m = match as Record<string, unknown>;
-  for (const k of ["op", "sandbox"]) if (m[k] !== undefined && typeof m[k] !== "string") return `match.${k}: expected a string`;
-  if (!Number.isInteger(count) || (count as number) < 1) return "count: expected an integer >= 1";
-  if (typeof action !== "object" || action === null) return "action: expected an object";
-  const a = action as Record<string, unknown>;
-  const nonNegative = (k: string): boolean => typeof a[k] === "number" && Number.isFinite(a[k]) && (a[k] as number) >= 0;
-  switch (a.type) {
-    case "fail":
-      if (!FAIL_CODES.includes(a.code as number)) return `action.code: expected one of ${FAIL_CODES.join(", ")}`;
-      if (a.retryAfterSeconds !== undefined && !nonNegative("retryAfterSeconds")) return "action.retryAfterSeconds: expected a number >= 0";
-      break;
-    case "delay":
-      if (!nonNegative("ms")) return "action.ms: expected a number >= 0";
-      break;
-    case "vanish":
-      if (!nonNegative("afterMs")) return "action.afterMs: expected a number >= 0";
-      break;
-    default:
-      return "action.type: expected fail, delay or vanish";
-  }
-  return { match: m as FaultMatch, action: action as FaultAction, count: count as number };
+  return parseFaultEnvelope<FaultSpec>(v, RULES);
 }
 
 export class FaultTable extends Faults<FaultMatch, FaultAction> {
