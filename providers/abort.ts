@@ -33,6 +33,32 @@ export function destroyOnAbort<T extends Readable>(stream: T, what: string, sign
   return stream;
 }
 
+/**
+ * Runs the steps of a putArchive. Whatever fails, the caller's tar is
+ * destroyed (nothing is left to read it); a failure after the caller's
+ * signal fired is reported as transferAborted, whatever step it came from.
+ */
+export async function guardPut(tar: Readable, what: string, signal: AbortSignal | undefined, steps: () => Promise<void>): Promise<void> {
+  try {
+    await steps();
+  } catch (err) {
+    tar.destroy();
+    throw abortedOr(err, what, signal);
+  }
+}
+
+/** transferAborted when the caller's signal fired (the error it caused says less), `err` otherwise. */
+export function abortedOr(err: unknown, what: string, signal: AbortSignal | undefined): unknown {
+  return signal?.aborted ? transferAborted(what, signal) : err;
+}
+
+/** A catch handler of a transfer step: rethrows as abortedOr says. */
+export function rethrowAborted(what: string, signal: AbortSignal | undefined): (err: unknown) => never {
+  return (err) => {
+    throw abortedOr(err, what, signal);
+  };
+}
+
 /** An acquire stopped by its caller's signal: retryable, the job is classified by the worker's own signal. */
 export function acquireAborted(signal: AbortSignal, provider?: string): ProviderError {
   return new ProviderError(ErrorCodes.PROVIDER_FAILED, `${provider ? `${provider}: ` : ""}acquire aborted`, { retryable: true, cause: signal.reason });

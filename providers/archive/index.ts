@@ -27,5 +27,6 @@ export interface ExtractStats {
 export { extractTar } from "./extract.js";
 export { MAX_ARCHIVE_PATH_BYTES, MAX_ARCHIVE_SEGMENT_BYTES } from "./entry-rules.js";
 export { packDir, normalizeTar, validateTar, filesToTar, DEFAULT_ARCHIVE_LIMITS, type PackExtras } from "./pack.js";
+export { readValidatedTar } from "./read-validated.js";
 export type { ArchiveStream } from "./tar-io.js";
 export { compileExcludes, globToRegExp } from "./glob.js";

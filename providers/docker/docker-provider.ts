@@ -8,7 +8,7 @@ import { readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import type { Readable } from "node:stream";
-import { destroyOnAbort, throwIfAcquireAborted, throwIfTransferAborted, transferAborted } from "../abort.js";
+import { destroyOnAbort, guardPut, rethrowAborted, throwIfAcquireAborted, throwIfTransferAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { DEFAULT_ARCHIVE_LIMITS, normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import {
@@ -479,7 +479,7 @@ class DockerSandbox implements Sandbox, ExecTarget {
     const { signal } = opts;
     const what = `sandbox ${this.id.slice(0, 12)}: putArchive`;
     this.ensureLive("putArchive");
-    try {
+    await guardPut(tar, what, signal, async () => {
       throwIfTransferAborted(what, signal);
       // The validated stream fails with the SANDQ_ERR_TAR_* error on the first
       // bad entry; that aborts the upload and is rethrown as-is by call().
@@ -501,11 +501,7 @@ class DockerSandbox implements Sandbox, ExecTarget {
           signal,
         }),
       );
-    } catch (err) {
-      tar.destroy();
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw err;
-    }
+    });
   }
 
   async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
@@ -518,10 +514,7 @@ class DockerSandbox implements Sandbox, ExecTarget {
         const abs = await checkedWorkspaceDir(this.engine, this.id, dir, null);
         return this.engine.stream({ method: "GET", path: `/containers/${this.id}/archive`, query: { path: abs }, signal });
       })
-      .catch((err: unknown) => {
-        if (signal?.aborted) throw transferAborted(what, signal);
-        throw err;
-      });
+      .catch(rethrowAborted(what, signal));
     // The engine names entries "<basename of dir>/..."; strip that level. An
     // abort fails both the engine's stream and ours: a store never sees an end.
     return destroyOnAbort(normalizeTar(destroyOnAbort(res, what, signal), { ...packOpts, stripComponents: 1 }), what, signal);

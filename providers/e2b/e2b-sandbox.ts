@@ -14,8 +14,8 @@ import { Readable } from "node:stream";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import { CommandExitError, NotFoundError, Sandbox as SdkSandbox, SandboxNotFoundError, TimeoutError, type CommandHandle } from "e2b";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
-import { normalizeTar, validateTar, type PackOptions } from "../archive/index.js";
+import { destroyOnAbort, guardPut, throwIfTransferAborted, transferAborted } from "../abort.js";
+import { normalizeTar, readValidatedTar, type PackOptions } from "../archive/index.js";
 import { ExecSupervision, notRunResult } from "../exec-supervision.js";
 import { WORKSPACE_DIR, type ExecRequest, type ExecResult, type Sandbox } from "../provider.js";
 import { shellQuote } from "../request-script.js";
@@ -174,28 +174,20 @@ export class E2bSandbox implements Sandbox {
   async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const { signal } = opts;
     const what = `sandbox ${this.id}: putArchive`;
-    try {
+    await guardPut(tar, what, signal, async () => {
       this.ensureLive("putArchive");
       throwIfTransferAborted(what, signal);
       const abs = workspacePath(dir); // escapes refused before any request
-      const chunks: Buffer[] = [];
-      // The validated stream fails with the SANDQ_ERR_TAR_* error on the first bad entry.
-      for await (const c of validateTar(destroyOnAbort(tar, what, signal), this.provider.archiveLimits)) chunks.push(c as Buffer);
-      throwIfTransferAborted(what, signal);
+      const bytes = await readValidatedTar(tar, this.provider.archiveLimits, what, signal);
       const staged = `${WORKSPACE_DIR}/.sandqueue-put-${randomUUID()}.tar`;
       try {
-        await this.sdk.files.write(staged, new Blob([Buffer.concat(chunks)]), { requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
+        await this.sdk.files.write(staged, new Blob([bytes]), { requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
       } catch (err) {
-        if (signal?.aborted) throw transferAborted(what, signal);
-        throw await this.explain(err, "putArchive upload");
+        throw signal?.aborted ? err : await this.explain(err, "putArchive upload");
       }
       const r = await this.script(PUT_SCRIPT, ["sandqueue-put", abs, staged], signal, what);
       if (r.exitCode !== 0) throw stepFailed("putArchive", dir, r);
-    } catch (err) {
-      tar.destroy();
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw err;
-    }
+    });
   }
 
   async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
@@ -218,8 +210,7 @@ export class E2bSandbox implements Sandbox {
       body = await this.sdk.files.read(staged, { format: "stream", requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
     } catch (err) {
       await removeStaged();
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw await this.explain(err, "getArchive download");
+      throw signal?.aborted ? transferAborted(what, signal) : await this.explain(err, "getArchive download");
     }
     const raw = Readable.fromWeb(body as WebReadableStream<Uint8Array>);
     raw.once("close", () => void removeStaged());

@@ -15,8 +15,8 @@ import type { ExecLimitHit, ExecRequest, ExecResult, Sandbox } from "../provider
 import { WORKSPACE_DIR } from "../provider.js";
 import { ErrorCodes, ProviderError, SnapshotError } from "../../errors/index.js";
 import { ExecSupervision, notRunResult } from "../exec-supervision.js";
-import { destroyOnAbort, throwIfTransferAborted } from "../abort.js";
-import { normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
+import { destroyOnAbort, guardPut, throwIfTransferAborted } from "../abort.js";
+import { normalizeTar, readValidatedTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { workspaceSegments } from "../local/workspace-path.js";
 import { errorCode, type IsloApi, type IsloExecResult, type IsloSandbox as IsloSandboxBody } from "./api.js";
 
@@ -225,16 +225,13 @@ export class IsloSandbox implements Sandbox {
 
   async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const what = `islo sandbox ${this.id}: putArchive`;
-    try {
+    await guardPut(tar, what, opts.signal, async () => {
       this.assertUsable();
       throwIfTransferAborted(what, opts.signal);
       const abs = await this.checkedDir(dir, true);
       throwIfTransferAborted(what, opts.signal);
       // Validated here, on the worker, as for every provider; then sent gzipped as islo's files-archive takes it.
-      const checked = destroyOnAbort(validateTar(destroyOnAbort(tar, what, opts.signal), this.o.archiveLimits), what, opts.signal);
-      const chunks: Buffer[] = [];
-      for await (const c of checked) chunks.push(c as Buffer);
-      const gz = await gzipAsync(Buffer.concat(chunks), { level: 1 });
+      const gz = await gzipAsync(await readValidatedTar(tar, this.o.archiveLimits, what, opts.signal), { level: 1 });
       throwIfTransferAborted(what, opts.signal);
       const upload = () => {
         const form = new FormData();
@@ -257,10 +254,7 @@ export class IsloSandbox implements Sandbox {
       }
       if (res.status === 404) throw this.lose("not found (404)");
       if (res.status === 400) throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what}: ${res.text().slice(0, 300)}`, { retryable: false });
-    } catch (err) {
-      tar.destroy();
-      throw err;
-    }
+    });
   }
 
   async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {

@@ -13,7 +13,7 @@
 import path from "node:path";
 import { PassThrough, type Readable } from "node:stream";
 import { ErrorCodes, ProviderError, SnapshotError } from "../../errors/index.js";
-import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
+import { destroyOnAbort, guardPut, rethrowAborted, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { normalizeTar, validateTar, type PackOptions } from "../archive/index.js";
 import { ExecSupervision, notRunResult } from "../exec-supervision.js";
 import { workspaceSegments } from "../local/workspace-path.js";
@@ -257,7 +257,7 @@ export class KubeSandbox implements Sandbox {
   async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const { signal } = opts;
     const what = `sandbox ${this.id}: putArchive`;
-    try {
+    await guardPut(tar, what, signal, async () => {
       this.ensureLive("putArchive");
       throwIfTransferAborted(what, signal);
       const abs = workspacePath(dir);
@@ -277,11 +277,7 @@ export class KubeSandbox implements Sandbox {
       await this.flushCarried(signal, what);
       const r = await this.rawExec(["/bin/sh", "-c", PUT_SCRIPT, "sandqueue-put", abs], { stdin: body, signal, what });
       if (r.exitCode !== 0) throw pathRefused(dir, r.exitCode, r.stderr);
-    } catch (err) {
-      tar.destroy();
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw err;
-    }
+    });
   }
 
   async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
@@ -290,10 +286,7 @@ export class KubeSandbox implements Sandbox {
     this.ensureLive("getArchive");
     throwIfTransferAborted(what, signal);
     const abs = workspacePath(dir);
-    await this.flushCarried(signal, what).catch((err: unknown) => {
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw err;
-    });
+    await this.flushCarried(signal, what).catch(rethrowAborted(what, signal));
     const raw = new PassThrough();
     // Its failure reaches the reader through normalizeTar; before there is one, nobody needs to hear it.
     raw.on("error", () => undefined);

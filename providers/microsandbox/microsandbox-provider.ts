@@ -15,11 +15,11 @@
 import type { Readable } from "node:stream";
 import { acquireAborted, throwIfAcquireAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits, type PackOptions } from "../archive/index.js";
+import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import type { OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
 import { ShimmedSandbox, type RunOptions } from "../remote/shimmed-sandbox.js";
 import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
-import { getArchiveOverExec, putArchiveOverExec, type RawOutput } from "../remote/tar-over-exec.js";
+import type { RawOutput } from "../remote/tar-over-exec.js";
 import { microsandboxDefinition } from "./definition.js";
 import { MsbRpcClient, MsbRpcError } from "./rpc-client.js";
 
@@ -156,7 +156,7 @@ class MicrosandboxSandbox extends ShimmedSandbox {
   constructor(
     private readonly provider: MicrosandboxProvider,
     id: string,
-    private readonly archiveLimits: ArchiveLimits,
+    protected readonly archiveLimits: ArchiveLimits,
   ) {
     super(provider, id);
   }
@@ -194,20 +194,5 @@ class MicrosandboxSandbox extends ShimmedSandbox {
 
   protected destroy(): Promise<void> {
     return this.provider.stopSandbox(this.id);
-  }
-
-  async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
-    try {
-      this.ensureLive("putArchive");
-    } catch (err) {
-      tar.destroy();
-      throw err;
-    }
-    await putArchiveOverExec((argv, o) => this.run(argv, o), dir, tar, this.archiveLimits, opts.signal);
-  }
-
-  async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
-    this.ensureLive("getArchive");
-    return getArchiveOverExec((argv, o) => this.run(argv, o), dir, opts);
   }
 }

@@ -18,11 +18,11 @@
  */
 import type { Readable } from "node:stream";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import type { PackOptions } from "../archive/index.js";
+import type { ArchiveLimits } from "../archive/index.js";
 import { ExecSupervision, notRunResult } from "../exec-supervision.js";
 import type { ExecRequest, ExecResult } from "../provider.js";
 import { ShimmedSandbox, type RunOptions } from "../remote/shimmed-sandbox.js";
-import { getArchiveOverExec, putArchiveOverExec, type RawOutput } from "../remote/tar-over-exec.js";
+import type { RawOutput } from "../remote/tar-over-exec.js";
 import { NOT_ISOLATED_MARK, NOT_ISOLATED_STATUS, directExec } from "./command.js";
 import { translateError } from "./errors.js";
 import type { Lease } from "./lease.js";
@@ -121,6 +121,10 @@ export class NorthflankSandbox extends ShimmedSandbox {
     }
   }
 
+  protected get archiveLimits(): ArchiveLimits {
+    return this.provider.archiveLimits;
+  }
+
   /**
    * A service of our own is deleted; an attached instance is emptied and its
    * lease dropped, once (a shim that did not end in time and the release
@@ -131,20 +135,5 @@ export class NorthflankSandbox extends ShimmedSandbox {
     if (this.ownedByClient) return this.provider.deleteService(this.serviceId);
     this.returned ??= this.provider.returnInstance(this);
     return this.returned;
-  }
-
-  async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
-    try {
-      this.ensureLive("putArchive");
-    } catch (err) {
-      tar.destroy();
-      throw err;
-    }
-    await putArchiveOverExec((argv, o) => this.run(argv, o), dir, tar, this.provider.archiveLimits, opts.signal);
-  }
-
-  async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
-    this.ensureLive("getArchive");
-    return getArchiveOverExec((argv, o) => this.run(argv, o), dir, opts);
   }
 }

@@ -16,9 +16,9 @@
 import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
-import { acquireAborted, destroyOnAbort, throwIfAcquireAborted, throwIfTransferAborted, transferAborted } from "../abort.js";
+import { abortedOr, acquireAborted, destroyOnAbort, guardPut, throwIfAcquireAborted, throwIfTransferAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import { DEFAULT_ARCHIVE_LIMITS, normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
+import { DEFAULT_ARCHIVE_LIMITS, normalizeTar, readValidatedTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import type { OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
 import { WORKSPACE_DIR } from "../provider.js";
 import { shellQuote } from "../request-script.js";
@@ -196,7 +196,7 @@ class ProvisionerSandbox extends ShimmedSandbox {
     private readonly provider: ProvisionerProvider,
     id: string,
     private readonly aio: RemoteHttpClient,
-    private readonly archiveLimits: ArchiveLimits,
+    protected readonly archiveLimits: ArchiveLimits,
   ) {
     super(provider, id);
   }
@@ -238,20 +238,17 @@ class ProvisionerSandbox extends ShimmedSandbox {
     return this.provider.deleteSandbox(this.id);
   }
 
-  async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  override async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const { signal } = opts;
     const what = "putArchive";
-    try {
+    await guardPut(tar, what, signal, async () => {
       this.ensureLive(what);
       const abs = workspacePath(dir);
       throwIfTransferAborted(what, signal);
-      // Validated on the worker before a byte goes out.
-      const chunks: Buffer[] = [];
-      for await (const c of destroyOnAbort(validateTar(destroyOnAbort(tar, what, signal), this.archiveLimits), what, signal)) chunks.push(c as Buffer);
-      throwIfTransferAborted(what, signal);
+      const bytes = await readValidatedTar(tar, this.archiveLimits, what, signal);
       const file = `${WORKSPACE_DIR}/.sandqueue-put-${randomBytes(6).toString("hex")}.tar`;
       const form = new FormData();
-      form.append("file", new Blob([Buffer.concat(chunks)]), "workspace.tar");
+      form.append("file", new Blob([bytes]), "workspace.tar");
       form.append("path", file);
       await this.aio
         .request({ method: "POST", path: "/v1/file/upload", body: form, op: `upload to ${this.id}`, ...(signal ? { signal } : {}) })
@@ -261,14 +258,10 @@ class ProvisionerSandbox extends ShimmedSandbox {
         ...(signal ? { signal } : {}),
       });
       if (x.exitCode !== 0) throw stepFailed(what, dir, x);
-    } catch (err) {
-      tar.destroy();
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw err;
-    }
+    });
   }
 
-  async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
+  override async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
     const { signal, ...packOpts } = opts;
     const what = "getArchive";
     this.ensureLive(what);
@@ -287,8 +280,7 @@ class ProvisionerSandbox extends ShimmedSandbox {
       throwIfTransferAborted(what, signal);
       return destroyOnAbort(normalizeTar(Readable.from([res.body]), packOpts), what, signal);
     } catch (err) {
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw err;
+      throw abortedOr(err, what, signal);
     }
   }
 }

@@ -2,16 +2,16 @@
  * What the sandboxes of services with a plain synchronous exec call
  * (microsandbox, deer-flow's provisioner) share: the released/lost states,
  * exec through the exec shim, and a release that deletes the sandbox once.
- * A subclass says how to run an argv there, how to delete the sandbox, and
- * how archives move.
+ * A subclass says how to run an argv there and how to delete the sandbox;
+ * archives move over that same exec (tar-over-exec) unless it says otherwise.
  */
 import type { Readable } from "node:stream";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
-import type { PackOptions } from "../archive/index.js";
+import type { ArchiveLimits, PackOptions } from "../archive/index.js";
 import { notRunResult } from "../exec-supervision.js";
 import type { ExecRequest, ExecResult, Sandbox } from "../provider.js";
 import { runShimmed, type ShimTransport } from "./exec-shim.js";
-import type { RawOutput } from "./tar-over-exec.js";
+import { getArchiveOverExec, putArchiveOverExec, type RawOutput } from "./tar-over-exec.js";
 
 export interface RunOptions {
   timeoutMs: number;
@@ -38,8 +38,8 @@ export abstract class ShimmedSandbox implements Sandbox {
   protected abstract run(argv: string[], opts: RunOptions): Promise<RawOutput>;
   /** Deletes the sandbox on the service (a missing one counts as deleted). */
   protected abstract destroy(): Promise<void>;
-  abstract putArchive(dir: string, tar: Readable, opts?: { signal?: AbortSignal }): Promise<void>;
-  abstract getArchive(dir: string, opts?: PackOptions & { signal?: AbortSignal }): Promise<Readable>;
+  /** What a put archive may hold. */
+  protected abstract readonly archiveLimits: ArchiveLimits;
 
   protected ensureLive(op: string): void {
     if (this.released) throw new ProviderError(ErrorCodes.SANDBOX_RELEASED, `sandbox ${this.id} was released (${op})`);
@@ -60,6 +60,21 @@ export abstract class ShimmedSandbox implements Sandbox {
     if (req.signal?.aborted) return notRunResult();
     this.ensureLive("exec");
     return runShimmed(this.transport, req, [this.releasing.signal]);
+  }
+
+  async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    try {
+      this.ensureLive("putArchive");
+    } catch (err) {
+      tar.destroy();
+      throw err;
+    }
+    await putArchiveOverExec((argv, o) => this.run(argv, o), dir, tar, this.archiveLimits, opts.signal);
+  }
+
+  async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
+    this.ensureLive("getArchive");
+    return getArchiveOverExec((argv, o) => this.run(argv, o), dir, opts);
   }
 
   release(): Promise<void> {

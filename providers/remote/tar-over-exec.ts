@@ -16,8 +16,8 @@ import { randomBytes } from "node:crypto";
 import path from "node:path";
 import { Readable } from "node:stream";
 import { ErrorCodes, ProviderError, SnapshotError } from "../../errors/index.js";
-import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
-import { normalizeTar, validateTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
+import { destroyOnAbort, guardPut, rethrowAborted, throwIfTransferAborted } from "../abort.js";
+import { normalizeTar, readValidatedTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { workspaceSegments } from "../local/workspace-path.js";
 import { WORKSPACE_DIR } from "../provider.js";
 
@@ -51,20 +51,12 @@ export function stepFailed(what: string, dir: string, out: RawOutput): Error {
   return new ProviderError(ErrorCodes.PROVIDER_FAILED, `${what} failed in the sandbox (exit ${out.exitCode}): ${out.stderr.trim().slice(0, 300)}`);
 }
 
-async function collect(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
-
 export async function putArchiveOverExec(run: RawRun, dir: string, tar: Readable, limits: ArchiveLimits, signal?: AbortSignal): Promise<void> {
   const what = "putArchive";
-  try {
+  await guardPut(tar, what, signal, async () => {
     const abs = workspacePath(dir);
     throwIfTransferAborted(what, signal);
-    // Validated on the worker before a byte goes out.
-    const bytes = await collect(destroyOnAbort(validateTar(destroyOnAbort(tar, what, signal), limits), what, signal));
-    throwIfTransferAborted(what, signal);
+    const bytes = await readValidatedTar(tar, limits, what, signal);
     // In the workspace, not /tmp: a sandbox's /tmp may be private to each command.
     const file = `${WORKSPACE_DIR}/.sandqueue-put-${randomBytes(6).toString("hex")}`;
     const mk = await run(["/bin/sh", "-c", `mkdir -p -- "$1" 2>/dev/null; ${CHECK_DIR}; : > "$2"`, "sh", abs, file], { timeoutMs: STEP_TIMEOUT_MS, signal });
@@ -83,11 +75,7 @@ export async function putArchiveOverExec(run: RawRun, dir: string, tar: Readable
       { timeoutMs: STEP_TIMEOUT_MS, signal },
     );
     if (x.exitCode !== 0) throw stepFailed(what, dir, x);
-  } catch (err) {
-    tar.destroy();
-    if (signal?.aborted) throw transferAborted(what, signal);
-    throw err;
-  }
+  });
 }
 
 export async function getArchiveOverExec(run: RawRun, dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
@@ -98,10 +86,7 @@ export async function getArchiveOverExec(run: RawRun, dir: string, opts: PackOpt
   const out = await run(
     ["/bin/sh", "-c", `${CHECK_DIR}; t=$(mktemp) || exit 1; tar -c -f "$t" . && base64 < "$t"; rc=$?; rm -f -- "$t"; exit $rc`, "sh", abs],
     { timeoutMs: STEP_TIMEOUT_MS, signal },
-  ).catch((err: unknown) => {
-    if (signal?.aborted) throw transferAborted(what, signal);
-    throw err;
-  });
+  ).catch(rethrowAborted(what, signal));
   throwIfTransferAborted(what, signal);
   if (out.exitCode !== 0) throw stepFailed(what, dir, out);
   const raw = Readable.from([Buffer.from(out.stdout.replace(/\s+/g, ""), "base64")]);

@@ -8,17 +8,16 @@
  * written to a temporary file in the sandbox, extracted by `tar` there (and
  * the reverse for getArchive), like every provider's.
  */
-import path from "node:path";
 import { randomUUID } from "node:crypto";
 import { Readable } from "node:stream";
 import { NotFoundError, type Sandbox as SdkSandbox } from "@superserve/sdk";
 import { ErrorCodes, ProviderError, SnapshotError } from "../../errors/index.js";
-import { destroyOnAbort, throwIfTransferAborted, transferAborted } from "../abort.js";
-import { normalizeTar, validateTar, type PackOptions } from "../archive/index.js";
+import { destroyOnAbort, guardPut, throwIfTransferAborted, transferAborted } from "../abort.js";
+import { normalizeTar, readValidatedTar, type PackOptions } from "../archive/index.js";
 import { ExecSupervision, notRunResult } from "../exec-supervision.js";
-import { workspaceSegments } from "../local/workspace-path.js";
 import { WORKSPACE_DIR, type ExecRequest, type ExecResult, type Sandbox } from "../provider.js";
 import { shellQuote } from "../request-script.js";
+import { workspacePath } from "../remote/tar-over-exec.js";
 import { commandString } from "./command.js";
 import { translateSdkError } from "./errors.js";
 import type { SuperserveProvider } from "./superserve-provider.js";
@@ -142,28 +141,20 @@ export class SuperserveSandbox implements Sandbox {
   async putArchive(dir: string, tar: Readable, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const { signal } = opts;
     const what = `sandbox ${this.id}: putArchive`;
-    try {
+    await guardPut(tar, what, signal, async () => {
       this.ensureLive("putArchive");
       throwIfTransferAborted(what, signal);
       const abs = workspacePath(dir); // escapes refused before any request
-      const chunks: Buffer[] = [];
-      // The validated stream fails with the SANDQ_ERR_TAR_* error on the first bad entry.
-      for await (const c of validateTar(destroyOnAbort(tar, what, signal), this.provider.archiveLimits)) chunks.push(c as Buffer);
-      throwIfTransferAborted(what, signal);
+      const bytes = await readValidatedTar(tar, this.provider.archiveLimits, what, signal);
       const tmp = `${WORKSPACE_DIR}/.sandqueue-put-${randomUUID()}.tar`;
       try {
-        await this.sdk.files.write(tmp, Buffer.concat(chunks), { signal: this.signals(signal) });
+        await this.sdk.files.write(tmp, bytes, { signal: this.signals(signal) });
       } catch (err) {
-        if (signal?.aborted) throw transferAborted(what, signal);
-        throw await this.explain(err, "putArchive upload");
+        throw signal?.aborted ? err : await this.explain(err, "putArchive upload");
       }
       const r = await this.script(PUT_SCRIPT, ["sandqueue-put", abs, tmp], signal, what);
       if (r.exitCode !== 0) throw pathRefused(dir, r.exitCode, r.stderr);
-    } catch (err) {
-      tar.destroy();
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw err;
-    }
+    });
   }
 
   async getArchive(dir: string, opts: PackOptions & { signal?: AbortSignal } = {}): Promise<Readable> {
@@ -181,8 +172,7 @@ export class SuperserveSandbox implements Sandbox {
       const limits = this.provider.archiveLimits;
       bytes = await this.sdk.files.read(tmp, { signal: this.signals(signal), maxBytes: limits.maxBytes + limits.maxEntries * 1536 + (1 << 20) });
     } catch (err) {
-      if (signal?.aborted) throw transferAborted(what, signal);
-      throw await this.explain(err, "getArchive download");
+      throw signal?.aborted ? transferAborted(what, signal) : await this.explain(err, "getArchive download");
     } finally {
       await this.sdk.commands.run(`rm -f -- ${shellQuote(tmp)}`, { timeoutMs: 30_000 }).catch(() => undefined);
     }
@@ -206,11 +196,6 @@ export class SuperserveSandbox implements Sandbox {
     })();
     return this.released;
   }
-}
-
-/** The absolute path of an archive target: /workspace or below, normalised. */
-function workspacePath(dir: string): string {
-  return path.posix.join(WORKSPACE_DIR, ...workspaceSegments(dir));
 }
 
 function pathRefused(dir: string, exitCode: number, stderr: string): Error {
