@@ -4,31 +4,20 @@
  * --env-file FILE`): the demo's kinds of jobs end with the right statuses,
  * and the service's own list holds no sandbox and no profile afterwards.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEMO_JOBS } from "../../cli/demo-command.js";
 import { dropTestQueues, tempDir, testClient, uniqueQueue } from "../support/harness.js";
 import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
 import { startHttpUpstream, type Upstream } from "../support/egress-fixtures.js";
-import { writeFileSync } from "node:fs";
+import { startStandinProcess, type StandinProcess } from "../support/standin-process.js";
+import { expectDemoOutcomes, runDemoJobs } from "../support/remote-worker-cases.js";
 
-const ROOT = path.resolve(import.meta.dirname, "../..");
-let standin: ChildProcess;
+let standin: StandinProcess;
 let env: Record<string, string> = {};
 let worker: WorkerProcess | undefined;
 let upstream: Upstream;
 const queue = uniqueQueue("islo");
-
-function parseEnvFile(text: string): Record<string, string> {
-  return Object.fromEntries(
-    text
-      .split("\n")
-      .filter((l) => l.includes("="))
-      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-  );
-}
 
 async function standinList(what: "sandboxes" | "profiles" | "requests"): Promise<unknown[]> {
   const res = await fetch(`${env.SANDQUEUE_ISLO_COMPUTE_URL}/standin/${what}`);
@@ -48,26 +37,17 @@ async function settled(what: "sandboxes" | "profiles"): Promise<unknown[]> {
 
 beforeAll(async () => {
   const dir = tempDir("islo-env");
-  const envFile = path.join(dir, "islo.env");
   // Gateway profiles enforced, with names of an upstream on 127.0.0.1.
   upstream = await startHttpUpstream();
   writeFileSync(path.join(dir, "hosts"), "127.0.0.1 open.test\n127.0.0.1 closed.test\n");
   const flags = ["--enforce-gateway", "--egress-hosts", path.join(dir, "hosts"), "--allow-private"];
-  // What `npm run standin -- islo --env-file FILE` runs (npm would not pass our SIGTERM on).
-  standin = spawn("node", ["--", "dist/standins/cli.js", "islo", "--env-file", envFile, ...flags], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
-  const until = Date.now() + 30_000;
-  while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes("SANDQUEUE_ISLO_API_KEY=")) {
-    if (Date.now() > until || standin.exitCode !== null) throw new Error("the islo stand-in wrote no env file");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  env = parseEnvFile(readFileSync(envFile, "utf8"));
+  standin = await startStandinProcess("islo", "SANDQUEUE_ISLO_API_KEY", 30_000, flags);
+  env = standin.env;
 }, 40_000);
 
 afterAll(async () => {
   await worker?.stop("SIGTERM");
-  const exited = new Promise((r) => standin.once("exit", r));
-  standin.kill("SIGTERM");
-  await exited;
+  await standin?.stop();
   await upstream?.close();
   await dropTestQueues();
 });
@@ -78,30 +58,9 @@ describe("worker --provider islo through the stand-in", () => {
     await worker.waitFor("worker.started", 30_000);
     const client = testClient(queue);
     try {
-      const jobs = await Promise.all(DEMO_JOBS.map((j) => client.enqueue(j.spec)));
-      const results = await Promise.all(jobs.map((j) => client.waitForResult(j.id, { timeoutMs: 90_000 })));
-      const byTitle = Object.fromEntries(DEMO_JOBS.map((j, i) => [j.title, results[i]!]));
-      const row = (t: string) => {
-        const r = byTitle[t]!;
-        return { status: r.status, reason: r.reason ?? null, exitCode: r.exitCode, provider: r.provider };
-      };
-      expect(byTitle["shell: hello + workspace file"]!.stdout).toMatch(/^hello from .*\n5\n$/);
-      expect(row("shell: hello + workspace file")).toMatchObject({ status: "succeeded", exitCode: 0, provider: "islo" });
-      expect(byTitle["python: compute"]!.stdout).toBe("333332833333500000\n");
-      expect(byTitle["python: read an input file"]!.stdout).toBe("42\n");
-      expect(row("shell: exits 3")).toMatchObject({ status: "failed", exitCode: 3 });
-      expect(byTitle["shell: exits 3"]!.stderr).toBe("something went wrong\n");
-      expect(row("shell: sleeps past its 500ms limit")).toMatchObject({ status: "timed_out" });
       // islo sizes the VM (memoryLimit) but reports no OOM event: the kill is a plain failure by signal.
-      const oom = byTitle["python: 400 MiB in a 64 MiB sandbox"]!;
-      expect(oom.status).not.toBe("succeeded");
-      expect(oom.stdout).not.toContain(String(400 * 1024 * 1024));
       // No pids limit on islo: a job asking for one is refused, not run without it.
-      expect(row("shell: 40 processes, limit 16")).toMatchObject({ status: "error" });
-      expect(byTitle["shell: 40 processes, limit 16"]!.error?.code).toBe("SANDQ_ERR_CAPABILITY_UNSUPPORTED");
-      expect(row("shell: floods stdout")).toMatchObject({ status: "killed", reason: "output" });
-      expect(byTitle["shell: floods stdout"]!.stdout.length).toBe(65536);
-      expect(byTitle["python: tries the network"]!.stdout).toMatch(/^no network:/);
+      expectDemoOutcomes((await runDemoJobs(client, 90_000)).byTitle, "islo", "killed");
     } finally {
       await client.close();
     }

@@ -7,98 +7,30 @@
  * the same with warm reuse (pause on release), and a worker killed with -9
  * whose sandbox another worker's reaper deletes.
  */
-import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
-import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { Sandbox } from "@superserve/sdk";
 import { DEMO_JOBS } from "../../cli/demo-command.js";
 import { labelSafe } from "../../providers/provider.js";
-import { dropTestQueues, tempDir, testClient, uniqueQueue } from "../support/harness.js";
-import { spawnWorker, type WorkerProcess } from "../support/worker-process.js";
+import { testClient, uniqueQueue } from "../support/harness.js";
+import { until } from "../support/standin-process.js";
+import { expectDemoOutcomes, expectKilledWorkerReaped, runDemoJobs, standinCreateCount, standinForWorkerFile, startProviderWorker } from "../support/remote-worker-cases.js";
 
-const ROOT = path.resolve(import.meta.dirname, "../..");
-let standin: ChildProcess;
-let env: Record<string, string> = {};
-const workers: WorkerProcess[] = [];
-/** Successful creates so far, from the stand-in's request log. */
-async function createCount(): Promise<number> {
-  const res = await fetch(`${env.SANDQUEUE_SUPERSERVE_BASE_URL}/standin/requests`, { headers: { "X-API-Key": env.SANDQUEUE_SUPERSERVE_API_KEY! } });
-  return ((await res.json()) as { op: string; status: number }[]).filter((q) => q.op === "create" && q.status === 201).length;
-}
-
-function parseEnvFile(text: string): Record<string, string> {
-  return Object.fromEntries(
-    text
-      .split("\n")
-      .filter((l) => l.includes("="))
-      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-  );
-}
+const { env, workers } = standinForWorkerFile("superserve", "SANDQUEUE_SUPERSERVE_API_KEY");
+const createCount = () => standinCreateCount(env.SANDQUEUE_SUPERSERVE_BASE_URL!, env.SANDQUEUE_SUPERSERVE_API_KEY!);
 
 /** The service's own list, through the official SDK. */
 const serviceList = () => Sandbox.list({ apiKey: env.SANDQUEUE_SUPERSERVE_API_KEY!, baseUrl: env.SANDQUEUE_SUPERSERVE_BASE_URL! });
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-beforeAll(async () => {
-  const envFile = path.join(tempDir("superserve-env"), "superserve.env");
-  // What `npm run standin -- superserve --env-file FILE` runs (npm would not pass our SIGTERM on).
-  standin = spawn("node", ["--", "dist/standins/cli.js", "superserve", "--env-file", envFile], { cwd: ROOT, stdio: ["ignore", "pipe", "inherit"] });
-  const end = Date.now() + 30_000;
-  while (!existsSync(envFile) || !readFileSync(envFile, "utf8").includes("SANDQUEUE_SUPERSERVE_API_KEY=")) {
-    if (Date.now() > end || standin.exitCode !== null) throw new Error("the superserve stand-in wrote no env file");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  env = parseEnvFile(readFileSync(envFile, "utf8"));
-}, 40_000);
-
-afterAll(async () => {
-  await Promise.all(workers.map((w) => w.stop("SIGTERM")));
-  const exited = new Promise((r) => standin.once("exit", r));
-  standin.kill("SIGTERM");
-  await exited;
-  await dropTestQueues();
-});
 
 describe("worker --provider superserve through the stand-in", () => {
   for (const warm of [false, true]) {
     it(`runs the demo's jobs with the right statuses and leaves no sandbox in the service's list${warm ? " (warm reuse: pause on release)" : ""}`, async () => {
       const queue = uniqueQueue("superserve");
       const createsBefore = await createCount();
-      const worker = spawnWorker(queue, { ...env, SANDQUEUE_SUPERSERVE_PAUSE_ON_RELEASE: String(warm) }, ["--provider", "superserve", "--concurrency", "2"]);
-      workers.push(worker);
-      await worker.waitFor("worker.started", 30_000);
+      const worker = await startProviderWorker(queue, { ...env, SANDQUEUE_SUPERSERVE_PAUSE_ON_RELEASE: String(warm) }, "superserve", 2, workers);
       const client = testClient(queue);
       try {
-        const jobs = await Promise.all(DEMO_JOBS.map((j) => client.enqueue(j.spec)));
-        const results = await Promise.all(jobs.map((j) => client.waitForResult(j.id, { timeoutMs: 90_000 })));
-        const byTitle = Object.fromEntries(DEMO_JOBS.map((j, i) => [j.title, results[i]!]));
-        const row = (t: string) => {
-          const r = byTitle[t]!;
-          return { status: r.status, reason: r.reason ?? null, exitCode: r.exitCode, provider: r.provider };
-        };
-        expect(byTitle["shell: hello + workspace file"]!.stdout).toMatch(/^hello from .*\n5\n$/);
-        expect(row("shell: hello + workspace file")).toMatchObject({ status: "succeeded", exitCode: 0, provider: "superserve" });
-        expect(byTitle["python: compute"]!.stdout).toBe("333332833333500000\n");
-        expect(byTitle["python: read an input file"]!.stdout).toBe("42\n");
-        expect(row("shell: exits 3")).toMatchObject({ status: "failed", exitCode: 3 });
-        expect(byTitle["shell: exits 3"]!.stderr).toBe("something went wrong\n");
-        expect(row("shell: sleeps past its 500ms limit")).toMatchObject({ status: "timed_out" });
         // No per-sandbox memory or pids limit on Superserve: jobs asking for one are refused, not run without it.
-        for (const t of ["python: 400 MiB in a 64 MiB sandbox", "shell: 40 processes, limit 16"]) {
-          expect(row(t)).toMatchObject({ status: "error" });
-          expect(byTitle[t]!.error?.code).toBe("SANDQ_ERR_CAPABILITY_UNSUPPORTED");
-        }
-        expect(row("shell: floods stdout")).toMatchObject({ status: "killed", reason: "output" });
-        expect(byTitle["shell: floods stdout"]!.stdout.length).toBe(65536);
-        expect(byTitle["python: tries the network"]!.stdout).toMatch(/^no network:/);
+        expectDemoOutcomes((await runDemoJobs(client, 90_000)).byTitle, "superserve", "refused");
       } finally {
         await client.close();
       }
@@ -120,26 +52,14 @@ describe("worker --provider superserve through the stand-in", () => {
   }
 
   it("a worker killed with -9 leaves its sandbox; another worker's reaper deletes it through the list call", async () => {
-    const queue = uniqueQueue("superserve-reap");
-    const doomed = spawnWorker(queue, env, ["--provider", "superserve", "--concurrency", "1"]);
-    workers.push(doomed);
-    await doomed.waitFor("worker.started", 30_000);
-    const client = testClient(queue);
-    try {
-      const job = await client.enqueue({ kind: "shell", script: "sleep 60", limits: { timeoutMs: 120_000 } });
-      const ofJob = async () => (await serviceList()).filter((s) => s.metadata["sandqueue.io/job"] === labelSafe(job.id));
-      await until("the job's sandbox", async () => (await ofJob()).length === 1);
-      doomed.proc.kill("SIGKILL");
-      await doomed.exited;
-      expect(await ofJob()).toHaveLength(1);
-      const reaper = spawnWorker(uniqueQueue("superserve-reaper"), env, ["--provider", "superserve", "--concurrency", "1"]);
-      workers.push(reaper);
-      await reaper.waitFor("worker.started", 30_000);
-      // The dead worker's heartbeat expires, then the reaper (every second here) deletes its sandbox.
-      await until("the reaper to delete the orphan", async () => (await ofJob()).length === 0, 60_000);
-      await reaper.stop("SIGTERM");
-    } finally {
-      await client.close();
-    }
+    await expectKilledWorkerReaped({
+      queue: uniqueQueue("superserve-reap"),
+      reaperQueue: uniqueQueue("superserve-reaper"),
+      env,
+      provider: "superserve",
+      workers,
+      script: "sleep 60",
+      held: async (jobId) => (await serviceList()).filter((s) => s.metadata["sandqueue.io/job"] === labelSafe(jobId)).length,
+    });
   }, 120_000);
 });
