@@ -2,7 +2,7 @@
 import { Sandbox } from "e2b";
 import type { LocalProvider } from "../providers/local/index.js";
 import { E2bStandin } from "../standins/e2b/index.js";
-import { BENCH_CODE, type RemoteBenchTarget } from "./remote-target.js";
+import { BENCH_CODE, envFromFile, type RemoteBenchTarget } from "./remote-target.js";
 
 export const e2bTarget: RemoteBenchTarget = {
   provider: "e2b",
@@ -10,15 +10,8 @@ export const e2bTarget: RemoteBenchTarget = {
     const standin = await E2bStandin.start({ provider: local });
     // The SDK's own options (apiUrl, sandboxUrl: @internal in its types, honoured at run time), as the provider passes them.
     const conn = { apiKey: standin.apiKey, apiUrl: standin.controlUrl, sandboxUrl: standin.envdUrl, debug: false };
-    const env = Object.fromEntries(
-      standin
-        .envFile()
-        .split("\n")
-        .filter((l) => l.includes("="))
-        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-    );
     return {
-      env,
+      env: envFromFile(standin.envFile()),
       async minimalJob() {
         const sbx = await Sandbox.create("base", conn);
         const r = await sbx.commands.run(`python3 -c '${BENCH_CODE}'`);

@@ -2,7 +2,7 @@
 import { randomBytes } from "node:crypto";
 import type { LocalProvider } from "../providers/local/index.js";
 import { IsloStandin } from "../standins/islo/index.js";
-import { BENCH_CODE, type RemoteBenchTarget } from "./remote-target.js";
+import { BENCH_CODE, envFromFile, type RemoteBenchTarget } from "./remote-target.js";
 
 export const isloTarget: RemoteBenchTarget = {
   provider: "islo",
@@ -20,15 +20,8 @@ export const isloTarget: RemoteBenchTarget = {
       if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status}`);
       return (res.status === 204 ? undefined : await res.json()) as T;
     };
-    const env = Object.fromEntries(
-      standin
-        .envFile()
-        .split("\n")
-        .filter((l) => l.includes("="))
-        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-    );
     return {
-      env,
+      env: envFromFile(standin.envFile()),
       async minimalJob() {
         const name = `m-${randomBytes(6).toString("hex")}`;
         await api("POST", "/sandboxes", { name, image: "host", memory_mb: 512, internet_enabled: false });

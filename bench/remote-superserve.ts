@@ -4,7 +4,7 @@ import { Sandbox } from "@superserve/sdk";
 import type { LocalProvider } from "../providers/local/index.js";
 import { routeDataPlane, sdkDataPlaneOrigin } from "../providers/superserve/data-plane-route.js";
 import { SuperserveStandin } from "../standins/superserve/index.js";
-import { BENCH_CODE, type RemoteBenchTarget } from "./remote-target.js";
+import { BENCH_CODE, envFromFile, type RemoteBenchTarget } from "./remote-target.js";
 
 export const superserveTarget: RemoteBenchTarget = {
   provider: "superserve",
@@ -13,15 +13,8 @@ export const superserveTarget: RemoteBenchTarget = {
     const conn = { apiKey: standin.apiKey, baseUrl: standin.controlUrl };
     // The same routing the provider installs: the SDK cannot be told its data-plane host.
     routeDataPlane(sdkDataPlaneOrigin(conn.apiKey, conn.baseUrl), standin.dataUrl);
-    const env = Object.fromEntries(
-      standin
-        .envFile()
-        .split("\n")
-        .filter((l) => l.includes("="))
-        .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
-    );
     return {
-      env,
+      env: envFromFile(standin.envFile()),
       async minimalJob() {
         const sbx = await Sandbox.create({ ...conn, name: `m-${randomBytes(6).toString("hex")}`, fromTemplate: "superserve/python-3.11" });
         const r = await sbx.commands.run(`python3 -c '${BENCH_CODE}'`);

@@ -4,6 +4,16 @@ import type { LocalProvider } from "../providers/local/index.js";
 /** The code every job runs; its output must be "42\n". */
 export const BENCH_CODE = "print(6 * 7)";
 
+/** The KEY=value lines of a stand-in's env file as variables (a value keeps any "=" it holds). */
+export function envFromFile(text: string): Record<string, string> {
+  return Object.fromEntries(
+    text
+      .split("\n")
+      .filter((l) => l.includes("="))
+      .map((l) => [l.slice(0, l.indexOf("=")), l.slice(l.indexOf("=") + 1)]),
+  );
+}
+
 export interface RemoteStandinHandle {
   /** KEY=value variables a worker needs (what the stand-in's env file holds). */
   env: Record<string, string>;

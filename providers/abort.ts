@@ -34,12 +34,14 @@ export function destroyOnAbort<T extends Readable>(stream: T, what: string, sign
 }
 
 /**
- * Runs the steps of a putArchive. Whatever fails, the caller's tar is
- * destroyed (nothing is left to read it); a failure after the caller's
- * signal fired is reported as transferAborted, whatever step it came from.
+ * Runs the steps of a putArchive, none once the caller's signal has fired.
+ * Whatever fails, the caller's tar is destroyed (nothing is left to read
+ * it); a failure after the caller's signal fired is reported as
+ * transferAborted, whatever step it came from.
  */
 export async function guardPut(tar: Readable, what: string, signal: AbortSignal | undefined, steps: () => Promise<void>): Promise<void> {
   try {
+    throwIfTransferAborted(what, signal);
     await steps();
   } catch (err) {
     tar.destroy();

@@ -89,6 +89,54 @@ export const settingTypes = {
 };
 
 /**
+ * A hosted service's credential and the file that may hold it instead
+ * (`<env>_FILE`, its first line): `what` names it ("API key"), `sentAs` how
+ * the service takes it ("X-API-Key"). The provider reads them with
+ * readApiKey (providers/remote/http-client.ts).
+ */
+export function credentialSettings(env: string, what: string, sentAs: string): { value: ProviderSetting<string>; file: ProviderSetting<string> } {
+  return {
+    value: { env, doc: `${what} (${sentAs}); or ${env}_FILE`, ...settingTypes.text(`an ${what}`), secret: true },
+    file: { env: `${env}_FILE`, doc: `file whose first line is the ${what} (when ${env} is unset)`, ...settingTypes.path() },
+  };
+}
+
+/** The create call's timeout and retries of an SDK-driven provider (e2b, superserve); `prefix` is its variables' (SANDQUEUE_E2B). */
+export function createCallSettings(prefix: string): { timeoutMs: ProviderSetting<number>; retries: ProviderSetting<number> } {
+  return {
+    timeoutMs: { env: `${prefix}_CREATE_TIMEOUT_MS`, doc: "how long one create call may take", default: () => "120000", ...settingTypes.int(1000, 3_600_000) },
+    retries: {
+      env: `${prefix}_CREATE_RETRIES`,
+      doc: "further create attempts after a 429/5xx/timeout (a lost create is found by its token first)",
+      default: () => "3",
+      ...settingTypes.int(0, 10),
+    },
+  };
+}
+
+/**
+ * Per-request timeout and retries of a provider on a plain HTTP or RPC API
+ * (microsandbox, provisioner): `calls` names its requests, `execCall` the
+ * one that waits for the job (retried only on a 429).
+ */
+export function requestSettings(prefix: string, calls: string, execCall: string): { timeoutMs: ProviderSetting<number>; retries: ProviderSetting<number> } {
+  return {
+    timeoutMs: {
+      env: `${prefix}_REQUEST_TIMEOUT_MS`,
+      doc: `per request (${calls}), ms; ${execCall} waits for the job's wall time plus a grace`,
+      default: () => "60000",
+      ...settingTypes.int(100, 3_600_000),
+    },
+    retries: {
+      env: `${prefix}_RETRIES`,
+      doc: `further attempts after a 5xx, a timeout or a 429 (never for ${execCall} but on 429)`,
+      default: () => "4",
+      ...settingTypes.int(0, 20),
+    },
+  };
+}
+
+/**
  * Parses a provider's settings from the environment (defaults applied).
  * Every bad value is reported at once, naming the variable and what it accepts.
  */

@@ -480,7 +480,6 @@ class DockerSandbox implements Sandbox, ExecTarget {
     const what = `sandbox ${this.id.slice(0, 12)}: putArchive`;
     this.ensureLive("putArchive");
     await guardPut(tar, what, signal, async () => {
-      throwIfTransferAborted(what, signal);
       // The validated stream fails with the SANDQ_ERR_TAR_* error on the first
       // bad entry; that aborts the upload and is rethrown as-is by call().
       const abs = await this.provider.call({ op: "put archive" }, () => checkedWorkspaceDir(this.engine, this.id, dir, (p) => this.mkdirp(p)));

@@ -1,24 +1,18 @@
 /** Registry entry of the e2b (hosted Firecracker sandboxes, through the official `e2b` SDK) provider. */
 import { ConfigError, ErrorCodes } from "../../errors/index.js";
 import { defineProvider } from "../definition.js";
-import { settingTypes } from "../settings.js";
+import { createCallSettings, credentialSettings, settingTypes } from "../settings.js";
 import { E2B_CAPABILITIES } from "./capabilities.js";
+
+const apiKey = credentialSettings("SANDQUEUE_E2B_API_KEY", "API key", "X-API-Key");
+const createCall = createCallSettings("SANDQUEUE_E2B");
 
 export const e2bDefinition = defineProvider({
   name: "e2b",
   summary: "one E2B sandbox per job through the official e2b SDK: streamed exec over envd, files as tar over its file API, killed on release",
   settings: {
-    apiKey: {
-      env: "SANDQUEUE_E2B_API_KEY",
-      doc: "API key (X-API-Key); or SANDQUEUE_E2B_API_KEY_FILE",
-      ...settingTypes.text("an API key"),
-      secret: true,
-    },
-    apiKeyFile: {
-      env: "SANDQUEUE_E2B_API_KEY_FILE",
-      doc: "file whose first line is the API key (when SANDQUEUE_E2B_API_KEY is unset)",
-      ...settingTypes.path(),
-    },
+    apiKey: apiKey.value,
+    apiKeyFile: apiKey.file,
     domain: {
       env: "SANDQUEUE_E2B_DOMAIN",
       doc: "the service's domain (unset: the SDK's, e2b.app, or E2B_DOMAIN)",
@@ -40,18 +34,8 @@ export const e2bDefinition = defineProvider({
       default: () => "base",
       ...settingTypes.text("a template name or id"),
     },
-    createTimeoutMs: {
-      env: "SANDQUEUE_E2B_CREATE_TIMEOUT_MS",
-      doc: "how long one create call may take",
-      default: () => "120000",
-      ...settingTypes.int(1000, 3_600_000),
-    },
-    createRetries: {
-      env: "SANDQUEUE_E2B_CREATE_RETRIES",
-      doc: "further create attempts after a 429/5xx/timeout (a lost create is found by its token first)",
-      default: () => "3",
-      ...settingTypes.int(0, 10),
-    },
+    createTimeoutMs: createCall.timeoutMs,
+    createRetries: createCall.retries,
     requestTimeoutMs: {
       env: "SANDQUEUE_E2B_REQUEST_TIMEOUT_MS",
       doc: "every other call to the service (list, kill, files, the start of a command)",

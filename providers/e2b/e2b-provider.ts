@@ -19,6 +19,7 @@ import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { acquireAborted, throwIfAcquireAborted } from "../abort.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { LABEL_MANAGED_BY, LABEL_WORKER, MANAGED_BY, labelSafe, type OwnerLiveness, type SandboxProvider, type SandboxSpec } from "../provider.js";
+import { ofDeadWorkers, removeEach } from "../remote/reap.js";
 import { E2B_CAPABILITIES } from "./capabilities.js";
 import { DEFAULT_RATE_LIMIT_WAIT_MS, isRetryableSdkError, translateSdkError } from "./errors.js";
 import { E2bSandbox } from "./e2b-sandbox.js";
@@ -199,19 +200,8 @@ export class E2bProvider implements SandboxProvider {
     } catch (err) {
       throw translateSdkError(err, "list sandboxes (reaper)");
     }
-    const others = all.filter((s) => s.metadata[LABEL_WORKER] !== undefined && s.metadata[LABEL_WORKER] !== this.ownerLabel);
-    if (others.length === 0) return 0;
-    const alive = await owners.liveOwners([...new Set(others.map((s) => s.metadata[LABEL_WORKER]!))]);
-    let reaped = 0;
-    for (const s of others) {
-      if (alive.has(s.metadata[LABEL_WORKER]!)) continue;
-      try {
-        if (await SdkSandbox.kill(s.sandboxId, this.conn)) reaped++;
-      } catch {
-        // The next pass tries again.
-      }
-    }
-    return reaped;
+    const doomed = await ofDeadWorkers(all, (s) => s.metadata[LABEL_WORKER], this.ownerLabel, owners);
+    return removeEach(doomed, (s) => SdkSandbox.kill(s.sandboxId, this.conn));
   }
 
   async close(): Promise<void> {

@@ -176,7 +176,6 @@ export class E2bSandbox implements Sandbox {
     const what = `sandbox ${this.id}: putArchive`;
     await guardPut(tar, what, signal, async () => {
       this.ensureLive("putArchive");
-      throwIfTransferAborted(what, signal);
       const abs = workspacePath(dir); // escapes refused before any request
       const bytes = await readValidatedTar(tar, this.provider.archiveLimits, what, signal);
       const staged = `${WORKSPACE_DIR}/.sandqueue-put-${randomUUID()}.tar`;

@@ -1,26 +1,7 @@
 /** Registry entry of the islo provider (islo's REST API: control + compute planes). */
-import { z } from "zod";
 import { defineProvider } from "../definition.js";
 import { settingTypes } from "../settings.js";
 import { isloCapabilities } from "./capabilities.js";
-
-const IMAGE_PAIRS = "comma-separated name=image pairs";
-
-/** `host=python:3.12,tools=ghcr.io/acme/tools:1` as a map; keys and values trimmed. */
-const imagePairs = z.string().transform((s, ctx) => {
-  const out: Record<string, string> = {};
-  for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
-    const i = part.indexOf("=");
-    const key = i > 0 ? part.slice(0, i).trim() : "";
-    const value = i > 0 ? part.slice(i + 1).trim() : "";
-    if (!/^[A-Za-z0-9._:@/-]+$/.test(key) || value === "") {
-      ctx.addIssue({ code: "custom", message: `expected ${IMAGE_PAIRS}; ${JSON.stringify(part)} is not one` });
-      return z.NEVER;
-    }
-    out[key] = value;
-  }
-  return out;
-});
 
 export const isloDefinition = defineProvider({
   name: "islo",
@@ -77,8 +58,7 @@ export const isloDefinition = defineProvider({
     images: {
       env: "SANDQUEUE_ISLO_IMAGES",
       doc: "job image name → islo image, e.g. host=python:3.12; unmapped names are sent as they are",
-      accepts: IMAGE_PAIRS,
-      schema: imagePairs,
+      ...settingTypes.pairs("name=image"),
     },
     gatewayProfile: {
       env: "SANDQUEUE_ISLO_GATEWAY_PROFILE",

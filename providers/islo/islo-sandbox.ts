@@ -227,7 +227,6 @@ export class IsloSandbox implements Sandbox {
     const what = `islo sandbox ${this.id}: putArchive`;
     await guardPut(tar, what, opts.signal, async () => {
       this.assertUsable();
-      throwIfTransferAborted(what, opts.signal);
       const abs = await this.checkedDir(dir, true);
       throwIfTransferAborted(what, opts.signal);
       // Validated here, on the worker, as for every provider; then sent gzipped as islo's files-archive takes it.

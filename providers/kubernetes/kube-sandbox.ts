@@ -259,7 +259,6 @@ export class KubeSandbox implements Sandbox {
     const what = `sandbox ${this.id}: putArchive`;
     await guardPut(tar, what, signal, async () => {
       this.ensureLive("putArchive");
-      throwIfTransferAborted(what, signal);
       const abs = workspacePath(dir);
       // The validated stream fails with the SANDQ_ERR_TAR_* error on the first bad entry; that kills the extraction.
       let body: Readable | Buffer = validateTar(destroyOnAbort(tar, what, signal), this.provider.archiveLimits);

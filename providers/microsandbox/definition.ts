@@ -1,7 +1,10 @@
 /** Registry entry of the microsandbox (msbserver JSON-RPC) provider. */
 import { z } from "zod";
 import { defineProvider } from "../definition.js";
-import { settingTypes } from "../settings.js";
+import { shimCapabilities } from "../remote/shim-capabilities.js";
+import { requestSettings, settingTypes } from "../settings.js";
+
+const requests = requestSettings("SANDQUEUE_MSB", "start, stop, list", "command.run");
 
 export const microsandboxDefinition = defineProvider({
   name: "microsandbox",
@@ -23,34 +26,13 @@ export const microsandboxDefinition = defineProvider({
       schema: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/, { error: "expected a name of [a-z0-9-], at most 63 characters" }),
     },
     cpus: { env: "SANDQUEUE_MSB_CPUS", doc: "vCPUs of each sandbox", default: () => "1", ...settingTypes.int(1, 64) },
-    requestTimeoutMs: {
-      env: "SANDQUEUE_MSB_REQUEST_TIMEOUT_MS",
-      doc: "per request (start, stop, list), ms; command.run waits for the job's wall time plus a grace",
-      default: () => "60000",
-      ...settingTypes.int(100, 3_600_000),
-    },
-    retries: {
-      env: "SANDQUEUE_MSB_RETRIES",
-      doc: "further attempts after a 5xx, a timeout or a 429 (never for command.run but on 429)",
-      default: () => "4",
-      ...settingTypes.int(0, 20),
-    },
+    requestTimeoutMs: requests.timeoutMs,
+    retries: requests.retries,
   },
-  capabilities: {
-    // The microVM's memory is a hard cap for everything in it; an OOM kill inside is not reported as such.
-    memoryLimit: true,
-    pidsLimit: false,
-    limitEvents: false,
-    stdin: false,
-    separateStderr: true,
-    // command.run returns line-split text; the exec shim (providers/remote/exec-shim.ts) base64-encodes the bytes.
-    byteExactOutput: true,
-    // microsandbox 0.2.x sandboxes have network (the server's config has no network scope); the exec
-    // shim runs every command in a network namespace of its own, or refuses to run it.
-    networkIsolation: true,
-    networkPolicy: false,
-    hostWorkspace: false,
-  },
+  // The microVM's memory is a hard cap for everything in it; an OOM kill inside is not reported as such.
+  // command.run returns line-split text and microsandbox 0.2.x sandboxes have network (the server's
+  // config has no network scope): the shim makes up for both.
+  capabilities: shimCapabilities(true),
   async create(s, ctx) {
     const { MicrosandboxProvider } = await import("./microsandbox-provider.js");
     const { readApiKey } = await import("../remote/http-client.js");

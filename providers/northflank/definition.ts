@@ -2,8 +2,10 @@
 import { z } from "zod";
 import { ConfigError, ErrorCodes } from "../../errors/index.js";
 import { defineProvider } from "../definition.js";
-import { settingTypes } from "../settings.js";
+import { credentialSettings, settingTypes } from "../settings.js";
 import { NORTHFLANK_CAPABILITIES } from "./capabilities.js";
+
+const apiToken = credentialSettings("SANDQUEUE_NORTHFLANK_API_TOKEN", "API token", "Bearer");
 
 const TAGS_ACCEPTS = "comma-separated tags (each defined in the team already), or empty";
 const tagList = z.string().transform((s, ctx) => {
@@ -20,17 +22,8 @@ export const northflankDefinition = defineProvider({
   name: "northflank",
   summary: "jobs in Northflank service instances through @northflank/js-client: an ephemeral deployment service per sandbox, or leased instances of an attached service (never deleted); exec and tar over its exec session",
   settings: {
-    apiToken: {
-      env: "SANDQUEUE_NORTHFLANK_API_TOKEN",
-      doc: "API token (Bearer); or SANDQUEUE_NORTHFLANK_API_TOKEN_FILE",
-      ...settingTypes.text("an API token"),
-      secret: true,
-    },
-    apiTokenFile: {
-      env: "SANDQUEUE_NORTHFLANK_API_TOKEN_FILE",
-      doc: "file whose first line is the API token (when SANDQUEUE_NORTHFLANK_API_TOKEN is unset)",
-      ...settingTypes.path(),
-    },
+    apiToken: apiToken.value,
+    apiTokenFile: apiToken.file,
     baseUrl: {
       env: "SANDQUEUE_NORTHFLANK_BASE_URL",
       doc: "API host, REST and exec socket (unset: the SDK's https://api.northflank.com)",

@@ -22,6 +22,7 @@ import { acquireAborted } from "../abort.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { LABEL_JOB, labelSafe, type OwnerLiveness, type SandboxProvider, type SandboxSpec } from "../provider.js";
 import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
+import { removeEach } from "../remote/reap.js";
 import { NorthflankApi, type NorthflankConnection } from "./api.js";
 import { NORTHFLANK_CAPABILITIES } from "./capabilities.js";
 import { statusOf } from "./errors.js";
@@ -302,31 +303,20 @@ export class NorthflankProvider implements SandboxProvider {
    */
   async reap(owners?: OwnerLiveness): Promise<number> {
     if (!owners) return 0;
-    let reaped = 0;
     const listed = await this.api.call("list services (reaper)", () => this.api.client.list.services.all({ parameters: this.api.project }));
     const ours = (listed.data?.services ?? []).filter((s) => s.id !== this.opts.serviceId && s.description?.startsWith(EPHEMERAL_MARKER)).map((s) => s.id);
-    for (const id of await namesOfDeadOwners(NAME_PREFIX, this.ownTag, ours, owners)) {
-      try {
-        await this.deleteService(id);
-        reaped++;
-      } catch {
-        // The next pass tries again.
-      }
-    }
+    const reaped = await removeEach(await namesOfDeadOwners(NAME_PREFIX, this.ownTag, ours, owners), (id) => this.deleteService(id));
     const leases = (await this.leases.list()).filter((l) => l.record.worker !== this.ownerLabel);
     if (leases.length === 0) return reaped;
     const alive = await owners.liveOwners([...new Set(leases.map((l) => l.record.worker))]);
-    for (const l of leases) {
-      if (alive.has(l.record.worker) && l.record.expiresAt > Date.now()) continue;
-      try {
+    const doomed = leases.filter((l) => !alive.has(l.record.worker) || l.record.expiresAt <= Date.now());
+    return (
+      reaped +
+      (await removeEach(doomed, async (l) => {
         await this.cleanWorkspace(l.record.service, l.record.instance).catch(() => undefined);
         await this.leases.drop(l.id);
-        reaped++;
-      } catch {
-        // The next pass tries again.
-      }
-    }
-    return reaped;
+      }))
+    );
   }
 
   async close(): Promise<void> {

@@ -1,7 +1,10 @@
 /** Registry entry of the provisioner (deer-flow sandbox provisioner + AIO sandbox) provider. */
 import { z } from "zod";
 import { defineProvider } from "../definition.js";
-import { settingTypes } from "../settings.js";
+import { shimCapabilities } from "../remote/shim-capabilities.js";
+import { requestSettings, settingTypes } from "../settings.js";
+
+const requests = requestSettings("SANDQUEUE_PROVISIONER", "create, get, list, delete, files", "bash/exec");
 
 export const provisionerDefinition = defineProvider({
   name: "provisioner",
@@ -26,18 +29,8 @@ export const provisionerDefinition = defineProvider({
         .regex(/^[^,\s]+(,[^,\s]+)*$/, { error: "expected image names, comma-separated" })
         .transform((s) => s.split(",")),
     },
-    requestTimeoutMs: {
-      env: "SANDQUEUE_PROVISIONER_REQUEST_TIMEOUT_MS",
-      doc: "per request (create, get, list, delete, files), ms; bash/exec waits for the job's wall time plus a grace",
-      default: () => "60000",
-      ...settingTypes.int(100, 3_600_000),
-    },
-    retries: {
-      env: "SANDQUEUE_PROVISIONER_RETRIES",
-      doc: "further attempts after a 5xx, a timeout or a 429 (never for bash/exec but on 429)",
-      default: () => "4",
-      ...settingTypes.int(0, 20),
-    },
+    requestTimeoutMs: requests.timeoutMs,
+    retries: requests.retries,
     readyTimeoutMs: {
       env: "SANDQUEUE_PROVISIONER_READY_TIMEOUT_MS",
       doc: "how long a new sandbox may take to answer GET /v1/sandbox before the attempt fails as retryable",
@@ -51,21 +44,9 @@ export const provisionerDefinition = defineProvider({
       ...settingTypes.int(10, 60_000),
     },
   },
-  capabilities: {
-    // The pod's limits are the provisioner's (1 CPU, 1 GiB in app.py), not the job's.
-    memoryLimit: false,
-    pidsLimit: false,
-    limitEvents: false,
-    stdin: false,
-    separateStderr: true,
-    // bash/exec returns text; the exec shim (providers/remote/exec-shim.ts) base64-encodes the bytes.
-    byteExactOutput: true,
-    // AIO pods have the cluster's network; the exec shim runs every command in a network namespace
-    // of its own (as root, or in a user namespace), or refuses to run it.
-    networkIsolation: true,
-    networkPolicy: false,
-    hostWorkspace: false,
-  },
+  // The pod's limits are the provisioner's (1 CPU, 1 GiB in app.py), not the job's. bash/exec returns
+  // text and AIO pods have the cluster's network: the shim (as root, or in a user namespace) makes up for both.
+  capabilities: shimCapabilities(false),
   async create(s, ctx) {
     const { ProvisionerProvider } = await import("./provisioner-provider.js");
     const { readApiKey } = await import("../remote/http-client.js");

@@ -244,7 +244,6 @@ class ProvisionerSandbox extends ShimmedSandbox {
     await guardPut(tar, what, signal, async () => {
       this.ensureLive(what);
       const abs = workspacePath(dir);
-      throwIfTransferAborted(what, signal);
       const bytes = await readValidatedTar(tar, this.archiveLimits, what, signal);
       const file = `${WORKSPACE_DIR}/.sandqueue-put-${randomBytes(6).toString("hex")}.tar`;
       const form = new FormData();

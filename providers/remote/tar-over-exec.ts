@@ -55,7 +55,6 @@ export async function putArchiveOverExec(run: RawRun, dir: string, tar: Readable
   const what = "putArchive";
   await guardPut(tar, what, signal, async () => {
     const abs = workspacePath(dir);
-    throwIfTransferAborted(what, signal);
     const bytes = await readValidatedTar(tar, limits, what, signal);
     // In the workspace, not /tmp: a sandbox's /tmp may be private to each command.
     const file = `${WORKSPACE_DIR}/.sandqueue-put-${randomBytes(6).toString("hex")}`;

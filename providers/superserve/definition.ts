@@ -1,42 +1,18 @@
 /** Registry entry of the superserve (hosted Firecracker microVMs, through @superserve/sdk) provider. */
-import { z } from "zod";
 import { ConfigError, ErrorCodes } from "../../errors/index.js";
 import { defineProvider } from "../definition.js";
-import { settingTypes } from "../settings.js";
+import { createCallSettings, credentialSettings, settingTypes } from "../settings.js";
 import { SUPERSERVE_CAPABILITIES } from "./capabilities.js";
 
-const PAIRS_ACCEPTS = "comma-separated image=template pairs";
-
-const templatePairs = z.string().transform((s, ctx) => {
-  const out: Record<string, string> = {};
-  for (const part of s.split(",").map((p) => p.trim()).filter(Boolean)) {
-    const i = part.indexOf("=");
-    const key = i > 0 ? part.slice(0, i).trim() : "";
-    const value = part.slice(i + 1).trim();
-    if (!/^[A-Za-z0-9._:@/-]+$/.test(key) || !value) {
-      ctx.addIssue({ code: "custom", message: `expected ${PAIRS_ACCEPTS}; ${JSON.stringify(part)} is not one` });
-      return z.NEVER;
-    }
-    out[key] = value;
-  }
-  return out;
-});
+const apiKey = credentialSettings("SANDQUEUE_SUPERSERVE_API_KEY", "API key", "X-API-Key");
+const createCall = createCallSettings("SANDQUEUE_SUPERSERVE");
 
 export const superserveDefinition = defineProvider({
   name: "superserve",
   summary: "one Superserve sandbox (Firecracker microVM) per job through @superserve/sdk: streamed exec, files as tar over its file API, pause for reuse",
   settings: {
-    apiKey: {
-      env: "SANDQUEUE_SUPERSERVE_API_KEY",
-      doc: "API key (X-API-Key); or SANDQUEUE_SUPERSERVE_API_KEY_FILE",
-      ...settingTypes.text("an API key"),
-      secret: true,
-    },
-    apiKeyFile: {
-      env: "SANDQUEUE_SUPERSERVE_API_KEY_FILE",
-      doc: "file whose first line is the API key (when SANDQUEUE_SUPERSERVE_API_KEY is unset)",
-      ...settingTypes.path(),
-    },
+    apiKey: apiKey.value,
+    apiKeyFile: apiKey.file,
     baseUrl: {
       env: "SANDQUEUE_SUPERSERVE_BASE_URL",
       doc: "control-plane URL (unset: the SDK's, by the key's region)",
@@ -51,21 +27,10 @@ export const superserveDefinition = defineProvider({
       env: "SANDQUEUE_SUPERSERVE_TEMPLATES",
       doc: "job image → template; unmapped images are used as template names",
       default: () => "host=superserve/python-3.11",
-      accepts: PAIRS_ACCEPTS,
-      schema: templatePairs,
+      ...settingTypes.pairs("image=template"),
     },
-    createTimeoutMs: {
-      env: "SANDQUEUE_SUPERSERVE_CREATE_TIMEOUT_MS",
-      doc: "how long one create call may take",
-      default: () => "120000",
-      ...settingTypes.int(1000, 3_600_000),
-    },
-    createRetries: {
-      env: "SANDQUEUE_SUPERSERVE_CREATE_RETRIES",
-      doc: "further create attempts after a 429/5xx/timeout (a lost create is found by its token first)",
-      default: () => "3",
-      ...settingTypes.int(0, 10),
-    },
+    createTimeoutMs: createCall.timeoutMs,
+    createRetries: createCall.retries,
     resumeTimeoutMs: {
       env: "SANDQUEUE_SUPERSERVE_RESUME_TIMEOUT_MS",
       doc: "how long a reattached sandbox may take to become active",

@@ -29,6 +29,7 @@ import {
   type SandboxProvider,
   type SandboxSpec,
 } from "../provider.js";
+import { ofDeadWorkers, removeEach } from "../remote/reap.js";
 import { routeDataPlane, sdkDataPlaneOrigin } from "./data-plane-route.js";
 import { DEFAULT_RATE_LIMIT_WAIT_MS, isRetryableSdkError, translateSdkError } from "./errors.js";
 import { SuperserveSandbox } from "./superserve-sandbox.js";
@@ -306,20 +307,8 @@ export class SuperserveProvider implements SandboxProvider {
     } catch (err) {
       throw translateSdkError(err, "list sandboxes (reaper)");
     }
-    const others = all.filter((s) => s.metadata[LABEL_WORKER] !== undefined && s.metadata[LABEL_WORKER] !== this.ownerLabel);
-    if (others.length === 0) return 0;
-    const alive = await owners.liveOwners([...new Set(others.map((s) => s.metadata[LABEL_WORKER]!))]);
-    let reaped = 0;
-    for (const s of others) {
-      if (alive.has(s.metadata[LABEL_WORKER]!)) continue;
-      try {
-        await SdkSandbox.killById(s.id, this.conn);
-        reaped++;
-      } catch {
-        // The next pass tries again.
-      }
-    }
-    return reaped;
+    const doomed = await ofDeadWorkers(all, (s) => s.metadata[LABEL_WORKER], this.ownerLabel, owners);
+    return removeEach(doomed, (s) => SdkSandbox.killById(s.id, this.conn));
   }
 
   async close(): Promise<void> {

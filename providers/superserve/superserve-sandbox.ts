@@ -143,7 +143,6 @@ export class SuperserveSandbox implements Sandbox {
     const what = `sandbox ${this.id}: putArchive`;
     await guardPut(tar, what, signal, async () => {
       this.ensureLive("putArchive");
-      throwIfTransferAborted(what, signal);
       const abs = workspacePath(dir); // escapes refused before any request
       const bytes = await readValidatedTar(tar, this.provider.archiveLimits, what, signal);
       const tmp = `${WORKSPACE_DIR}/.sandqueue-put-${randomUUID()}.tar`;
