@@ -4,13 +4,9 @@
  * where it listens, and runs until SIGTERM or SIGINT (then releases every
  * sandbox and removes the kubeconfig it wrote).
  */
-import { parseArgs } from "node:util";
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { LocalProvider } from "../providers/local/index.js";
 import { KubernetesStandin } from "./kubernetes/index.js";
-import { parseIntFlag, parsePairs, usage } from "../cli/args.js";
+import { parsePairs } from "../cli/args.js";
+import { intOption, parseStandinArgs, portFlag, serveStandin } from "./serve-standin.js";
 import { isSandqueueError } from "../errors/index.js";
 import { runIsloStandin } from "./islo/cli.js";
 import { runMicrosandboxStandin } from "./microsandbox/cli.js";
@@ -46,68 +42,41 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv): Promise<numb
     console.error(kind === undefined || kind === "--help" ? USAGE : `unknown stand-in '${kind}' (known: kubernetes, islo, microsandbox, provisioner, superserve, e2b, northflank)\n\n${USAGE}`);
     return kind === "--help" ? 0 : 2;
   }
-  const { values } = parseArgs({
-    args: rest,
-    options: {
-      kubeconfig: { type: "string" },
-      port: { type: "string" },
-      namespace: { type: "string", multiple: true },
-      image: { type: "string", multiple: true },
-      "default-image": { type: "string" },
-      "memory-mb": { type: "string" },
-      pids: { type: "string" },
-      "exec-protocol": { type: "string", multiple: true },
-      "work-root": { type: "string" },
-      "images-dir": { type: "string" },
-      "no-token": { type: "boolean" },
-      "no-tls": { type: "boolean" },
-      help: { type: "boolean" },
+  const values = parseStandinArgs(rest, {
+    kubeconfig: { type: "string" },
+    port: { type: "string" },
+    namespace: { type: "string", multiple: true },
+    image: { type: "string", multiple: true },
+    "default-image": { type: "string" },
+    "exec-protocol": { type: "string", multiple: true },
+    "no-token": { type: "boolean" },
+    "no-tls": { type: "boolean" },
+  });
+  return serveStandin({
+    name: "kubernetes",
+    usage: USAGE,
+    flags: values,
+    env,
+    output: { flag: "kubeconfig", label: "kubeconfig", write: (standin: KubernetesStandin, file) => standin.writeKubeconfig(file, values.namespace?.[0] ?? "default") },
+    start: (provider) => {
+      const defaultImage = values["default-image"];
+      return KubernetesStandin.start({
+        provider,
+        port: portFlag("port", values.port),
+        ...(values["no-token"] ? { token: null } : {}),
+        ...(values["no-tls"] ? { tls: false } : {}),
+        namespaces: values.namespace ?? [],
+        images: parsePairs("image", values.image),
+        defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),
+        ...intOption("defaultMemoryMb", "memory-mb", values["memory-mb"], 1, 1024 * 1024),
+        ...intOption("podPidsLimit", "pids", values.pids, 1, 4_000_000),
+        ...(values["exec-protocol"] ? { execProtocols: values["exec-protocol"] } : {}),
+      });
     },
+    where: (standin) => `listening on ${standin.url}`,
+    heading: "kubernetes stand-in",
+    stopping: "releasing sandboxes",
   });
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  if (!values.kubeconfig) throw usage(`--kubeconfig FILE is required\n\n${USAGE}`);
-  const kubeconfig = path.resolve(values.kubeconfig);
-  const ownWorkRoot = values["work-root"] === undefined;
-  const workRoot = values["work-root"] ?? (await mkdtemp(path.join(os.tmpdir(), "sandqueue-standin-")));
-  const provider = new LocalProvider({
-    workRoot,
-    cgroupParent: "sandqueue-standin",
-    imagesDir: values["images-dir"] ?? env.SANDQUEUE_IMAGES_DIR ?? path.resolve(".sandqueue", "images"),
-  });
-  let standin: KubernetesStandin | undefined;
-  try {
-    const defaultImage = values["default-image"];
-    standin = await KubernetesStandin.start({
-      provider,
-      port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
-      ...(values["no-token"] ? { token: null } : {}),
-      ...(values["no-tls"] ? { tls: false } : {}),
-      namespaces: values.namespace ?? [],
-      images: parsePairs("image", values.image),
-      defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),
-      ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 1, 1024 * 1024) } : {}),
-      ...(values.pids ? { podPidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-      ...(values["exec-protocol"] ? { execProtocols: values["exec-protocol"] } : {}),
-    });
-    await standin.writeKubeconfig(kubeconfig, values.namespace?.[0] ?? "default");
-    console.log(`kubernetes stand-in listening on ${standin.url}; kubeconfig ${kubeconfig}; sandboxes under ${workRoot}`);
-    await new Promise<void>((resolve) => {
-      process.once("SIGTERM", resolve);
-      process.once("SIGINT", resolve);
-    });
-    console.log("kubernetes stand-in stopping: releasing sandboxes");
-    return 0;
-  } finally {
-    await standin?.stop();
-    await provider.close();
-    // The parent cgroups, when empty (another stand-in may still use them: rmdir refuses then).
-    for (const dir of provider.cgroupParentDirs) await rmdir(dir).catch(() => undefined);
-    if (standin) await rm(kubeconfig, { force: true });
-    if (ownWorkRoot) await rm(workRoot, { recursive: true, force: true });
-  }
 }
 
 main(process.argv.slice(2), process.env).then(

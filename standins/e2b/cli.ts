@@ -5,9 +5,8 @@
  * SANDQUEUE_E2B_API_KEY) to FILE, and runs until SIGTERM or SIGINT (then
  * kills every sandbox and removes the file).
  */
-import { parseArgs } from "node:util";
-import { serveStandin } from "../serve-standin.js";
-import { parseIntFlag, parsePairs } from "../../cli/args.js";
+import { envFileOutput, parseStandinArgs, portFlag, serveStandin, sizeOptions } from "../serve-standin.js";
+import { parsePairs } from "../../cli/args.js";
 import { E2bStandin } from "./server.js";
 
 export const E2B_USAGE = `usage: npm run standin -- e2b --env-file FILE [options]
@@ -23,43 +22,30 @@ export const E2B_USAGE = `usage: npm run standin -- e2b --env-file FILE [options
   --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
 
 export async function runE2bStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      "env-file": { type: "string" },
-      "control-port": { type: "string" },
-      "envd-port": { type: "string" },
-      "api-key": { type: "string" },
-      template: { type: "string", multiple: true },
-      "memory-mb": { type: "string" },
-      pids: { type: "string" },
-      "work-root": { type: "string" },
-      "images-dir": { type: "string" },
-      help: { type: "boolean" },
-    },
+  const values = parseStandinArgs(args, {
+    "env-file": { type: "string" },
+    "control-port": { type: "string" },
+    "envd-port": { type: "string" },
+    "api-key": { type: "string" },
+    template: { type: "string", multiple: true },
   });
-  if (values.help) {
-    console.log(E2B_USAGE);
-    return 0;
-  }
   return serveStandin({
     name: "e2b",
     usage: E2B_USAGE,
     flags: values,
     env,
+    output: envFileOutput((standin: E2bStandin) => standin.envFile()),
     start: (provider) => {
       const templates = parsePairs("template", values.template);
       return E2bStandin.start({
         provider,
-        controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
-        envdPort: values["envd-port"] === undefined ? 0 : parseIntFlag("envd-port", values["envd-port"], 0, 65535),
+        controlPort: portFlag("control-port", values["control-port"]),
+        envdPort: portFlag("envd-port", values["envd-port"]),
         ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
         ...(Object.keys(templates).length ? { templates } : {}),
-        ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-        ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+        ...sizeOptions(values, "memoryMb", "pidsLimit"),
       });
     },
-    envFile: (standin) => standin.envFile(),
     where: (standin) => `control ${standin.controlUrl}, envd ${standin.envdUrl}`,
   });
 }

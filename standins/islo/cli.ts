@@ -5,10 +5,9 @@
  * SANDQUEUE_ISLO_API_KEY) to FILE, and runs until SIGTERM or SIGINT (then
  * deletes every sandbox and the file).
  */
-import { parseArgs } from "node:util";
 import path from "node:path";
-import { serveStandin } from "../serve-standin.js";
-import { parseIntFlag, parsePairs } from "../../cli/args.js";
+import { envFileOutput, intOption, parseStandinArgs, portFlag, serveStandin, sizeOptions } from "../serve-standin.js";
+import { parsePairs } from "../../cli/args.js";
 import { IsloStandin } from "./server.js";
 import { DEFAULT_EGRESS_CONFIG } from "../../worker/egress/config.js";
 
@@ -29,44 +28,32 @@ export const ISLO_USAGE = `usage: npm run standin -- islo --env-file FILE [optio
   --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
 
 export async function runIsloStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      "env-file": { type: "string" },
-      "control-port": { type: "string" },
-      "compute-port": { type: "string" },
-      "api-key": { type: "string" },
-      image: { type: "string", multiple: true },
-      "memory-mb": { type: "string" },
-      pids: { type: "string" },
-      "token-ttl": { type: "string" },
-      "enforce-gateway": { type: "boolean" },
-      "egress-hosts": { type: "string" },
-      "allow-private": { type: "boolean" },
-      "work-root": { type: "string" },
-      "images-dir": { type: "string" },
-      help: { type: "boolean" },
-    },
+  const values = parseStandinArgs(args, {
+    "env-file": { type: "string" },
+    "control-port": { type: "string" },
+    "compute-port": { type: "string" },
+    "api-key": { type: "string" },
+    image: { type: "string", multiple: true },
+    "token-ttl": { type: "string" },
+    "enforce-gateway": { type: "boolean" },
+    "egress-hosts": { type: "string" },
+    "allow-private": { type: "boolean" },
   });
-  if (values.help) {
-    console.log(ISLO_USAGE);
-    return 0;
-  }
   return serveStandin({
     name: "islo",
     usage: ISLO_USAGE,
     flags: values,
     env,
-    start: (provider) => {
-      return IsloStandin.start({
+    output: envFileOutput((standin: IsloStandin) => standin.envFile()),
+    start: (provider) =>
+      IsloStandin.start({
         provider,
-        controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
-        computePort: values["compute-port"] === undefined ? 0 : parseIntFlag("compute-port", values["compute-port"], 0, 65535),
+        controlPort: portFlag("control-port", values["control-port"]),
+        computePort: portFlag("compute-port", values["compute-port"]),
         ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
         images: parsePairs("image", values.image),
-        ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-        ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-        ...(values["token-ttl"] ? { tokenTtlSeconds: parseIntFlag("token-ttl", values["token-ttl"], 1, 86_400) } : {}),
+        ...sizeOptions(values, "defaultMemoryMb", "pidsLimit"),
+        ...intOption("tokenTtlSeconds", "token-ttl", values["token-ttl"], 1, 86_400),
         ...(values["enforce-gateway"]
           ? {
               egress: {
@@ -76,9 +63,7 @@ export async function runIsloStandin(args: string[], env: NodeJS.ProcessEnv): Pr
               },
             }
           : {}),
-      });
-    },
-    envFile: (standin) => standin.envFile(),
+      }),
     where: (standin) => `control ${standin.controlUrl}, compute ${standin.computeUrl}`,
   });
 }

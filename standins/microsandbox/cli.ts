@@ -4,9 +4,8 @@
  * to FILE (mode 0600), and runs until SIGTERM or SIGINT (then stops every
  * sandbox and removes the file).
  */
-import { parseArgs } from "node:util";
-import { serveStandin } from "../serve-standin.js";
-import { parseIntFlag, parsePairs } from "../../cli/args.js";
+import { envFileOutput, envFileText, parseStandinArgs, portFlag, serveStandin, sizeOptions } from "../serve-standin.js";
+import { parsePairs } from "../../cli/args.js";
 import { MicrosandboxStandin } from "./server.js";
 
 export const MICROSANDBOX_USAGE = `usage: npm run standin -- microsandbox --env-file FILE [options]
@@ -21,50 +20,31 @@ export const MICROSANDBOX_USAGE = `usage: npm run standin -- microsandbox --env-
   --work-root DIR          local sandboxes' work root (default: a fresh temporary directory)
   --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
 
-export function envFileText(vars: Record<string, string>): string {
-  return Object.entries(vars)
-    .map(([k, v]) => `${k}=${v}\n`)
-    .join("");
-}
-
 export async function runMicrosandboxStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      "env-file": { type: "string" },
-      port: { type: "string" },
-      "api-key": { type: "string" },
-      image: { type: "string", multiple: true },
-      "default-image": { type: "string" },
-      "memory-mb": { type: "string" },
-      pids: { type: "string" },
-      "work-root": { type: "string" },
-      "images-dir": { type: "string" },
-      help: { type: "boolean" },
-    },
+  const values = parseStandinArgs(args, {
+    "env-file": { type: "string" },
+    port: { type: "string" },
+    "api-key": { type: "string" },
+    image: { type: "string", multiple: true },
+    "default-image": { type: "string" },
   });
-  if (values.help) {
-    console.log(MICROSANDBOX_USAGE);
-    return 0;
-  }
   return serveStandin({
     name: "microsandbox",
     usage: MICROSANDBOX_USAGE,
     flags: values,
     env,
+    output: envFileOutput((standin: MicrosandboxStandin) => envFileText(standin.envVars())),
     start: (provider) => {
       const defaultImage = values["default-image"];
       return MicrosandboxStandin.start({
         provider,
-        port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+        port: portFlag("port", values.port),
         ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
         images: parsePairs("image", values.image),
         defaultImage: defaultImage === "none" ? null : (defaultImage ?? "host"),
-        ...(values["memory-mb"] ? { defaultMemoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-        ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+        ...sizeOptions(values, "defaultMemoryMb", "pids"),
       });
     },
-    envFile: (standin) => envFileText(standin.envVars()),
     where: (standin) => `listening on ${standin.url}`,
   });
 }

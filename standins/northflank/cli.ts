@@ -6,8 +6,7 @@
  * FILE, and runs until SIGTERM or SIGINT (then drops every instance and the
  * file).
  */
-import { parseArgs } from "node:util";
-import { serveStandin } from "../serve-standin.js";
+import { envFileOutput, parseStandinArgs, portFlag, serveStandin, sizeOptions } from "../serve-standin.js";
 import { parseIntFlag, parsePairs, usage } from "../../cli/args.js";
 import { NorthflankStandin } from "./server.js";
 
@@ -32,45 +31,32 @@ function attachSpec(v: string): { id: string; instances: number } {
 }
 
 export async function runNorthflankStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      "env-file": { type: "string" },
-      port: { type: "string" },
-      token: { type: "string" },
-      project: { type: "string" },
-      "attach-service": { type: "string", multiple: true },
-      image: { type: "string", multiple: true },
-      "memory-mb": { type: "string" },
-      pids: { type: "string" },
-      "work-root": { type: "string" },
-      "images-dir": { type: "string" },
-      help: { type: "boolean" },
-    },
+  const values = parseStandinArgs(args, {
+    "env-file": { type: "string" },
+    port: { type: "string" },
+    token: { type: "string" },
+    project: { type: "string" },
+    "attach-service": { type: "string", multiple: true },
+    image: { type: "string", multiple: true },
   });
-  if (values.help) {
-    console.log(NORTHFLANK_USAGE);
-    return 0;
-  }
   return serveStandin({
     name: "northflank",
     usage: NORTHFLANK_USAGE,
     flags: values,
     env,
+    output: envFileOutput((standin: NorthflankStandin) => standin.envFile()),
     start: (provider) => {
       const images = parsePairs("image", values.image);
       return NorthflankStandin.start({
         provider,
-        port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+        port: portFlag("port", values.port),
         ...(values.token ? { token: values.token } : {}),
         ...(values.project ? { projectId: values.project } : {}),
         attach: (values["attach-service"] ?? []).map(attachSpec),
         ...(Object.keys(images).length ? { images } : {}),
-        ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-        ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
+        ...sizeOptions(values, "memoryMb", "pidsLimit"),
       });
     },
-    envFile: (standin) => standin.envFile(),
     where: (standin) => `API and exec ${standin.url}, project ${standin.projectId}`,
   });
 }

@@ -5,10 +5,7 @@
  * FILE (mode 0600), and runs until SIGTERM or SIGINT (then deletes every
  * sandbox and the file).
  */
-import { parseArgs } from "node:util";
-import { serveStandin } from "../serve-standin.js";
-import { parseIntFlag } from "../../cli/args.js";
-import { envFileText } from "../microsandbox/cli.js";
+import { envFileOutput, envFileText, intOption, parseStandinArgs, portFlag, serveStandin, sizeOptions } from "../serve-standin.js";
 import { ProvisionerStandin } from "./server.js";
 
 export const PROVISIONER_USAGE = `usage: npm run standin -- provisioner --env-file FILE [options]
@@ -25,44 +22,30 @@ export const PROVISIONER_USAGE = `usage: npm run standin -- provisioner --env-fi
   --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
 
 export async function runProvisionerStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      "env-file": { type: "string" },
-      port: { type: "string" },
-      "api-key": { type: "string" },
-      "sandbox-api-key": { type: "string" },
-      image: { type: "string" },
-      "memory-mb": { type: "string" },
-      pids: { type: "string" },
-      "start-delay-ms": { type: "string" },
-      "work-root": { type: "string" },
-      "images-dir": { type: "string" },
-      help: { type: "boolean" },
-    },
+  const values = parseStandinArgs(args, {
+    "env-file": { type: "string" },
+    port: { type: "string" },
+    "api-key": { type: "string" },
+    "sandbox-api-key": { type: "string" },
+    image: { type: "string" },
+    "start-delay-ms": { type: "string" },
   });
-  if (values.help) {
-    console.log(PROVISIONER_USAGE);
-    return 0;
-  }
   return serveStandin({
     name: "provisioner",
     usage: PROVISIONER_USAGE,
     flags: values,
     env,
-    start: (provider) => {
-      return ProvisionerStandin.start({
+    output: envFileOutput((standin: ProvisionerStandin) => envFileText(standin.envVars())),
+    start: (provider) =>
+      ProvisionerStandin.start({
         provider,
-        port: values.port === undefined ? 0 : parseIntFlag("port", values.port, 0, 65535),
+        port: portFlag("port", values.port),
         ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
         ...(values["sandbox-api-key"] ? { sandboxApiKey: values["sandbox-api-key"] } : {}),
         ...(values.image ? { image: values.image } : {}),
-        ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-        ...(values.pids ? { pids: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-        ...(values["start-delay-ms"] ? { startDelayMs: parseIntFlag("start-delay-ms", values["start-delay-ms"], 0, 3_600_000) } : {}),
-      });
-    },
-    envFile: (standin) => envFileText(standin.envVars()),
+        ...sizeOptions(values, "memoryMb", "pids"),
+        ...intOption("startDelayMs", "start-delay-ms", values["start-delay-ms"], 0, 3_600_000),
+      }),
     where: (standin) => `listening on ${standin.url}`,
   });
 }

@@ -5,9 +5,8 @@
  * SANDQUEUE_SUPERSERVE_DATA_PLANE_URL, SANDQUEUE_SUPERSERVE_API_KEY) to FILE,
  * and runs until SIGTERM or SIGINT (then deletes every sandbox and the file).
  */
-import { parseArgs } from "node:util";
-import { serveStandin } from "../serve-standin.js";
-import { parseIntFlag, parsePairs } from "../../cli/args.js";
+import { envFileOutput, intOption, parseStandinArgs, portFlag, serveStandin, sizeOptions } from "../serve-standin.js";
+import { parsePairs } from "../../cli/args.js";
 import { SuperserveStandin } from "./server.js";
 
 export const SUPERSERVE_USAGE = `usage: npm run standin -- superserve --env-file FILE [options]
@@ -25,45 +24,32 @@ export const SUPERSERVE_USAGE = `usage: npm run standin -- superserve --env-file
   --images-dir DIR         local images (default $SANDQUEUE_IMAGES_DIR or .sandqueue/images)`;
 
 export async function runSuperserveStandin(args: string[], env: NodeJS.ProcessEnv): Promise<number> {
-  const { values } = parseArgs({
-    args,
-    options: {
-      "env-file": { type: "string" },
-      "control-port": { type: "string" },
-      "data-port": { type: "string" },
-      "api-key": { type: "string" },
-      template: { type: "string", multiple: true },
-      "memory-mb": { type: "string" },
-      pids: { type: "string" },
-      "transition-ms": { type: "string" },
-      "work-root": { type: "string" },
-      "images-dir": { type: "string" },
-      help: { type: "boolean" },
-    },
+  const values = parseStandinArgs(args, {
+    "env-file": { type: "string" },
+    "control-port": { type: "string" },
+    "data-port": { type: "string" },
+    "api-key": { type: "string" },
+    template: { type: "string", multiple: true },
+    "transition-ms": { type: "string" },
   });
-  if (values.help) {
-    console.log(SUPERSERVE_USAGE);
-    return 0;
-  }
   return serveStandin({
     name: "superserve",
     usage: SUPERSERVE_USAGE,
     flags: values,
     env,
+    output: envFileOutput((standin: SuperserveStandin) => standin.envFile()),
     start: (provider) => {
       const templates = parsePairs("template", values.template);
       return SuperserveStandin.start({
         provider,
-        controlPort: values["control-port"] === undefined ? 0 : parseIntFlag("control-port", values["control-port"], 0, 65535),
-        dataPort: values["data-port"] === undefined ? 0 : parseIntFlag("data-port", values["data-port"], 0, 65535),
+        controlPort: portFlag("control-port", values["control-port"]),
+        dataPort: portFlag("data-port", values["data-port"]),
         ...(values["api-key"] ? { apiKey: values["api-key"] } : {}),
         ...(Object.keys(templates).length ? { templates } : {}),
-        ...(values["memory-mb"] ? { memoryMb: parseIntFlag("memory-mb", values["memory-mb"], 16, 1024 * 1024) } : {}),
-        ...(values.pids ? { pidsLimit: parseIntFlag("pids", values.pids, 1, 4_000_000) } : {}),
-        ...(values["transition-ms"] ? { transitionMs: parseIntFlag("transition-ms", values["transition-ms"], 0, 600_000) } : {}),
+        ...sizeOptions(values, "memoryMb", "pidsLimit"),
+        ...intOption("transitionMs", "transition-ms", values["transition-ms"], 0, 600_000),
       });
     },
-    envFile: (standin) => standin.envFile(),
     where: (standin) => `control ${standin.controlUrl}, data ${standin.dataUrl}`,
   });
 }
