@@ -25,12 +25,11 @@
  * can kill no less). A sandbox past its timeout is killed by the stand-in.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import path from "node:path";
 import type { ExecResult, Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
-import { sendJson } from "../kubernetes/http-util.js";
+import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson } from "../http-server.js";
 import { FaultTable, parseFault, type E2bOp } from "./faults.js";
 
 export interface E2bStandinOptions {
@@ -175,25 +174,26 @@ export class E2bStandin {
   }
 
   static async start(opts: E2bStandinOptions): Promise<E2bStandin> {
-    const control = http.createServer();
-    const envd = http.createServer();
-    const standin = new E2bStandin(opts, control, envd);
-    control.on("request", (req, res) => void standin.serve("control", req, res));
-    envd.on("request", (req, res) => void standin.serve("envd", req, res));
-    const host = opts.host ?? "127.0.0.1";
-    await new Promise<void>((resolve, reject) => control.once("error", reject).listen(opts.controlPort ?? 0, host, resolve));
-    await new Promise<void>((resolve, reject) => envd.once("error", reject).listen(opts.envdPort ?? 0, host, resolve));
+    const standin = new E2bStandin(opts, http.createServer(), http.createServer());
+    await listenPlanes(
+      opts.host ?? "127.0.0.1",
+      [
+        { plane: "control", server: standin.control, port: opts.controlPort },
+        { plane: "envd", server: standin.envd, port: opts.envdPort },
+      ],
+      (plane, req, res) => void standin.serve(plane, req, res),
+    );
     return standin;
   }
 
   /** The SDK's apiUrl. */
   get controlUrl(): string {
-    return `http://127.0.0.1:${(this.control.address() as AddressInfo).port}`;
+    return loopbackUrl(this.control);
   }
 
   /** The SDK's sandboxUrl (every sandbox's envd). */
   get envdUrl(): string {
-    return `http://127.0.0.1:${(this.envd.address() as AddressInfo).port}`;
+    return loopbackUrl(this.envd);
   }
 
   /** What a worker needs to reach the stand-in, as KEY=value lines. */
@@ -232,9 +232,7 @@ export class E2bStandin {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.control.closeAllConnections();
-    this.envd.closeAllConnections();
-    await Promise.all([new Promise((r) => this.control.close(r)), new Promise((r) => this.envd.close(r))]);
+    await closeServers(this.control, this.envd);
     await Promise.allSettled([...this.sandboxes.keys()].map((id) => this.killSandbox(id)));
   }
 
@@ -282,26 +280,15 @@ export class E2bStandin {
 
   private async readBody(req: IncomingMessage): Promise<Buffer> {
     const max = this.opts.maxBodyBytes ?? 256 * MIB;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
-      size += c.length;
-      if (size > max) throw new HttpError(413, `request body above ${max} bytes`);
-      chunks.push(c);
-    }
-    return Buffer.concat(chunks);
+    const body = await readBody(req, max);
+    if (!body) throw new HttpError(413, `request body above ${max} bytes`);
+    return body;
   }
 
   private async readJson(req: IncomingMessage, body?: Buffer): Promise<Record<string, unknown>> {
-    const raw = body ?? (await this.readBody(req));
-    if (raw.length === 0) return {};
-    try {
-      const v = JSON.parse(raw.toString("utf8")) as unknown;
-      if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not an object");
-      return v as Record<string, unknown>;
-    } catch {
-      throw new HttpError(400, "request body must be a JSON object");
-    }
+    const v = jsonObject(body ?? (await this.readBody(req)));
+    if (!v) throw new HttpError(400, "request body must be a JSON object");
+    return v;
   }
 
   /** The fields every sandbox view has (list, get); `withAccess` adds the envd token (create, connect, get). */

@@ -8,7 +8,6 @@
  * by sandqueue's egress proxy, else the sandboxes have no network at all.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { randomBytes, randomUUID } from "node:crypto";
 import path from "node:path";
 import { Readable } from "node:stream";
@@ -21,6 +20,7 @@ import { EgressGateway, type EgressJobSession } from "../../worker/egress/gatewa
 import type { EgressConfig } from "../../worker/egress/config.js";
 import { FaultTable, parseFault, type FaultAction, type IsloOp } from "./faults.js";
 import { multipartField } from "./multipart.js";
+import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson } from "../http-server.js";
 
 export interface IsloStandinOptions {
   /** Runs the sandboxes. The stand-in never closes it: its owner does, after stop(). */
@@ -128,12 +128,6 @@ class HttpError extends Error {
 const MIB = 1024 * 1024;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
-  res.end(text);
-}
-
 function sendError(res: ServerResponse, err: HttpError): void {
   const headers: Record<string, string> = err.retryAfterSeconds === undefined ? {} : { "Retry-After": String(err.retryAfterSeconds) };
   sendJson(res, err.status, { code: err.code, message: err.message, request_id: randomUUID() }, headers);
@@ -174,23 +168,24 @@ export class IsloStandin {
   }
 
   static async start(opts: IsloStandinOptions): Promise<IsloStandin> {
-    const control = http.createServer();
-    const compute = http.createServer();
-    const standin = new IsloStandin(opts, control, compute);
-    control.on("request", (req, res) => void standin.serve("control", req, res));
-    compute.on("request", (req, res) => void standin.serve("compute", req, res));
-    const host = opts.host ?? "127.0.0.1";
-    await new Promise<void>((resolve, reject) => control.once("error", reject).listen(opts.controlPort ?? 0, host, resolve));
-    await new Promise<void>((resolve, reject) => compute.once("error", reject).listen(opts.computePort ?? 0, host, resolve));
+    const standin = new IsloStandin(opts, http.createServer(), http.createServer());
+    await listenPlanes(
+      opts.host ?? "127.0.0.1",
+      [
+        { plane: "control", server: standin.control, port: opts.controlPort },
+        { plane: "compute", server: standin.compute, port: opts.computePort },
+      ],
+      (plane, req, res) => void standin.serve(plane, req, res),
+    );
     return standin;
   }
 
   get controlUrl(): string {
-    return `http://127.0.0.1:${(this.control.address() as AddressInfo).port}`;
+    return loopbackUrl(this.control);
   }
 
   get computeUrl(): string {
-    return `http://127.0.0.1:${(this.compute.address() as AddressInfo).port}`;
+    return loopbackUrl(this.compute);
   }
 
   /** What a worker needs to reach the stand-in, as KEY=value lines. */
@@ -234,10 +229,7 @@ export class IsloStandin {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    for (const server of [this.control, this.compute]) {
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    }
+    await closeServers(this.control, this.compute);
     await Promise.allSettled([...this.sandboxes.values()].map((s) => this.remove(s)));
     await this.gateway?.close();
   }
@@ -731,26 +723,15 @@ export class IsloStandin {
 
   private async body(req: IncomingMessage): Promise<Buffer> {
     const max = this.opts.maxBodyBytes ?? 256 * MIB;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
-      size += c.length;
-      if (size > max) throw new HttpError(413, "INVALID_REQUEST", `request body above ${max} bytes`);
-      chunks.push(c);
-    }
-    return Buffer.concat(chunks);
+    const body = await readBody(req, max);
+    if (!body) throw new HttpError(413, "INVALID_REQUEST", `request body above ${max} bytes`);
+    return body;
   }
 
   private async json(req: IncomingMessage): Promise<Record<string, unknown>> {
-    const raw = await this.body(req);
-    if (raw.length === 0) return {};
-    try {
-      const v = JSON.parse(raw.toString("utf8")) as unknown;
-      if (typeof v === "object" && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
-    } catch {
-      // answered below
-    }
-    throw new HttpError(422, "VALIDATION_ERROR", "expected a JSON object body");
+    const v = jsonObject(await this.body(req));
+    if (!v) throw new HttpError(422, "VALIDATION_ERROR", "expected a JSON object body");
+    return v;
   }
 }
 

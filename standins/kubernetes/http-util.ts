@@ -1,15 +1,12 @@
 /** Reading requests and writing JSON answers the way the API server frames them. */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { failure, badRequest, type Status } from "./status.js";
+import { sendJson } from "../http-server.js";
 
 /** The API server's request body cap (3 MiB): above it, 413. */
 export const MAX_BODY_BYTES = 3 * 1024 * 1024;
 
-export function sendJson(res: ServerResponse, code: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(code, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
-  res.end(text);
-}
+export { sendJson };
 
 export function sendStatus(res: ServerResponse, status: Status): void {
   const headers: Record<string, string> = {};

@@ -6,6 +6,8 @@
  * Set in-process (`standin.faults.add`) or over HTTP
  * (`POST /standin/faults`, see standins/README.md).
  */
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { readBody, sendJson } from "../http-server.js";
 import { FaultTable as Faults, nonNegativeNumber, optional, parseFaultEnvelope, statusIn, type FaultRules } from "../fault-table.js";
 
 export interface FaultMatch {
@@ -48,4 +50,25 @@ export class FaultTable extends Faults<FaultMatch, FaultAction> {
   take(op: string, sandbox?: string, types: FaultAction["type"][] = ["fail", "delay", "vanish"]): FaultAction | null {
     return this.takeWhere((m) => (m.op === undefined || m.op === op) && (m.sandbox === undefined || m.sandbox === sandbox), types);
   }
+}
+
+/** `POST /standin/faults` (one fault or a list, all checked before any is armed), `DELETE /standin/faults`. */
+export async function serveFaultAdmin(faults: FaultTable, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  if (req.method === "DELETE") {
+    faults.clear();
+    return sendJson(res, 200, { ok: true });
+  }
+  if (req.method !== "POST") return sendJson(res, 405, { error: "POST or DELETE" });
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse((await readBody(req)).toString("utf8"));
+  } catch {
+    return sendJson(res, 400, { error: "body: expected JSON" });
+  }
+  const specs = Array.isArray(parsed) ? parsed : [parsed];
+  const checked = specs.map(parseFault);
+  const bad = checked.findIndex((c) => typeof c === "string");
+  if (bad >= 0) return sendJson(res, 400, { error: `fault ${bad}: ${checked[bad] as string}` });
+  for (const c of checked) if (typeof c !== "string") faults.add(c);
+  sendJson(res, 200, { ok: true, pending: faults.pending });
 }

@@ -22,7 +22,8 @@ import type { Socket } from "node:net";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError } from "../../errors/index.js";
-import { FaultTable, parseFault, type FaultAction } from "./faults.js";
+import { FaultTable, serveFaultAdmin, type FaultAction } from "./faults.js";
+import { closeWithSockets, listen, loopbackUrl, readBody, sendJson } from "../http-server.js";
 
 export interface MicrosandboxStandinOptions {
   /** Runs the sandboxes. Never closed here: its owner does, after stop(). */
@@ -80,7 +81,7 @@ export class MicrosandboxStandin {
     this.apiKey = opts.apiKey === undefined ? randomBytes(16).toString("hex") : opts.apiKey;
     this.server = http.createServer((req, res) => {
       this.handle(req, res).catch((err: unknown) => {
-        if (!res.headersSent) send(res, 500, { error: String(err) });
+        if (!res.headersSent) sendJson(res, 500, { error: String(err) });
         else res.destroy();
       });
     });
@@ -92,13 +93,8 @@ export class MicrosandboxStandin {
 
   static async start(opts: MicrosandboxStandinOptions): Promise<MicrosandboxStandin> {
     const s = new MicrosandboxStandin(opts);
-    await new Promise<void>((resolve, reject) => {
-      s.server.once("error", reject);
-      s.server.listen(opts.port ?? 0, "127.0.0.1", () => resolve());
-    });
-    const addr = s.server.address();
-    if (addr === null || typeof addr === "string") throw new Error("stand-in has no TCP address");
-    s.address = `http://127.0.0.1:${addr.port}`;
+    await listen(s.server, opts.port ?? 0);
+    s.address = loopbackUrl(s.server);
     return s;
   }
 
@@ -124,10 +120,7 @@ export class MicrosandboxStandin {
   }
 
   async stop(): Promise<void> {
-    await new Promise<void>((resolve) => {
-      this.server.close(() => resolve());
-      for (const s of this.sockets) s.destroy();
-    });
+    await closeWithSockets(this.server, this.sockets);
     const boxes = [...this.boxes.values()];
     this.boxes.clear();
     await Promise.allSettled([...this.starting.values()].map((p) => p.then((b) => b.sandbox.release())));
@@ -146,20 +139,20 @@ export class MicrosandboxStandin {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://standin");
-    if (url.pathname === "/standin/faults") return this.admin(req, res);
-    if (req.method === "GET" && url.pathname === "/api/v1/health") return send(res, 200, { status: "ok", message: "Service is healthy" });
-    if (url.pathname !== "/api/v1/rpc") return send(res, 404, { error: "Not Found" });
-    if (req.method !== "POST") return send(res, 405, { error: "Method Not Allowed" });
-    if (!this.authorized(req)) return send(res, 401, rpcError(null, -32001, "Invalid or missing API key"));
-    const body = await readAll(req);
+    if (url.pathname === "/standin/faults") return serveFaultAdmin(this.faults, req, res);
+    if (req.method === "GET" && url.pathname === "/api/v1/health") return sendJson(res, 200, { status: "ok", message: "Service is healthy" });
+    if (url.pathname !== "/api/v1/rpc") return sendJson(res, 404, { error: "Not Found" });
+    if (req.method !== "POST") return sendJson(res, 405, { error: "Method Not Allowed" });
+    if (!this.authorized(req)) return sendJson(res, 401, rpcError(null, -32001, "Invalid or missing API key"));
+    const body = await readBody(req);
     let msg: { jsonrpc?: unknown; method?: unknown; params?: unknown; id?: unknown };
     try {
       msg = JSON.parse(body.toString("utf8")) as typeof msg;
     } catch {
-      return send(res, 200, rpcError(null, -32700, "Parse error"));
+      return sendJson(res, 200, rpcError(null, -32700, "Parse error"));
     }
     const id = (typeof msg.id === "string" || typeof msg.id === "number" ? msg.id : null) as RpcId;
-    if (msg.jsonrpc !== "2.0" || typeof msg.method !== "string") return send(res, 200, rpcError(id, -32600, "Invalid Request"));
+    if (msg.jsonrpc !== "2.0" || typeof msg.method !== "string") return sendJson(res, 200, rpcError(id, -32600, "Invalid Request"));
     const params = (typeof msg.params === "object" && msg.params !== null ? msg.params : {}) as Record<string, unknown>;
     const sandbox = typeof params.sandbox === "string" ? params.sandbox : undefined;
     this.calls.push(msg.method);
@@ -168,36 +161,17 @@ export class MicrosandboxStandin {
     const fail = this.faults.take(msg.method, sandbox, ["fail"]);
     if (fail?.type === "fail") {
       const headers: Record<string, string> = fail.retryAfterSeconds === undefined ? {} : { "Retry-After": String(fail.retryAfterSeconds) };
-      return send(res, fail.code, rpcError(id, -32603, fail.message ?? `injected fault: HTTP ${fail.code}`), headers);
+      return sendJson(res, fail.code, rpcError(id, -32603, fail.message ?? `injected fault: HTTP ${fail.code}`), headers);
     }
     try {
       const result = await this.dispatch(msg.method, params);
-      send(res, 200, { jsonrpc: "2.0", result, id });
+      sendJson(res, 200, { jsonrpc: "2.0", result, id });
     } catch (err) {
-      if (err instanceof RpcError) return send(res, 200, rpcError(id, err.code, err.message));
-      send(res, 500, rpcError(id, -32603, `Internal error: ${err instanceof Error ? err.message : String(err)}`));
+      if (err instanceof RpcError) return sendJson(res, 200, rpcError(id, err.code, err.message));
+      sendJson(res, 500, rpcError(id, -32603, `Internal error: ${err instanceof Error ? err.message : String(err)}`));
     }
   }
 
-  private async admin(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (req.method === "DELETE") {
-      this.faults.clear();
-      return send(res, 200, { ok: true });
-    }
-    if (req.method !== "POST") return send(res, 405, { error: "POST or DELETE" });
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse((await readAll(req)).toString("utf8"));
-    } catch {
-      return send(res, 400, { error: "body: expected JSON" });
-    }
-    const specs = Array.isArray(parsed) ? parsed : [parsed];
-    const checked = specs.map(parseFault);
-    const bad = checked.findIndex((c) => typeof c === "string");
-    if (bad >= 0) return send(res, 400, { error: `fault ${bad}: ${checked[bad] as string}` });
-    for (const c of checked) if (typeof c !== "string") this.faults.add(c);
-    send(res, 200, { ok: true, pending: this.faults.pending });
-  }
 
   private async dispatch(method: string, p: Record<string, unknown>): Promise<unknown> {
     switch (method) {
@@ -345,14 +319,3 @@ function rpcError(id: RpcId, code: number, message: string): unknown {
   return { jsonrpc: "2.0", error: { code, message }, id };
 }
 
-function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
-  res.end(text);
-}
-
-async function readAll(req: IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of req as AsyncIterable<Buffer>) chunks.push(c);
-  return Buffer.concat(chunks);
-}

@@ -27,13 +27,13 @@
  * end stdin, such as the SDK's execServiceCommand).
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import { StringDecoder } from "node:string_decoder";
 import { WebSocketServer, type WebSocket, type RawData } from "ws";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { FaultTable, parseFault, type NorthflankOp } from "./faults.js";
+import { closeServers, jsonObject, listen, loopbackUrl, readBody, sendJson } from "../http-server.js";
 
 export interface NorthflankStandinOptions {
   /** Runs the instances. The stand-in never closes it: its owner does, after stop(). */
@@ -121,12 +121,6 @@ const DEFAULT_ENV = { PATH: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 const EXEC_PATH = /^\/v1\/command-exec\/(?:teams\/([^/]+)\/)?projects\/([^/]+)\/services\/([^/]+)$/;
 const SIGNALS: Record<string, number> = { SIGKILL: 9, SIGTERM: 15, SIGINT: 2, SIGSEGV: 11, SIGABRT: 6, SIGPIPE: 13, SIGHUP: 1 };
 
-function sendJson(res: ServerResponse, status: number, body: unknown): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text) });
-  res.end(text);
-}
-
 function sendError(res: ServerResponse, err: HttpError): void {
   if (res.headersSent) {
     res.destroy();
@@ -191,13 +185,13 @@ export class NorthflankStandin {
         precreated: true,
       });
     }
-    await new Promise<void>((resolve, reject) => server.once("error", reject).listen(opts.port ?? 0, opts.host ?? "127.0.0.1", resolve));
+    await listen(server, opts.port ?? 0, opts.host);
     return standin;
   }
 
   /** The SDK's context host. */
   get url(): string {
-    return `http://127.0.0.1:${(this.server.address() as AddressInfo).port}`;
+    return loopbackUrl(this.server);
   }
 
   /** What a worker needs to reach the stand-in (attach mode when a service was pre-created). */
@@ -273,8 +267,7 @@ export class NorthflankStandin {
   async stop(): Promise<void> {
     this.stopped = true;
     for (const ws of this.wss.clients) ws.terminate();
-    this.server.closeAllConnections();
-    await new Promise((r) => this.server.close(r));
+    await closeServers(this.server);
     await new Promise((r) => this.wss.close(r));
     await Promise.allSettled([...this.services.values()].map((s) => this.dropInstances(s)));
     this.services.clear();
@@ -328,21 +321,11 @@ export class NorthflankStandin {
   }
 
   private async readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
-      size += c.length;
-      if (size > 4 * MIB) throw new HttpError(413, "request body too large");
-      chunks.push(c);
-    }
-    if (size === 0) return {};
-    try {
-      const v = JSON.parse(Buffer.concat(chunks).toString("utf8")) as unknown;
-      if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not an object");
-      return v as Record<string, unknown>;
-    } catch {
-      throw new HttpError(400, "request body must be a JSON object");
-    }
+    const body = await readBody(req, 4 * MIB);
+    if (!body) throw new HttpError(413, "request body too large");
+    const v = jsonObject(body);
+    if (!v) throw new HttpError(400, "request body must be a JSON object");
+    return v;
   }
 
   private async serveApi(req: IncomingMessage, res: ServerResponse, url: URL, entry: NorthflankRequestLogEntry): Promise<void> {

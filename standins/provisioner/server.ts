@@ -24,7 +24,8 @@ import type { Socket } from "node:net";
 import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError } from "../../errors/index.js";
-import { FaultTable, parseFault, type FaultAction } from "../microsandbox/faults.js";
+import { FaultTable, serveFaultAdmin, type FaultAction } from "../microsandbox/faults.js";
+import { closeWithSockets, listen, loopbackUrl, readBody, sendJson } from "../http-server.js";
 
 export interface ProvisionerStandinOptions {
   provider: SandboxProvider;
@@ -80,7 +81,8 @@ export class ProvisionerStandin {
 
   static async start(opts: ProvisionerStandinOptions): Promise<ProvisionerStandin> {
     const s = new ProvisionerStandin(opts);
-    s.address = await listen(s.server, opts.port ?? 0);
+    await listen(s.server, opts.port ?? 0);
+    s.address = loopbackUrl(s.server);
     return s;
   }
 
@@ -102,7 +104,7 @@ export class ProvisionerStandin {
   }
 
   async stop(): Promise<void> {
-    await closeServer(this.server, this.sockets);
+    await closeWithSockets(this.server, this.sockets);
     const ids = [...this.boxes.keys()];
     await Promise.allSettled(ids.map((id) => this.remove(id)));
   }
@@ -112,7 +114,7 @@ export class ProvisionerStandin {
     const box = this.boxes.get(id);
     if (!box) return;
     this.boxes.delete(id);
-    await closeServer(box.server, box.sockets);
+    await closeWithSockets(box.server, box.sockets);
     const sb = await box.sandbox.catch(() => null);
     await sb?.release();
   }
@@ -121,7 +123,7 @@ export class ProvisionerStandin {
     try {
       await fn();
     } catch (err) {
-      if (!res.headersSent) send(res, 500, { detail: String(err) });
+      if (!res.headersSent) sendJson(res, 500, { detail: String(err) });
       else res.destroy();
     }
   }
@@ -134,7 +136,7 @@ export class ProvisionerStandin {
     const fail = this.faults.take(op, sandbox, ["fail"]);
     if (fail?.type !== "fail") return false;
     const headers: Record<string, string> = fail.retryAfterSeconds === undefined ? {} : { "Retry-After": String(fail.retryAfterSeconds) };
-    send(res, fail.code, body(fail.message ?? `injected fault: HTTP ${fail.code}`), headers);
+    sendJson(res, fail.code, body(fail.message ?? `injected fault: HTTP ${fail.code}`), headers);
     return true;
   }
 
@@ -149,55 +151,55 @@ export class ProvisionerStandin {
   private async handleProvisioner(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://standin");
     const parts = url.pathname.split("/").filter(Boolean);
-    if (url.pathname === "/standin/faults") return this.admin(req, res);
-    if (url.pathname === "/health" && req.method === "GET") return send(res, 200, { status: "ok" });
-    if (parts[0] !== "api" || parts[1] !== "sandboxes" || parts.length > 3) return send(res, 404, { detail: "Not Found" });
+    if (url.pathname === "/standin/faults") return serveFaultAdmin(this.faults, req, res);
+    if (url.pathname === "/health" && req.method === "GET") return sendJson(res, 200, { status: "ok" });
+    if (parts[0] !== "api" || parts[1] !== "sandboxes" || parts.length > 3) return sendJson(res, 404, { detail: "Not Found" });
     const header = req.headers["x-api-key"];
     if (!this.keyOk(typeof header === "string" ? header : undefined, this.apiKey)) {
-      return send(res, 401, { detail: "Invalid or missing API key" });
+      return sendJson(res, 401, { detail: "Invalid or missing API key" });
     }
     const id = parts[2] === undefined ? undefined : decodeURIComponent(parts[2]);
     const detail = (m: string): unknown => ({ detail: m });
     if (id === undefined && req.method === "POST") {
-      const raw = await readAll(req);
+      const raw = await readBody(req);
       let body: Record<string, unknown>;
       try {
         body = JSON.parse(raw.toString("utf8")) as Record<string, unknown>;
       } catch {
-        return send(res, 422, { detail: [{ type: "json_invalid", loc: ["body"], msg: "JSON decode error" }] });
+        return sendJson(res, 422, { detail: [{ type: "json_invalid", loc: ["body"], msg: "JSON decode error" }] });
       }
       const problems: unknown[] = [];
       if (typeof body.sandbox_id !== "string") problems.push({ type: "string_type", loc: ["body", "sandbox_id"], msg: "Input should be a valid string" });
       if (typeof body.thread_id !== "string" || !SAFE_ID.test(body.thread_id)) {
         problems.push({ type: "string_pattern_mismatch", loc: ["body", "thread_id"], msg: `String should match pattern '${SAFE_ID.source}'` });
       }
-      if (problems.length) return send(res, 422, { detail: problems });
+      if (problems.length) return sendJson(res, 422, { detail: problems });
       const sid = body.sandbox_id as string;
       if (await this.injected("create", sid, res, detail)) return;
       // Kubernetes names: sandbox-{id} and sandbox-{id}-svc must be DNS labels.
       if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(sid) || `sandbox-${sid}-svc`.length > 63) {
-        return send(res, 500, { detail: `Pod creation failed: Unprocessable Entity (invalid name sandbox-${sid})` });
+        return sendJson(res, 500, { detail: `Pod creation failed: Unprocessable Entity (invalid name sandbox-${sid})` });
       }
       const box = this.boxes.get(sid) ?? (await this.create(sid));
-      return send(res, 200, view(box));
+      return sendJson(res, 200, view(box));
     }
     if (id === undefined && req.method === "GET") {
       if (await this.injected("list", undefined, res, detail)) return;
       const sandboxes = [...this.boxes.values()].map(view);
-      return send(res, 200, { sandboxes, count: sandboxes.length });
+      return sendJson(res, 200, { sandboxes, count: sandboxes.length });
     }
     if (id !== undefined && req.method === "GET") {
       if (await this.injected("get", id, res, detail)) return;
       const box = this.boxes.get(id);
-      if (!box) return send(res, 404, { detail: `Sandbox '${id}' not found` });
-      return send(res, 200, view(box));
+      if (!box) return sendJson(res, 404, { detail: `Sandbox '${id}' not found` });
+      return sendJson(res, 200, view(box));
     }
     if (id !== undefined && req.method === "DELETE") {
       if (await this.injected("delete", id, res, detail)) return;
       await this.remove(id);
-      return send(res, 200, { ok: true, sandbox_id: id });
+      return sendJson(res, 200, { ok: true, sandbox_id: id });
     }
-    return send(res, 405, { detail: "Method Not Allowed" });
+    return sendJson(res, 405, { detail: "Method Not Allowed" });
   }
 
   private async create(id: string): Promise<Box> {
@@ -210,7 +212,8 @@ export class ProvisionerStandin {
       s.once("close", () => sockets.delete(s));
     });
     this.boxes.set(id, box);
-    box.url = await listen(server, 0);
+    await listen(server, 0);
+    box.url = loopbackUrl(server);
     const delay = this.opts.startDelayMs ?? 0;
     box.sandbox = (async () => {
       if (delay) await new Promise((r) => setTimeout(r, delay));
@@ -239,7 +242,7 @@ export class ProvisionerStandin {
 
   private async handleAio(box: Box, req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://sandbox");
-    const fail = (code: number, message: string): void => send(res, code, { success: false, message, data: null });
+    const fail = (code: number, message: string): void => sendJson(res, code, { success: false, message, data: null });
     const auth = req.headers["x-aio-api-key"] ?? /^Bearer\s+(.+)$/i.exec(req.headers.authorization ?? "")?.[1] ?? url.searchParams.get("api_key") ?? undefined;
     if (!this.keyOk(typeof auth === "string" ? auth : undefined, this.opts.sandboxApiKey ?? null)) return fail(401, "Unauthorized");
     const route = `${req.method} ${url.pathname}`;
@@ -250,11 +253,11 @@ export class ProvisionerStandin {
     if (!sb) return fail(503, "sandbox is starting");
     switch (op) {
       case "ready":
-        return send(res, 200, { success: true, message: "Sandbox context", data: { sandbox_id: box.id, home_dir: "/workspace", version: "standin" } });
+        return sendJson(res, 200, { success: true, message: "Sandbox context", data: { sandbox_id: box.id, home_dir: "/workspace", version: "standin" } });
       case "exec":
         return this.bashExec(box, sb, req, res);
       case "upload": {
-        const form = await new Response(await readAll(req), { headers: { "content-type": req.headers["content-type"] ?? "" } }).formData().catch(() => null);
+        const form = await new Response(await readBody(req), { headers: { "content-type": req.headers["content-type"] ?? "" } }).formData().catch(() => null);
         const file = form?.get("file");
         const path = form?.get("path");
         if (!form || !(file instanceof Blob) || typeof path !== "string" || !path.startsWith("/")) {
@@ -265,7 +268,7 @@ export class ProvisionerStandin {
           sb.exec({ argv: ["/bin/sh", "-c", 'mkdir -p -- "$(dirname -- "$1")" && cat > "$1"', "sh", path], env: { PATH: DEFAULT_PATH }, stdin: bytes, timeoutMs: 120_000, maxOutputBytes: 65536 }),
         );
         if (r.exitCode !== 0) return fail(500, `upload failed: ${r.stderr.toString().trim()}`);
-        return send(res, 200, { success: true, message: "File uploaded", data: { file_path: path, file_size: bytes.length, success: true } });
+        return sendJson(res, 200, { success: true, message: "File uploaded", data: { file_path: path, file_size: bytes.length, success: true } });
       }
       case "download": {
         const path = url.searchParams.get("path");
@@ -286,10 +289,10 @@ export class ProvisionerStandin {
   }
 
   private async bashExec(box: Box, sb: Sandbox, req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const fail = (code: number, message: string): void => send(res, code, { success: false, message, data: null });
+    const fail = (code: number, message: string): void => sendJson(res, code, { success: false, message, data: null });
     let body: Record<string, unknown>;
     try {
-      body = JSON.parse((await readAll(req)).toString("utf8")) as Record<string, unknown>;
+      body = JSON.parse((await readBody(req)).toString("utf8")) as Record<string, unknown>;
     } catch {
       return fail(422, "body: expected JSON");
     }
@@ -320,7 +323,7 @@ export class ProvisionerStandin {
     }
     const stdout = r.stdout.toString("utf8");
     const stderr = r.stderr.toString("utf8");
-    send(res, 200, {
+    sendJson(res, 200, {
       success: true,
       message: "Command executed",
       data: {
@@ -337,56 +340,8 @@ export class ProvisionerStandin {
     });
   }
 
-  private async admin(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    if (req.method === "DELETE") {
-      this.faults.clear();
-      return send(res, 200, { ok: true });
-    }
-    if (req.method !== "POST") return send(res, 405, { error: "POST or DELETE" });
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse((await readAll(req)).toString("utf8"));
-    } catch {
-      return send(res, 400, { error: "body: expected JSON" });
-    }
-    const specs = Array.isArray(parsed) ? parsed : [parsed];
-    const checked = specs.map(parseFault);
-    const bad = checked.findIndex((c) => typeof c === "string");
-    if (bad >= 0) return send(res, 400, { error: `fault ${bad}: ${checked[bad] as string}` });
-    for (const c of checked) if (typeof c !== "string") this.faults.add(c);
-    send(res, 200, { ok: true, pending: this.faults.pending });
-  }
 }
 
 function view(box: Box): { sandbox_id: string; sandbox_url: string; status: string } {
   return { sandbox_id: box.id, sandbox_url: box.url, status: box.status };
-}
-
-async function listen(server: http.Server, port: number): Promise<string> {
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, "127.0.0.1", () => resolve());
-  });
-  const addr = server.address();
-  if (addr === null || typeof addr === "string") throw new Error("no TCP address");
-  return `http://127.0.0.1:${addr.port}`;
-}
-
-function closeServer(server: http.Server, sockets: Set<Socket>): Promise<void> {
-  return new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    for (const s of sockets) s.destroy();
-  });
-}
-
-function send(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
-  res.end(text);
-}
-
-async function readAll(req: IncomingMessage): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of req as AsyncIterable<Buffer>) chunks.push(c);
-  return Buffer.concat(chunks);
 }

@@ -18,13 +18,13 @@
  * whose stream client goes away is killed (its whole tree).
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import path from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
 import { FaultTable, parseFault, type SuperserveOp } from "./faults.js";
+import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson } from "../http-server.js";
 
 export interface SuperserveStandinOptions {
   /** Runs the sandboxes. The stand-in never closes it: its owner does, after stop(). */
@@ -103,12 +103,6 @@ const CODE_NAMES: Record<number, string> = {
   504: "gateway_timeout",
 };
 
-function sendJson(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
-  const text = JSON.stringify(body);
-  res.writeHead(status, { "Content-Type": "application/json", "Content-Length": Buffer.byteLength(text), ...headers });
-  res.end(text);
-}
-
 function sendError(res: ServerResponse, err: HttpError): void {
   const headers: Record<string, string> = err.retryAfterSeconds === undefined ? {} : { "Retry-After": String(err.retryAfterSeconds) };
   if (res.headersSent) {
@@ -161,25 +155,26 @@ export class SuperserveStandin {
   }
 
   static async start(opts: SuperserveStandinOptions): Promise<SuperserveStandin> {
-    const control = http.createServer();
-    const data = http.createServer();
-    const standin = new SuperserveStandin(opts, control, data);
-    control.on("request", (req, res) => void standin.serve("control", req, res));
-    data.on("request", (req, res) => void standin.serve("data", req, res));
-    const host = opts.host ?? "127.0.0.1";
-    await new Promise<void>((resolve, reject) => control.once("error", reject).listen(opts.controlPort ?? 0, host, resolve));
-    await new Promise<void>((resolve, reject) => data.once("error", reject).listen(opts.dataPort ?? 0, host, resolve));
+    const standin = new SuperserveStandin(opts, http.createServer(), http.createServer());
+    await listenPlanes(
+      opts.host ?? "127.0.0.1",
+      [
+        { plane: "control", server: standin.control, port: opts.controlPort },
+        { plane: "data", server: standin.data, port: opts.dataPort },
+      ],
+      (plane, req, res) => void standin.serve(plane, req, res),
+    );
     return standin;
   }
 
   /** The SDK's baseUrl. */
   get controlUrl(): string {
-    return `http://127.0.0.1:${(this.control.address() as AddressInfo).port}`;
+    return loopbackUrl(this.control);
   }
 
   /** Where the SDK's data-plane host is served. */
   get dataUrl(): string {
-    return `http://127.0.0.1:${(this.data.address() as AddressInfo).port}`;
+    return loopbackUrl(this.data);
   }
 
   /** What a worker needs to reach the stand-in, as KEY=value lines. */
@@ -223,9 +218,7 @@ export class SuperserveStandin {
 
   async stop(): Promise<void> {
     this.stopped = true;
-    this.control.closeAllConnections();
-    this.data.closeAllConnections();
-    await Promise.all([new Promise((r) => this.control.close(r)), new Promise((r) => this.data.close(r))]);
+    await closeServers(this.control, this.data);
     await Promise.allSettled([...this.sandboxes.values()].map((s) => this.dropBox(s)));
     this.sandboxes.clear();
   }
@@ -285,26 +278,15 @@ export class SuperserveStandin {
 
   private async readBody(req: IncomingMessage): Promise<Buffer> {
     const max = this.opts.maxBodyBytes ?? 256 * MIB;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
-      size += c.length;
-      if (size > max) throw new HttpError(413, "payload_too_large", `request body above ${max} bytes`);
-      chunks.push(c);
-    }
-    return Buffer.concat(chunks);
+    const body = await readBody(req, max);
+    if (!body) throw new HttpError(413, "payload_too_large", `request body above ${max} bytes`);
+    return body;
   }
 
   private async readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-    const body = await this.readBody(req);
-    if (body.length === 0) return {};
-    try {
-      const v = JSON.parse(body.toString("utf8")) as unknown;
-      if (typeof v !== "object" || v === null || Array.isArray(v)) throw new Error("not an object");
-      return v as Record<string, unknown>;
-    } catch {
-      throw new HttpError(400, "invalid_json", "request body must be a JSON object");
-    }
+    const v = jsonObject(await this.readBody(req));
+    if (!v) throw new HttpError(400, "invalid_json", "request body must be a JSON object");
+    return v;
   }
 
   private view(s: SandboxRecord, withToken = false): Record<string, unknown> {
