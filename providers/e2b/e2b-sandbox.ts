@@ -9,7 +9,6 @@
  * written to a file in the sandbox and extracted there by `tar` (the reverse
  * for getArchive), like every provider's.
  */
-import { randomUUID } from "node:crypto";
 import { Readable } from "node:stream";
 import type { ReadableStream as WebReadableStream } from "node:stream/web";
 import { CommandExitError, NotFoundError, Sandbox as SdkSandbox, SandboxNotFoundError, TimeoutError, type CommandHandle } from "e2b";
@@ -17,9 +16,9 @@ import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { destroyOnAbort, guardPut, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { normalizeTar, readValidatedTar, type PackOptions } from "../archive/index.js";
 import { ExecSupervision, notRunResult } from "../exec-supervision.js";
-import { WORKSPACE_DIR, type ExecRequest, type ExecResult, type Sandbox } from "../provider.js";
+import type { ExecRequest, ExecResult, Sandbox } from "../provider.js";
 import { shellQuote } from "../request-script.js";
-import { CHECK_DIR, stepFailed, workspacePath } from "../remote/tar-over-exec.js";
+import { CHECK_DIR, shCommandLine, stagedTar, stepFailed, workspacePath } from "../remote/tar-over-exec.js";
 import { e2bCommand } from "./command.js";
 import { translateSdkError } from "./errors.js";
 import type { E2bProvider } from "./e2b-provider.js";
@@ -159,9 +158,8 @@ export class E2bSandbox implements Sandbox {
 
   /** A short script (no job's request, our own text): its exit code and stderr. */
   private async script(script: string, args: string[], signal: AbortSignal | undefined, what: string): Promise<{ stdout: string; stderr: string; exitCode: number }> {
-    const command = `/bin/sh -c ${shellQuote(script)} ${args.map(shellQuote).join(" ")}`;
     try {
-      const r = await this.sdk.commands.run(command, { timeoutMs: ARCHIVE_EXEC_TIMEOUT_MS, requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
+      const r = await this.sdk.commands.run(shCommandLine(script, args), { timeoutMs: ARCHIVE_EXEC_TIMEOUT_MS, requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
       return { stdout: r.stdout, stderr: r.stderr, exitCode: r.exitCode };
     } catch (err) {
       if (err instanceof CommandExitError) return { stdout: err.stdout, stderr: err.stderr, exitCode: err.exitCode };
@@ -178,7 +176,7 @@ export class E2bSandbox implements Sandbox {
       this.ensureLive("putArchive");
       const abs = workspacePath(dir); // escapes refused before any request
       const bytes = await readValidatedTar(tar, this.provider.archiveLimits, what, signal);
-      const staged = `${WORKSPACE_DIR}/.sandqueue-put-${randomUUID()}.tar`;
+      const staged = stagedTar("put").path;
       try {
         await this.sdk.files.write(staged, new Blob([bytes]), { requestTimeoutMs: this.requestTimeoutMs, signal: this.signals(signal) });
       } catch (err) {
@@ -195,8 +193,7 @@ export class E2bSandbox implements Sandbox {
     this.ensureLive("getArchive");
     throwIfTransferAborted(what, signal);
     const abs = workspacePath(dir);
-    const name = `.sandqueue-get-${randomUUID()}.tar`;
-    const staged = `${WORKSPACE_DIR}/${name}`;
+    const { name, path: staged } = stagedTar("get");
     const r = await this.script(GET_SCRIPT, ["sandqueue-get", abs, staged, name], signal, what);
     if (r.exitCode !== 0) throw stepFailed("getArchive", dir, r);
     const removeStaged = () => this.sdk.commands.run(`rm -f -- ${shellQuote(staged)}`, { timeoutMs: 30_000, requestTimeoutMs: this.requestTimeoutMs }).then(

@@ -13,19 +13,17 @@
  * - release: `DELETE /api/sandboxes/{id}`. reap: `GET /api/sandboxes`, then
  *   delete every sandbox whose owner has no heartbeat.
  */
-import { randomBytes } from "node:crypto";
 import { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
 import { abortedOr, acquireAborted, destroyOnAbort, guardPut, throwIfAcquireAborted, throwIfTransferAborted } from "../abort.js";
 import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { DEFAULT_ARCHIVE_LIMITS, normalizeTar, readValidatedTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import type { OwnerLiveness, ProviderCapabilities, Sandbox, SandboxProvider, SandboxSpec } from "../provider.js";
-import { WORKSPACE_DIR } from "../provider.js";
 import { shellQuote } from "../request-script.js";
 import { RemoteHttpClient, RemoteHttpError } from "../remote/http-client.js";
 import { ShimmedSandbox, type RunOptions } from "../remote/shimmed-sandbox.js";
 import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/sandbox-names.js";
-import { CHECK_DIR, stepFailed, workspacePath, type RawOutput } from "../remote/tar-over-exec.js";
+import { CHECK_DIR, stagedTar, stepFailed, workspacePath, type RawOutput } from "../remote/tar-over-exec.js";
 import { provisionerDefinition } from "./definition.js";
 
 export const NAME_PREFIX = "sq";
@@ -245,7 +243,7 @@ class ProvisionerSandbox extends ShimmedSandbox {
       this.ensureLive(what);
       const abs = workspacePath(dir);
       const bytes = await readValidatedTar(tar, this.archiveLimits, what, signal);
-      const file = `${WORKSPACE_DIR}/.sandqueue-put-${randomBytes(6).toString("hex")}.tar`;
+      const file = stagedTar("put").path;
       const form = new FormData();
       form.append("file", new Blob([bytes]), "workspace.tar");
       form.append("path", file);
@@ -266,8 +264,7 @@ class ProvisionerSandbox extends ShimmedSandbox {
     this.ensureLive(what);
     const abs = workspacePath(dir);
     throwIfTransferAborted(what, signal);
-    const name = `.sandqueue-get-${randomBytes(6).toString("hex")}.tar`;
-    const file = `${WORKSPACE_DIR}/${name}`;
+    const { name, path: file } = stagedTar("get");
     const withSignal = signal ? { signal } : {};
     try {
       const c = await this.run(["/bin/sh", "-c", `${CHECK_DIR}; tar -c -f "$2" --exclude="./$3" .`, "sh", abs, file, name], { timeoutMs: STEP_TIMEOUT_MS, ...withSignal });

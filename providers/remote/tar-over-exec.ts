@@ -20,6 +20,7 @@ import { destroyOnAbort, guardPut, rethrowAborted, throwIfTransferAborted } from
 import { normalizeTar, readValidatedTar, type ArchiveLimits, type PackOptions } from "../archive/index.js";
 import { workspaceSegments } from "../local/workspace-path.js";
 import { WORKSPACE_DIR } from "../provider.js";
+import { shellQuote } from "../request-script.js";
 
 export interface RawOutput {
   stdout: string;
@@ -39,6 +40,20 @@ const EXIT_SYMLINK = 99;
 /** The checked absolute path of `dir` (under /workspace); throws before any request otherwise. */
 export function workspacePath(dir: string): string {
   return path.posix.join(WORKSPACE_DIR, ...workspaceSegments(dir));
+}
+
+/**
+ * A fresh file in /workspace to stage an archive in (not /tmp: a service may
+ * give each command its own /tmp): its name, and its path.
+ */
+export function stagedTar(kind: "put" | "get"): { name: string; path: string } {
+  const name = `.sandqueue-${kind}-${randomBytes(8).toString("hex")}.tar`;
+  return { name, path: `${WORKSPACE_DIR}/${name}` };
+}
+
+/** `/bin/sh -c script` with its positional arguments ($0 first) as one command line, for an exec that takes a string. */
+export function shCommandLine(script: string, args: readonly string[]): string {
+  return `/bin/sh -c ${shellQuote(script)} ${args.map(shellQuote).join(" ")}`;
 }
 
 /** Shell text: enters "$1" and exits 98 when it is missing, 99 when a symlink is on the way. */

@@ -8,16 +8,15 @@
  * written to a temporary file in the sandbox, extracted by `tar` there (and
  * the reverse for getArchive), like every provider's.
  */
-import { randomUUID } from "node:crypto";
 import { Readable } from "node:stream";
 import { NotFoundError, type Sandbox as SdkSandbox } from "@superserve/sdk";
 import { ErrorCodes, ProviderError, SnapshotError } from "../../errors/index.js";
 import { destroyOnAbort, guardPut, throwIfTransferAborted, transferAborted } from "../abort.js";
 import { normalizeTar, readValidatedTar, type PackOptions } from "../archive/index.js";
 import { ExecSupervision, notRunResult } from "../exec-supervision.js";
-import { WORKSPACE_DIR, type ExecRequest, type ExecResult, type Sandbox } from "../provider.js";
+import type { ExecRequest, ExecResult, Sandbox } from "../provider.js";
 import { shellQuote } from "../request-script.js";
-import { workspacePath } from "../remote/tar-over-exec.js";
+import { shCommandLine, stagedTar, workspacePath } from "../remote/tar-over-exec.js";
 import { commandString } from "./command.js";
 import { translateSdkError } from "./errors.js";
 import type { SuperserveProvider } from "./superserve-provider.js";
@@ -127,9 +126,8 @@ export class SuperserveSandbox implements Sandbox {
 
   /** A short script through the synchronous exec: its exit code and stderr. */
   private async script(script: string, args: string[], signal: AbortSignal | undefined, what: string): Promise<{ exitCode: number; stderr: string }> {
-    const command = `/bin/sh -c ${shellQuote(script)} ${args.map(shellQuote).join(" ")}`;
     try {
-      const r = await this.sdk.commands.run(command, { timeoutMs: ARCHIVE_EXEC_TIMEOUT_MS, signal: this.signals(signal) });
+      const r = await this.sdk.commands.run(shCommandLine(script, args), { timeoutMs: ARCHIVE_EXEC_TIMEOUT_MS, signal: this.signals(signal) });
       return { exitCode: r.exitCode, stderr: r.stderr.trim() };
     } catch (err) {
       if (signal?.aborted) throw transferAborted(what, signal);
@@ -145,7 +143,7 @@ export class SuperserveSandbox implements Sandbox {
       this.ensureLive("putArchive");
       const abs = workspacePath(dir); // escapes refused before any request
       const bytes = await readValidatedTar(tar, this.provider.archiveLimits, what, signal);
-      const tmp = `${WORKSPACE_DIR}/.sandqueue-put-${randomUUID()}.tar`;
+      const tmp = stagedTar("put").path;
       try {
         await this.sdk.files.write(tmp, bytes, { signal: this.signals(signal) });
       } catch (err) {
@@ -162,8 +160,7 @@ export class SuperserveSandbox implements Sandbox {
     this.ensureLive("getArchive");
     throwIfTransferAborted(what, signal);
     const abs = workspacePath(dir);
-    const staged = `.sandqueue-get-${randomUUID()}.tar`;
-    const tmp = `${WORKSPACE_DIR}/${staged}`;
+    const { name: staged, path: tmp } = stagedTar("get");
     const r = await this.script(GET_SCRIPT, ["sandqueue-get", abs, tmp, staged], signal, what);
     if (r.exitCode !== 0) throw pathRefused(dir, r.exitCode, r.stderr);
     let bytes: Uint8Array;
