@@ -29,6 +29,7 @@ import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
 import path from "node:path";
 import type { ExecResult, Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
+import { serveFaultRoutes } from "../fault-admin.js";
 import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson } from "../http-server.js";
 import { FaultTable, parseFault, type E2bOp } from "./faults.js";
 
@@ -671,17 +672,8 @@ export class E2bStandin {
   private async admin(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
     if (req.method === "GET" && url.pathname === "/standin/requests") return sendJson(res, 200, this.requests);
     if (req.method === "GET" && url.pathname === "/standin/sandboxes") return sendJson(res, 200, this.sandboxList());
-    if (url.pathname === "/standin/faults" && req.method === "POST") {
-      const f = parseFault(await this.readJson(req));
-      if (typeof f === "string") throw new HttpError(400, f);
-      this.faults.add(f);
-      return sendJson(res, 201, { pending: this.faults.pending });
-    }
-    if (url.pathname === "/standin/faults" && req.method === "DELETE") {
-      this.faults.clear();
-      res.writeHead(204).end();
-      return;
-    }
+    const faultRoutes = { faults: this.faults, parse: parseFault, body: () => this.readJson(req), refuse: (m: string) => new HttpError(400, m) };
+    if (await serveFaultRoutes(req, res, url.pathname, faultRoutes)) return;
     const m = /^\/standin\/sandboxes\/([^/]+)\/kill$/.exec(url.pathname);
     if (m && req.method === "POST") {
       const id = decodeURIComponent(m[1]!);

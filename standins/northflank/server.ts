@@ -33,6 +33,7 @@ import { StringDecoder } from "node:string_decoder";
 import { WebSocketServer, type WebSocket, type RawData } from "ws";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { FaultTable, parseFault, type NorthflankOp } from "./faults.js";
+import { serveFaultRoutes } from "../fault-admin.js";
 import { closeServers, jsonObject, listen, loopbackUrl, readBody, sendJson } from "../http-server.js";
 
 export interface NorthflankStandinOptions {
@@ -704,17 +705,8 @@ export class NorthflankStandin {
       if (!this.services.has(id)) throw new HttpError(404, `service ${id} not found`);
       return sendJson(res, 200, await this.instanceFiles(id));
     }
-    if (url.pathname === "/standin/faults" && req.method === "POST") {
-      const f = parseFault(await this.readJson(req));
-      if (typeof f === "string") throw new HttpError(400, f);
-      this.faults.add(f);
-      return sendJson(res, 201, { pending: this.faults.pending });
-    }
-    if (url.pathname === "/standin/faults" && req.method === "DELETE") {
-      this.faults.clear();
-      res.writeHead(204).end();
-      return;
-    }
+    const faultRoutes = { faults: this.faults, parse: parseFault, body: () => this.readJson(req), refuse: (m: string) => new HttpError(400, m) };
+    if (await serveFaultRoutes(req, res, url.pathname, faultRoutes)) return;
     throw new HttpError(404, `no admin route ${req.method} ${url.pathname}`);
   }
 }

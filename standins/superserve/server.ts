@@ -24,6 +24,7 @@ import { StringDecoder } from "node:string_decoder";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
 import { FaultTable, parseFault, type SuperserveOp } from "./faults.js";
+import { serveFaultRoutes } from "../fault-admin.js";
 import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson } from "../http-server.js";
 
 export interface SuperserveStandinOptions {
@@ -616,18 +617,8 @@ export class SuperserveStandin {
       sendJson(res, 200, [...this.sandboxes.values()].map((s) => ({ id: s.id, name: s.name, status: s.status, metadata: s.metadata })));
       return;
     }
-    if (url.pathname === "/standin/faults" && req.method === "POST") {
-      const f = parseFault(await this.readJson(req));
-      if (typeof f === "string") throw new HttpError(400, "invalid_fault", f);
-      this.faults.add(f);
-      sendJson(res, 201, { pending: this.faults.pending });
-      return;
-    }
-    if (url.pathname === "/standin/faults" && req.method === "DELETE") {
-      this.faults.clear();
-      res.writeHead(204).end();
-      return;
-    }
+    const faultRoutes = { faults: this.faults, parse: parseFault, body: () => this.readJson(req), refuse: (m: string) => new HttpError(400, "invalid_fault", m) };
+    if (await serveFaultRoutes(req, res, url.pathname, faultRoutes)) return;
     const m = /^\/standin\/sandboxes\/([^/]+)\/status$/.exec(url.pathname);
     if (m && req.method === "POST") {
       const { status } = await this.readJson(req);
