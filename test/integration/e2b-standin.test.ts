@@ -5,34 +5,17 @@
  * sandbox's envd). Every sandbox is a real bubblewrap sandbox. Needs root
  * and bubblewrap; fails, never skips, without them.
  */
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { AuthenticationError, CommandExitError, FileNotFoundError, NotFoundError, RateLimitError, Sandbox, SandboxError, ServiceBusyError, TimeoutError } from "e2b";
-import { LocalProvider } from "../../providers/local/index.js";
 import { E2bStandin } from "../../standins/e2b/index.js";
-import { requireCommand } from "../support/harness.js";
+import { localStandinForFile } from "../support/local-standin.js";
 
-let tmp: string;
-let provider: LocalProvider;
 let standin: E2bStandin;
 let conn: { apiKey: string; apiUrl: string; sandboxUrl: string; debug: false };
-const cgroupParent = `sandqueue-e2b-test-${process.pid}`;
-
-beforeAll(async () => {
-  requireCommand("bwrap", "bubblewrap");
-  tmp = await mkdtemp(path.join(os.tmpdir(), "sandqueue-e2b-standin-"));
-  provider = new LocalProvider({ workRoot: path.join(tmp, "work"), cgroupParent });
-  standin = await E2bStandin.start({ provider });
+localStandinForFile("e2b-standin", async (local) => {
+  standin = await E2bStandin.start({ provider: local });
   conn = { apiKey: standin.apiKey, apiUrl: standin.controlUrl, sandboxUrl: standin.envdUrl, debug: false };
-});
-
-afterAll(async () => {
-  await standin?.stop();
-  await provider?.close();
-  for (const dir of provider?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
-  if (tmp) await rm(tmp, { recursive: true, force: true });
+  return standin;
 });
 
 /** Every sandbox the SDK's list shows for a metadata query (all pages). */

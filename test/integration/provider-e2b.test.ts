@@ -6,37 +6,22 @@
  * and reaping through the SDK's list call. Needs root and bubblewrap;
  * fails, never skips, without them.
  */
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { Sandbox as SdkSandbox } from "e2b";
 import { describeProviderContract } from "../../providers/contract.js";
-import { LocalProvider } from "../../providers/local/index.js";
 import { ownershipLabels, type SandboxSpec } from "../../providers/provider.js";
 import { E2bProvider, type E2bProviderOptions } from "../../providers/e2b/index.js";
 import { E2bStandin } from "../../standins/e2b/index.js";
 import { filesToTar } from "../../providers/archive/index.js";
-import { requireCommand } from "../support/harness.js";
+import { localStandinForFile } from "../support/local-standin.js";
+import { contractSandboxes, expectBadKeyRefused, expectCreateBurstAndLostAnswer, expectCreateRateLimited, expectPathEscapesRefused, expectOnlyDeadWorkersSandboxReaped, expectSlowAnswersWaited, providerForSuite, sandboxSpec as spec, sh } from "../support/sdk-provider-cases.js";
 
-let tmp: string;
-let local: LocalProvider;
 let standin: E2bStandin;
-const cgroupParent = `sandqueue-e2b-prov-${process.pid}`;
+localStandinForFile("e2b-prov", async (local) => (standin = await E2bStandin.start({ provider: local })));
 
-beforeAll(async () => {
-  requireCommand("bwrap", "bubblewrap");
-  tmp = await mkdtemp(path.join(os.tmpdir(), "sandqueue-e2b-prov-"));
-  local = new LocalProvider({ workRoot: path.join(tmp, "work"), cgroupParent });
-  standin = await E2bStandin.start({ provider: local });
-});
-
-afterAll(async () => {
-  await standin?.stop();
-  await local?.close();
-  for (const dir of local?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
-  if (tmp) await rm(tmp, { recursive: true, force: true });
-});
+/** The sandboxes of a job label in the service's own list; the requests it served since a mark. */
+const ofJob = (job: string) => standin.sandboxList().filter((s) => s.metadata["sandqueue.io/job"] === job);
+const requestsSince = (n: number) => standin.requests.slice(n);
 
 function makeProvider(over: Partial<E2bProviderOptions> = {}): E2bProvider {
   return new E2bProvider({
@@ -52,38 +37,11 @@ function makeProvider(over: Partial<E2bProviderOptions> = {}): E2bProvider {
   });
 }
 
-function spec(over: Partial<SandboxSpec> = {}): SandboxSpec {
-  return {
-    image: "host",
-    limits: { memoryMb: 256, pids: 64 },
-    network: "none",
-    labels: ownershipLabels("worker-under-test", "job-1"),
-    annotations: {},
-    maxLifetimeMs: 600_000,
-    ...over,
-  };
-}
-
-const sh = (script: string) => ({ argv: ["/bin/sh", "-c", script], env: { PATH: "/usr/bin:/bin" }, timeoutMs: 20_000, maxOutputBytes: 1 << 20 });
-
-describeProviderContract("e2b (stand-in)", async () => makeProvider(), {
-  image: "host",
-  listResources: async () => standin.sandboxList().filter((s) => s.metadata["sandqueue.test"] === "contract").map((s) => s.id).sort(),
-});
-
-/** The sandboxes of a job label in the service's own list. */
-const ofJob = (job: string) => standin.sandboxList().filter((s) => s.metadata["sandqueue.io/job"] === job);
-const requestsSince = (n: number) => standin.requests.slice(n);
+describeProviderContract("e2b (stand-in)", async () => makeProvider(), { image: "host", listResources: contractSandboxes(() => standin) });
 
 describe("e2b provider: faults", () => {
   let provider: E2bProvider;
-  beforeAll(() => {
-    provider = makeProvider();
-  });
-  afterAll(async () => {
-    standin.faults.clear();
-    await provider?.close();
-  });
+  providerForSuite(() => (provider = makeProvider()), () => standin.faults.clear());
 
   it("creates from the template, labelled for ownership, without internet, with the job's lifetime as its timeout", async () => {
     const t0 = Date.now();
@@ -97,42 +55,15 @@ describe("e2b provider: faults", () => {
   });
 
   it("a 5xx burst on create is retried; a create whose answer was lost is found by its token, not made twice", async () => {
-    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 500 }, count: 2 });
-    const a = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-burst") }), {});
-    expect(ofJob("job-burst").map((s) => s.id)).toEqual([a.id]);
-    await a.release();
-
-    standin.faults.add({ match: { op: "create" }, action: { type: "lose", code: 502 } });
-    const b = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-lost") }), {});
-    expect(ofJob("job-lost").map((s) => s.id)).toEqual([b.id]);
-    expect((await b.exec(sh("echo adopted"))).stdout.toString()).toBe("adopted\n");
-    await b.release();
-    expect(ofJob("job-lost")).toEqual([]);
+    await expectCreateBurstAndLostAnswer(provider, standin);
   });
 
   it("429 on create waits and retries; 429 past the retries is PROVIDER_RATE_LIMITED with a wait", async () => {
-    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 429 } });
-    const a = await provider.acquire(spec(), {});
-    await a.release();
-    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 429 }, count: 10 });
-    const quick = makeProvider({ createRetries: 1 });
-    const err = await quick.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-429") }), {}).catch((e: unknown) => e);
-    standin.faults.clear();
-    await quick.close();
-    expect(err).toMatchObject({ code: "SANDQ_ERR_PROVIDER_RATE_LIMITED", retryable: true });
-    expect((err as { retryAfterMs?: number }).retryAfterMs).toBeGreaterThan(0);
-    expect(ofJob("job-429")).toEqual([]);
+    await expectCreateRateLimited(provider, makeProvider({ createRetries: 1 }), standin, { type: "fail", code: 429 });
   });
 
   it("a refused key (401, 403) is PROVIDER_CREDENTIALS, not retried, and the key is in no message", async () => {
-    const bad = makeProvider({ apiKey: "e2b_not-the-key-not-the-key" });
-    const before = standin.requests.length;
-    const err = await bad.acquire(spec(), {}).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS", retryable: false });
-    expect((err as Error).message).not.toContain("not-the-key");
-    expect(requestsSince(before).filter((q) => q.op === "create")).toHaveLength(1);
-    await expect(bad.check()).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS" });
-    await bad.close();
+    await expectBadKeyRefused(makeProvider({ apiKey: "e2b_not-the-key-not-the-key" }), standin);
     standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 403 } });
     const n = standin.requests.length;
     await expect(provider.acquire(spec(), {})).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS", retryable: false });
@@ -148,16 +79,7 @@ describe("e2b provider: faults", () => {
   });
 
   it("slow answers are waited for; the wall time is enforced client-side even when the service is slow to answer", async () => {
-    const box = await provider.acquire(spec(), {});
-    standin.faults.add({ match: { op: "process-start", sandbox: box.id }, action: { type: "delay", ms: 400 } });
-    expect((await box.exec(sh("echo late"))).stdout.toString()).toBe("late\n");
-    standin.faults.add({ match: { op: "process-start", sandbox: box.id }, action: { type: "delay", ms: 5_000 } });
-    const t0 = Date.now();
-    const r = await box.exec({ ...sh("echo never"), timeoutMs: 800 });
-    expect(r.limitHit).toBe("timeout");
-    expect(r.stdout.toString()).toBe("");
-    expect(Date.now() - t0).toBeLessThan(4_000);
-    await box.release();
+    await expectSlowAnswersWaited(provider, standin, "process-start");
   });
 
   it("a timed-out command is killed through envd (SendSignal), not only left behind by its stream", async () => {
@@ -213,14 +135,7 @@ describe("e2b provider: faults", () => {
   });
 
   it("refuses path escapes before any request", async () => {
-    const box = await provider.acquire(spec(), {});
-    const before = standin.requests.length;
-    for (const dir of ["/workspace/../etc", "/etc", "relative", "/workspace/a/../../x"]) {
-      await expect(box.putArchive(dir, filesToTar({ "a.txt": "x" }))).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
-      await expect(box.getArchive(dir)).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
-    }
-    expect(standin.requests.length).toBe(before);
-    await box.release();
+    await expectPathEscapesRefused(provider, standin);
   });
 
   it("a bad archive is refused on the worker: nothing is uploaded", async () => {
@@ -240,26 +155,7 @@ describe("e2b provider: reaping through the SDK's list call", () => {
     const dead = await make(ownershipLabels("dead-worker", "j1"));
     const live = await make(ownershipLabels("live-worker", "j2"));
     const unlabelled = await make({ team: "someone-else" });
-    const provider = makeProvider({ owner: "reaping-worker" });
-    const own = await provider.acquire(spec({ labels: ownershipLabels("reaping-worker", "j3") }), {});
-    const asked: string[][] = [];
-    const before = standin.requests.length;
-    const n = await provider.reap({
-      liveOwners: async (workers) => {
-        asked.push([...workers].sort());
-        return new Set(workers.filter((w) => w === "live-worker"));
-      },
-    });
-    expect(n).toBe(1);
-    expect(asked.flat()).toContain("dead-worker");
-    expect(asked.flat()).not.toContain("reaping-worker");
-    const ids = standin.sandboxList().map((s) => s.id);
-    expect(ids).not.toContain(dead.sandboxId);
-    expect(ids).toEqual(expect.arrayContaining([live.sandboxId, unlabelled.sandboxId, own.id]));
-    // The reaper found them through the list call.
-    expect(requestsSince(before).some((q) => q.op === "list" && q.status === 200)).toBe(true);
-    await own.release();
-    await provider.close();
+    await expectOnlyDeadWorkersSandboxReaped(makeProvider({ owner: "reaping-worker" }), standin, { dead: dead.sandboxId, live: live.sandboxId, unlabelled: unlabelled.sandboxId });
     await live.kill();
     await unlabelled.kill();
   });

@@ -10,44 +10,27 @@
  * job per attached instance across providers. Needs root and bubblewrap;
  * fails, never skips, without them.
  */
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { Readable } from "node:stream";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { filesToTar } from "../../providers/archive/index.js";
 import { describeProviderContract } from "../../providers/contract.js";
-import { LocalProvider } from "../../providers/local/index.js";
 import { ownershipLabels, type ExecRequest, type OwnerLiveness, type SandboxSpec } from "../../providers/provider.js";
 import { NorthflankProvider, type NorthflankProviderOptions } from "../../providers/northflank/index.js";
 import { NorthflankStandin } from "../../standins/northflank/index.js";
-import { requireCommand } from "../support/harness.js";
+import { localStandinForFile } from "../support/local-standin.js";
+import { providerForSuite } from "../support/sdk-provider-cases.js";
 
-let tmp: string;
-let local: LocalProvider;
 let standin: NorthflankStandin;
-const cgroupParent = `sandqueue-northflank-prov-${process.pid}`;
-
-beforeAll(async () => {
-  requireCommand("bwrap", "bubblewrap");
-  tmp = await mkdtemp(path.join(os.tmpdir(), "sandqueue-northflank-prov-"));
-  local = new LocalProvider({ workRoot: path.join(tmp, "work"), cgroupParent });
-  standin = await NorthflankStandin.start({
+localStandinForFile("northflank-prov", async (local) =>
+  (standin = await NorthflankStandin.start({
     provider: local,
     attach: [
       { id: "contract-shared", instances: 3 },
       { id: "kept", instances: 2 },
       { id: "solo", instances: 1 },
     ],
-  });
-});
-
-afterAll(async () => {
-  await standin?.stop();
-  await local?.close();
-  for (const dir of local?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
-  if (tmp) await rm(tmp, { recursive: true, force: true });
-});
+  })),
+);
 
 function makeProvider(over: Partial<NorthflankProviderOptions> = {}): NorthflankProvider {
   return new NorthflankProvider({
@@ -133,13 +116,7 @@ const requestsSince = (n: number) => standin.requests.slice(n);
 
 describe("northflank provider: ephemeral services and faults", () => {
   let provider: NorthflankProvider;
-  beforeAll(() => {
-    provider = makeProvider();
-  });
-  afterAll(async () => {
-    standin.faults.clear();
-    await provider?.close();
-  });
+  providerForSuite(() => (provider = makeProvider()), () => standin.faults.clear());
 
   it("creates a deployment service named for its owner and job, marked as sandqueue's, from the mapped image; release deletes it", async () => {
     const box = await provider.acquire(spec("job-labels"), {});

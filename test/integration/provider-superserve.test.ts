@@ -7,36 +7,21 @@
  * the SDK's list call. Needs root and bubblewrap; fails, never skips,
  * without them.
  */
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Sandbox as SdkSandbox } from "@superserve/sdk";
 import { describeProviderContract } from "../../providers/contract.js";
-import { LocalProvider } from "../../providers/local/index.js";
 import { ownershipLabels, type SandboxSpec } from "../../providers/provider.js";
 import { SuperserveProvider, type SuperserveProviderOptions } from "../../providers/superserve/index.js";
 import { SuperserveStandin } from "../../standins/superserve/index.js";
-import { requireCommand } from "../support/harness.js";
+import { localStandinForFile } from "../support/local-standin.js";
+import { contractSandboxes, expectBadKeyRefused, expectCreateBurstAndLostAnswer, expectCreateRateLimited, expectPathEscapesRefused, expectOnlyDeadWorkersSandboxReaped, expectSlowAnswersWaited, providerForSuite, sandboxSpec as spec, sh } from "../support/sdk-provider-cases.js";
 
-let tmp: string;
-let local: LocalProvider;
 let standin: SuperserveStandin;
-const cgroupParent = `sandqueue-superserve-prov-${process.pid}`;
+localStandinForFile("superserve-prov", async (local) => (standin = await SuperserveStandin.start({ provider: local })));
 
-beforeAll(async () => {
-  requireCommand("bwrap", "bubblewrap");
-  tmp = await mkdtemp(path.join(os.tmpdir(), "sandqueue-superserve-prov-"));
-  local = new LocalProvider({ workRoot: path.join(tmp, "work"), cgroupParent });
-  standin = await SuperserveStandin.start({ provider: local });
-});
-
-afterAll(async () => {
-  await standin?.stop();
-  await local?.close();
-  for (const dir of local?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
-  if (tmp) await rm(tmp, { recursive: true, force: true });
-});
+/** The sandboxes of a job label in the service's own list; the requests it served since a mark. */
+const ofJob = (job: string) => standin.sandboxList().filter((s) => s.metadata["sandqueue.io/job"] === job);
+const requestsSince = (n: number) => standin.requests.slice(n);
 
 function makeProvider(over: Partial<SuperserveProviderOptions> = {}): SuperserveProvider {
   return new SuperserveProvider({
@@ -55,38 +40,11 @@ function makeProvider(over: Partial<SuperserveProviderOptions> = {}): Superserve
   });
 }
 
-function spec(over: Partial<SandboxSpec> = {}): SandboxSpec {
-  return {
-    image: "host",
-    limits: { memoryMb: 256, pids: 64 },
-    network: "none",
-    labels: ownershipLabels("worker-under-test", "job-1"),
-    annotations: {},
-    maxLifetimeMs: 600_000,
-    ...over,
-  };
-}
-
-const sh = (script: string) => ({ argv: ["/bin/sh", "-c", script], env: { PATH: "/usr/bin:/bin" }, timeoutMs: 20_000, maxOutputBytes: 1 << 20 });
-
-describeProviderContract("superserve (stand-in)", async () => makeProvider(), {
-  image: "host",
-  listResources: async () => standin.sandboxList().filter((s) => s.metadata["sandqueue.test"] === "contract").map((s) => s.id).sort(),
-});
-
-/** The sandboxes of a job label in the service's own list. */
-const ofJob = (job: string) => standin.sandboxList().filter((s) => s.metadata["sandqueue.io/job"] === job);
-const requestsSince = (n: number) => standin.requests.slice(n);
+describeProviderContract("superserve (stand-in)", async () => makeProvider(), { image: "host", listResources: contractSandboxes(() => standin) });
 
 describe("superserve provider: faults", () => {
   let provider: SuperserveProvider;
-  beforeAll(() => {
-    provider = makeProvider();
-  });
-  afterAll(async () => {
-    standin.faults.clear();
-    await provider?.close();
-  });
+  providerForSuite(() => (provider = makeProvider()), () => standin.faults.clear());
 
   it("creates from the mapped template, labelled for ownership, with egress denied and the job's lifetime", async () => {
     const box = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-labels") }), {});
@@ -99,42 +57,15 @@ describe("superserve provider: faults", () => {
   });
 
   it("a 5xx burst on create is retried; a create whose answer was lost is found by its token, not made twice", async () => {
-    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 500 }, count: 2 });
-    const a = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-burst") }), {});
-    expect(ofJob("job-burst").map((s) => s.id)).toEqual([a.id]);
-    await a.release();
-
-    standin.faults.add({ match: { op: "create" }, action: { type: "lose", code: 502 } });
-    const b = await provider.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-lost") }), {});
-    expect(ofJob("job-lost").map((s) => s.id)).toEqual([b.id]);
-    expect((await b.exec(sh("echo adopted"))).stdout.toString()).toBe("adopted\n");
-    await b.release();
-    expect(ofJob("job-lost")).toEqual([]);
+    await expectCreateBurstAndLostAnswer(provider, standin);
   });
 
   it("429 on create waits and retries; 429 past the retries is PROVIDER_RATE_LIMITED with a wait", async () => {
-    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 429, retryAfterSeconds: 1 } });
-    const a = await provider.acquire(spec(), {});
-    await a.release();
-    standin.faults.add({ match: { op: "create" }, action: { type: "fail", code: 429, retryAfterSeconds: 1 }, count: 10 });
-    const quick = makeProvider({ createRetries: 1 });
-    const err = await quick.acquire(spec({ labels: ownershipLabels("worker-under-test", "job-429") }), {}).catch((e: unknown) => e);
-    standin.faults.clear();
-    await quick.close();
-    expect(err).toMatchObject({ code: "SANDQ_ERR_PROVIDER_RATE_LIMITED", retryable: true });
-    expect((err as { retryAfterMs?: number }).retryAfterMs).toBeGreaterThan(0);
-    expect(ofJob("job-429")).toEqual([]);
+    await expectCreateRateLimited(provider, makeProvider({ createRetries: 1 }), standin, { type: "fail", code: 429, retryAfterSeconds: 1 });
   });
 
   it("a bad API key is PROVIDER_CREDENTIALS, not retried, and the key is in no message", async () => {
-    const bad = makeProvider({ apiKey: "ss_live_use_not-the-key-not-the-key-not-the-k" });
-    const before = standin.requests.length;
-    const err = await bad.acquire(spec(), {}).catch((e: unknown) => e);
-    expect(err).toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS", retryable: false });
-    expect((err as Error).message).not.toContain("not-the-key");
-    expect(requestsSince(before).filter((q) => q.op === "create")).toHaveLength(1);
-    await expect(bad.check()).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_CREDENTIALS" });
-    await bad.close();
+    await expectBadKeyRefused(makeProvider({ apiKey: "ss_live_use_not-the-key-not-the-key-not-the-k" }), standin);
   });
 
   it("401 and 503 on the data plane: one activate (the token rotates), one retry; a second 503 is PROVIDER_UNAVAILABLE", async () => {
@@ -158,16 +89,7 @@ describe("superserve provider: faults", () => {
   });
 
   it("slow answers are waited for; the wall time is enforced client-side even when the service is slow to answer", async () => {
-    const box = await provider.acquire(spec(), {});
-    standin.faults.add({ match: { op: "exec-stream", sandbox: box.id }, action: { type: "delay", ms: 400 } });
-    expect((await box.exec(sh("echo late"))).stdout.toString()).toBe("late\n");
-    standin.faults.add({ match: { op: "exec-stream", sandbox: box.id }, action: { type: "delay", ms: 5_000 } });
-    const t0 = Date.now();
-    const r = await box.exec({ ...sh("echo never"), timeoutMs: 800 });
-    expect(r.limitHit).toBe("timeout");
-    expect(r.stdout.toString()).toBe("");
-    expect(Date.now() - t0).toBeLessThan(4_000);
-    await box.release();
+    await expectSlowAnswersWaited(provider, standin, "exec-stream");
   });
 
   it("a sandbox that fails or is deleted under a running job is SANDBOX_LOST (retryable)", async () => {
@@ -207,15 +129,7 @@ describe("superserve provider: faults", () => {
   });
 
   it("refuses path escapes before any request", async () => {
-    const box = await provider.acquire(spec(), {});
-    const { filesToTar } = await import("../../providers/archive/index.js");
-    const before = standin.requests.length;
-    for (const dir of ["/workspace/../etc", "/etc", "relative", "/workspace/a/../../x"]) {
-      await expect(box.putArchive(dir, filesToTar({ "a.txt": "x" }))).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
-      await expect(box.getArchive(dir)).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_FAILED" });
-    }
-    expect(standin.requests.length).toBe(before);
-    await box.release();
+    await expectPathEscapesRefused(provider, standin);
   });
 
   it("a job asking for stdin is refused (CAPABILITY_UNSUPPORTED), nothing run", async () => {
@@ -343,25 +257,7 @@ describe("superserve provider: reaping through the SDK's list call", () => {
     const dead = await make("dead", ownershipLabels("dead-worker", "j1"));
     const live = await make("live", ownershipLabels("live-worker", "j2"));
     const unlabelled = await make("mine-not", { team: "someone-else" });
-    const provider = makeProvider({ owner: "reaping-worker" });
-    const own = await provider.acquire(spec({ labels: ownershipLabels("reaping-worker", "j3") }), {});
-    const asked: string[][] = [];
-    const n = await provider.reap({
-      liveOwners: async (workers) => {
-        asked.push([...workers].sort());
-        return new Set(workers.filter((w) => w === "live-worker"));
-      },
-    });
-    expect(n).toBe(1);
-    expect(asked.flat()).toContain("dead-worker");
-    expect(asked.flat()).not.toContain("reaping-worker");
-    const ids = standin.sandboxList().map((s) => s.id);
-    expect(ids).not.toContain(dead.id);
-    expect(ids).toEqual(expect.arrayContaining([live.id, unlabelled.id, own.id]));
-    // The list call the reaper used is filtered by the managed-by label.
-    expect(standin.requests.some((q) => q.op === "list" && q.status === 200)).toBe(true);
-    await own.release();
-    await provider.close();
+    await expectOnlyDeadWorkersSandboxReaped(makeProvider({ owner: "reaping-worker" }), standin, { dead: dead.id, live: live.id, unlabelled: unlabelled.id });
     await live.kill();
     await unlabelled.kill();
   });

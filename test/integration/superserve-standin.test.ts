@@ -6,36 +6,19 @@
  * Every sandbox is a real bubblewrap sandbox. Needs root and bubblewrap;
  * fails, never skips, without them.
  */
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { AuthenticationError, ConflictError, NotFoundError, RateLimitError, Sandbox, ServerError, ValidationError } from "@superserve/sdk";
-import { LocalProvider } from "../../providers/local/index.js";
 import { SuperserveStandin } from "../../standins/superserve/index.js";
 import { routeDataPlane, sdkDataPlaneOrigin } from "../../providers/superserve/data-plane-route.js";
-import { requireCommand } from "../support/harness.js";
+import { localStandinForFile } from "../support/local-standin.js";
 
-let tmp: string;
-let provider: LocalProvider;
 let standin: SuperserveStandin;
 let conn: { apiKey: string; baseUrl: string };
-const cgroupParent = `sandqueue-superserve-test-${process.pid}`;
-
-beforeAll(async () => {
-  requireCommand("bwrap", "bubblewrap");
-  tmp = await mkdtemp(path.join(os.tmpdir(), "sandqueue-superserve-standin-"));
-  provider = new LocalProvider({ workRoot: path.join(tmp, "work"), cgroupParent });
-  standin = await SuperserveStandin.start({ provider });
+localStandinForFile("superserve-standin", async (local) => {
+  standin = await SuperserveStandin.start({ provider: local });
   conn = { apiKey: standin.apiKey, baseUrl: standin.controlUrl };
   routeDataPlane(sdkDataPlaneOrigin(conn.apiKey, conn.baseUrl), standin.dataUrl);
-});
-
-afterAll(async () => {
-  await standin?.stop();
-  await provider?.close();
-  for (const dir of provider?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
-  if (tmp) await rm(tmp, { recursive: true, force: true });
+  return standin;
 });
 
 describe("@superserve/sdk against the stand-in", () => {
