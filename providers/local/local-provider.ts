@@ -158,6 +158,8 @@ export class LocalProvider implements SandboxProvider {
   private filling: Promise<void> | null = null;
   /** Ids of pool sandboxes being created and started. */
   private readonly starting = new Set<string>();
+  /** Creates under way: close() waits for them, so none finishes after it and leaves its directory behind. */
+  private readonly creating = new Set<Promise<unknown>>();
 
   /** Throws CGROUP_UNAVAILABLE or PROVIDER_UNAVAILABLE when this machine cannot sandbox. */
   constructor(opts: LocalProviderOptions = {}) {
@@ -302,7 +304,18 @@ export class LocalProvider implements SandboxProvider {
     }
   }
 
-  private async create(
+  private create(...args: Parameters<LocalProvider["createSandbox"]>): Promise<LocalSandbox> {
+    const created = this.createSandbox(...args);
+    const settled = created.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.creating.add(settled);
+    void settled.then(() => this.creating.delete(settled));
+    return created;
+  }
+
+  private async createSandbox(
     id: string,
     image: string,
     rootOps: readonly string[],
@@ -447,6 +460,8 @@ export class LocalProvider implements SandboxProvider {
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.filling;
+      // A create that was under way ends in `live` (released below) or cleaned up.
+      await Promise.all(this.creating);
       this.warm.clear();
       const results = await Promise.allSettled([
         ...[...this.live.values()].map((s) => s.release()),

@@ -210,6 +210,20 @@ describe("local provider specifics", () => {
     await expect(p.acquire(spec(), {})).rejects.toMatchObject({ code: "SANDQ_ERR_PROVIDER_UNAVAILABLE" });
   });
 
+  it("close() while acquires are under way leaves nothing: the work root's tmpfs is empty and unmounted", async () => {
+    const p = await makeLocal();
+    const workRoot = roots[roots.length - 1]!;
+    const acquires = [1, 2, 3].map(() => p.acquire(spec(), {}));
+    await p.close();
+    // Each ends as a sandbox close() has released, or refused: none survives the close.
+    for (const r of await Promise.allSettled(acquires)) {
+      if (r.status === "fulfilled") await expect(r.value.exec(shellRequest("true"))).rejects.toMatchObject({ code: "SANDQ_ERR_SANDBOX_RELEASED" });
+    }
+    expect(await p.resources()).toEqual([]);
+    expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(` ${workRoot} `);
+    expect(await readdir(workRoot)).toEqual([]);
+  });
+
   it("rejects image names that try to leave imagesDir", async () => {
     const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));
     roots.push(imagesDir);
