@@ -7,6 +7,7 @@
 import type http from "node:http";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
+import { timingSafeEqual } from "node:crypto";
 
 /** Listens on host:port (0: a free port); rejects when it cannot (the port is taken). */
 export function listen(server: http.Server, port: number, host = "127.0.0.1"): Promise<void> {
@@ -75,4 +76,12 @@ export function jsonObject(raw: Buffer): Record<string, unknown> | null {
   } catch {
     return null;
   }
+}
+
+/** A header's secret (API key, token) against the expected one, in constant time; a missing or repeated header is no match. */
+export function sameSecret(given: string | string[] | undefined, expected: string): boolean {
+  if (typeof given !== "string") return false;
+  const a = Buffer.from(given);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
 }

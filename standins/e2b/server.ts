@@ -25,12 +25,12 @@
  * can kill no less). A sandbox past its timeout is killed by the stand-in.
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import path from "node:path";
 import type { ExecResult, Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
 import { serveFaultRoutes } from "../fault-admin.js";
-import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson } from "../http-server.js";
+import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson, sameSecret } from "../http-server.js";
 import { FaultTable, parseFault, type E2bOp } from "./faults.js";
 
 export interface E2bStandinOptions {
@@ -125,13 +125,6 @@ const CONNECT_CODES: Record<number, string> = {
   503: "unavailable",
   504: "deadline_exceeded",
 };
-
-function sameSecret(given: string | string[] | undefined, expected: string): boolean {
-  if (typeof given !== "string") return false;
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
-}
 
 /** A Connect envelope: flags, 4-byte big-endian length, JSON. */
 function envelope(flags: number, message: unknown): Buffer {

@@ -28,13 +28,13 @@
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { StringDecoder } from "node:string_decoder";
 import { WebSocketServer, type WebSocket, type RawData } from "ws";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { FaultTable, parseFault, type NorthflankOp } from "./faults.js";
 import { serveFaultRoutes } from "../fault-admin.js";
-import { closeServers, jsonObject, listen, loopbackUrl, readBody, sendJson } from "../http-server.js";
+import { closeServers, jsonObject, listen, loopbackUrl, readBody, sendJson, sameSecret } from "../http-server.js";
 
 export interface NorthflankStandinOptions {
   /** Runs the instances. The stand-in never closes it: its owner does, after stop(). */
@@ -128,13 +128,6 @@ function sendError(res: ServerResponse, err: HttpError): void {
     return;
   }
   sendJson(res, err.status, { error: { status: err.status, message: err.message } });
-}
-
-function sameSecret(given: string | undefined, expected: string): boolean {
-  if (given === undefined) return false;
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /** The id Northflank derives from a name: lowercase, spaces as dashes. */

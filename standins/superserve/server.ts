@@ -18,14 +18,14 @@
  * whose stream client goes away is killed (its whole tree).
  */
 import http, { type IncomingMessage, type ServerResponse } from "node:http";
-import { randomBytes, randomUUID, timingSafeEqual } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import path from "node:path";
 import { StringDecoder } from "node:string_decoder";
 import type { Sandbox, SandboxProvider } from "../../providers/provider.js";
 import { isSandqueueError, ErrorCodes } from "../../errors/index.js";
 import { FaultTable, parseFault, type SuperserveOp } from "./faults.js";
 import { serveFaultRoutes } from "../fault-admin.js";
-import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson } from "../http-server.js";
+import { closeServers, jsonObject, listenPlanes, loopbackUrl, readBody, sendJson, sameSecret } from "../http-server.js";
 
 export interface SuperserveStandinOptions {
   /** Runs the sandboxes. The stand-in never closes it: its owner does, after stop(). */
@@ -111,13 +111,6 @@ function sendError(res: ServerResponse, err: HttpError): void {
     return;
   }
   sendJson(res, err.status, { error: { code: err.code, message: err.message } }, headers);
-}
-
-function sameSecret(given: string | undefined, expected: string): boolean {
-  if (given === undefined) return false;
-  const a = Buffer.from(given);
-  const b = Buffer.from(expected);
-  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 /** An absolute path without `..` segments, as the data plane requires. */
