@@ -61,8 +61,6 @@ describe("worker --provider northflank through the stand-in", () => {
     it(`${mode}: a worker killed with -9 mid-job; another worker's reaper cleans up after it through the list calls`, async () => {
       const before = await attachedState();
       await expectKilledWorkerReaped({
-        queue: uniqueQueue(`northflank-reap-${mode}`),
-        reaperQueue: uniqueQueue("northflank-reaper"),
         env: { ...env, SANDQUEUE_NORTHFLANK_MODE: mode },
         provider: "northflank",
         workers,

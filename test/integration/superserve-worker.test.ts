@@ -52,14 +52,6 @@ describe("worker --provider superserve through the stand-in", () => {
   }
 
   it("a worker killed with -9 leaves its sandbox; another worker's reaper deletes it through the list call", async () => {
-    await expectKilledWorkerReaped({
-      queue: uniqueQueue("superserve-reap"),
-      reaperQueue: uniqueQueue("superserve-reaper"),
-      env,
-      provider: "superserve",
-      workers,
-      script: "sleep 60",
-      held: async (jobId) => (await serviceList()).filter((s) => s.metadata["sandqueue.io/job"] === labelSafe(jobId)).length,
-    });
+    await expectKilledWorkerReaped({ env, provider: "superserve", workers, held: async (jobId) => (await serviceList()).filter((s) => s.metadata["sandqueue.io/job"] === labelSafe(jobId)).length });
   }, 120_000);
 });

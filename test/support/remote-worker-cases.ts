@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect } from "vitest";
 import { DEMO_JOBS } from "../../cli/demo-command.js";
 import type { SandqueueClient } from "../../producer/client.js";
 import type { JobResult } from "../../producer/job-result.js";
-import { dropTestQueues, testClient } from "./harness.js";
+import { dropTestQueues, testClient, uniqueQueue } from "./harness.js";
 import { startStandinProcess, until, type StandinProcess } from "./standin-process.js";
 import { spawnWorker, type WorkerProcess } from "./worker-process.js";
 
@@ -76,13 +76,11 @@ export async function standinCreateCount(baseUrl: string, apiKey: string): Promi
 }
 
 export interface KilledWorkerCase {
-  queue: string;
-  /** The reaping worker's queue (its own: it never runs the dead worker's job). */
-  reaperQueue: string;
   env: Record<string, string>;
   provider: string;
   workers: WorkerProcess[];
-  script: string;
+  /** The job's script; by default a minute's sleep. */
+  script?: string;
   /** How many sandboxes the job holds in the service's own list. */
   held(jobId: string): Promise<number>;
   /** Time for the job to get going before the kill. */
@@ -97,17 +95,19 @@ export interface KilledWorkerCase {
  * heartbeat expire and cleans up through the service's list call.
  */
 export async function expectKilledWorkerReaped(c: KilledWorkerCase): Promise<void> {
-  const doomed = await startProviderWorker(c.queue, c.env, c.provider, 1, c.workers);
-  const client = testClient(c.queue);
+  const queue = uniqueQueue(`${c.provider}-reap`);
+  const doomed = await startProviderWorker(queue, c.env, c.provider, 1, c.workers);
+  const client = testClient(queue);
   try {
-    const job = await client.enqueue({ kind: "shell", script: c.script, limits: { timeoutMs: 120_000 } });
+    const job = await client.enqueue({ kind: "shell", script: c.script ?? "sleep 60", limits: { timeoutMs: 120_000 } });
     await until("the job's sandbox", async () => (await c.held(job.id)) === 1);
     if (c.runningMs) await new Promise((r) => setTimeout(r, c.runningMs));
     doomed.proc.kill("SIGKILL");
     await doomed.exited;
     expect(await c.held(job.id)).toBe(1);
     await c.whileOrphaned?.();
-    const reaper = await startProviderWorker(c.reaperQueue, c.env, c.provider, 1, c.workers);
+    // On a queue of its own: it never runs the dead worker's job.
+    const reaper = await startProviderWorker(uniqueQueue(`${c.provider}-reaper`), c.env, c.provider, 1, c.workers);
     await until("the reaper to clean up after the dead worker", async () => (await c.held(job.id)) === 0, 60_000);
     await reaper.stop("SIGTERM");
   } finally {
