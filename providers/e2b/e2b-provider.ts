@@ -19,6 +19,7 @@ import { ErrorCodes, ProviderError } from "../../errors/index.js";
 import { acquireAborted, throwIfAcquireAborted } from "../abort.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
 import { LABEL_MANAGED_BY, LABEL_WORKER, MANAGED_BY, labelSafe, type OwnerLiveness, type SandboxProvider, type SandboxSpec } from "../provider.js";
+import { createWithToken } from "../remote/create-with-token.js";
 import { ofDeadWorkers, removeEach } from "../remote/reap.js";
 import { E2B_CAPABILITIES } from "./capabilities.js";
 import { DEFAULT_RATE_LIMIT_WAIT_MS, isRetryableSdkError, translateSdkError } from "./errors.js";
@@ -119,38 +120,28 @@ export class E2bProvider implements SandboxProvider {
       new ProviderError(ErrorCodes.IMAGE_NOT_FOUND, `e2b: no template "${template}" for image "${image}" (SANDQUEUE_E2B_TEMPLATE names the default image's)`, {
         retryable: false,
       });
-    let last: unknown;
-    for (let attempt = 0; attempt <= this.opts.createRetries; attempt++) {
-      const timeout = AbortSignal.timeout(this.opts.createTimeoutMs);
-      try {
-        return await SdkSandbox.create(template, {
+    return createWithToken({
+      provider: "e2b",
+      op,
+      retries: this.opts.createRetries,
+      timeoutMs: this.opts.createTimeoutMs,
+      signal,
+      create: (signal) =>
+        SdkSandbox.create(template, {
           ...this.conn,
           metadata: { ...metadata, [LABEL_CREATE]: token },
           timeoutMs,
           allowInternetAccess: false,
           requestTimeoutMs: this.opts.createTimeoutMs,
-          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-        });
-      } catch (err) {
-        last = err;
-        const timedOut = timeout.aborted && !signal?.aborted;
-        if (signal?.aborted || (!timedOut && !isRetryableSdkError(err))) {
-          // An abort may land after the service created it: find it by its token and kill it.
-          if (signal?.aborted) {
-            await this.killByToken(token);
-            throw acquireAborted(signal, "e2b");
-          }
-          throw translateSdkError(err, op, notFound);
-        }
-        const found = await this.findByToken(token).catch(() => undefined);
-        if (found) return await SdkSandbox.connect(found, this.conn).catch((e: unknown) => Promise.reject(translateSdkError(e, `${op}: adopt ${found}`)));
-        if (attempt < this.opts.createRetries) {
-          const wait = translateSdkError(err, op).code === ErrorCodes.PROVIDER_RATE_LIMITED ? DEFAULT_RATE_LIMIT_WAIT_MS : 250 * 2 ** attempt;
-          await sleep(wait * (0.8 + Math.random() * 0.4), undefined, signal ? { signal } : {}).catch(() => undefined);
-        }
-      }
-    }
-    throw translateSdkError(last, `${op} (after ${this.opts.createRetries + 1} attempts)`, notFound);
+          signal,
+        }),
+      findByToken: () => this.findByToken(token),
+      adopt: (id) => SdkSandbox.connect(id, this.conn).catch((e: unknown) => Promise.reject(translateSdkError(e, `${op}: adopt ${id}`))),
+      removeByToken: () => this.killByToken(token),
+      isRetryable: isRetryableSdkError,
+      translate: (err, what) => translateSdkError(err, what, notFound),
+      rateLimitWaitMs: DEFAULT_RATE_LIMIT_WAIT_MS,
+    });
   }
 
   private async findByToken(token: string): Promise<string | undefined> {

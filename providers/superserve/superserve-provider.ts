@@ -29,6 +29,7 @@ import {
   type SandboxProvider,
   type SandboxSpec,
 } from "../provider.js";
+import { createWithToken } from "../remote/create-with-token.js";
 import { ofDeadWorkers, removeEach } from "../remote/reap.js";
 import { routeDataPlane, sdkDataPlaneOrigin } from "./data-plane-route.js";
 import { DEFAULT_RATE_LIMIT_WAIT_MS, isRetryableSdkError, translateSdkError } from "./errors.js";
@@ -125,11 +126,14 @@ export class SuperserveProvider implements SandboxProvider {
       new ProviderError(ErrorCodes.IMAGE_NOT_FOUND, `superserve: no template "${template}" for image "${image}" (SANDQUEUE_SUPERSERVE_TEMPLATES maps images to templates)`, {
         retryable: false,
       });
-    let last: unknown;
-    for (let attempt = 0; attempt <= this.opts.createRetries; attempt++) {
-      const timeout = AbortSignal.timeout(this.opts.createTimeoutMs);
-      try {
-        return await SdkSandbox.create({
+    return createWithToken({
+      provider: "superserve",
+      op,
+      retries: this.opts.createRetries,
+      timeoutMs: this.opts.createTimeoutMs,
+      signal,
+      create: (signal) =>
+        SdkSandbox.create({
           ...this.conn,
           name,
           fromTemplate: template,
@@ -137,26 +141,15 @@ export class SuperserveProvider implements SandboxProvider {
           network: DENY_ALL_OUT,
           timeoutSeconds,
           autoDeleteSeconds: this.opts.pausedTtlSeconds,
-          signal: signal ? AbortSignal.any([signal, timeout]) : timeout,
-        });
-      } catch (err) {
-        last = err;
-        const timedOut = timeout.aborted && !signal?.aborted;
-        if (signal?.aborted || (!timedOut && !isRetryableSdkError(err))) {
-          // An abort may land after the service created it: find it by its token and delete it.
-          if (signal?.aborted) await this.deleteByToken(token);
-          throwIfAcquireAborted(signal, "superserve");
-          throw translateSdkError(err, op, notFound);
-        }
-        const found = await this.findByToken(token).catch(() => undefined);
-        if (found) return await SdkSandbox.connect(found, this.conn).catch((e: unknown) => Promise.reject(translateSdkError(e, `${op}: adopt ${found}`)));
-        if (attempt < this.opts.createRetries) {
-          const wait = translateSdkError(err, op).code === ErrorCodes.PROVIDER_RATE_LIMITED ? DEFAULT_RATE_LIMIT_WAIT_MS : 250 * 2 ** attempt;
-          await sleep(wait * (0.8 + Math.random() * 0.4), undefined, signal ? { signal } : {}).catch(() => undefined);
-        }
-      }
-    }
-    throw translateSdkError(last, `${op} (after ${this.opts.createRetries + 1} attempts)`, notFound);
+          signal,
+        }),
+      findByToken: () => this.findByToken(token),
+      adopt: (id) => SdkSandbox.connect(id, this.conn).catch((e: unknown) => Promise.reject(translateSdkError(e, `${op}: adopt ${id}`))),
+      removeByToken: () => this.deleteByToken(token),
+      isRetryable: isRetryableSdkError,
+      translate: (err, what) => translateSdkError(err, what, notFound),
+      rateLimitWaitMs: DEFAULT_RATE_LIMIT_WAIT_MS,
+    });
   }
 
   private async findByToken(token: string): Promise<string | undefined> {
