@@ -158,8 +158,12 @@ export class LocalProvider implements SandboxProvider {
   private filling: Promise<void> | null = null;
   /** Ids of pool sandboxes being created and started. */
   private readonly starting = new Set<string>();
-  /** Creates under way: close() waits for them, so none finishes after it and leaves its directory behind. */
-  private readonly creating = new Set<Promise<unknown>>();
+  /**
+   * Acquires and pool creates under way, from their first await on: close()
+   * waits for them, so none creates a sandbox after close's release loop and
+   * leaves its directory (and the work root's tmpfs) behind.
+   */
+  private readonly inFlight = new Set<Promise<unknown>>();
 
   /** Throws CGROUP_UNAVAILABLE or PROVIDER_UNAVAILABLE when this machine cannot sandbox. */
   constructor(opts: LocalProviderOptions = {}) {
@@ -218,8 +222,12 @@ export class LocalProvider implements SandboxProvider {
     return this.cgroups.parentDirs;
   }
 
-  async acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
-    if (this.closing) throw new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "local provider is closed", { retryable: true });
+  acquire(spec: SandboxSpec, opts: { signal?: AbortSignal } = {}): Promise<Sandbox> {
+    if (this.closing) return Promise.reject(new ProviderError(ErrorCodes.PROVIDER_UNAVAILABLE, "local provider is closed", { retryable: true }));
+    return this.track(this.acquireOpen(spec, opts));
+  }
+
+  private async acquireOpen(spec: SandboxSpec, opts: { signal?: AbortSignal }): Promise<Sandbox> {
     const { memoryMb, pids } = spec.limits;
     // Upper bounds keep the byte count exact and inside what cgroup files parse (an overflow would wrap).
     if (!positiveInt(memoryMb) || !positiveInt(pids) || memoryMb > MAX_MEMORY_MB || pids > MAX_PIDS) {
@@ -305,14 +313,18 @@ export class LocalProvider implements SandboxProvider {
   }
 
   private create(...args: Parameters<LocalProvider["createSandbox"]>): Promise<LocalSandbox> {
-    const created = this.createSandbox(...args);
-    const settled = created.then(
+    return this.track(this.createSandbox(...args));
+  }
+
+  /** Registers work close() must wait for. */
+  private track<T>(work: Promise<T>): Promise<T> {
+    const settled = work.then(
       () => undefined,
       () => undefined,
     );
-    this.creating.add(settled);
-    void settled.then(() => this.creating.delete(settled));
-    return created;
+    this.inFlight.add(settled);
+    void settled.then(() => this.inFlight.delete(settled));
+    return work;
   }
 
   private async createSandbox(
@@ -460,8 +472,8 @@ export class LocalProvider implements SandboxProvider {
   close(): Promise<void> {
     this.closing ??= (async () => {
       await this.filling;
-      // A create that was under way ends in `live` (released below) or cleaned up.
-      await Promise.all(this.creating);
+      // An acquire or create that was under way ends in `live` (released below) or cleaned up.
+      await Promise.all(this.inFlight);
       this.warm.clear();
       const results = await Promise.allSettled([
         ...[...this.live.values()].map((s) => s.release()),

@@ -224,6 +224,23 @@ describe("local provider specifics", () => {
     expect(await readdir(workRoot)).toEqual([]);
   });
 
+  it("close() while acquires of a directory image are still resolving it leaves nothing", async () => {
+    // The image is looked up before the create starts: close() must wait for the whole acquire, not the create only.
+    const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));
+    roots.push(imagesDir);
+    await makeTinyImage(imagesDir);
+    const p = await makeLocal({ imagesDir });
+    const workRoot = roots[roots.length - 1]!;
+    const acquires = [1, 2, 3].map(() => p.acquire(spec({}, "tiny"), {}));
+    await p.close();
+    for (const r of await Promise.allSettled(acquires)) {
+      if (r.status === "fulfilled") await expect(r.value.exec(shellRequest("true"))).rejects.toMatchObject({ code: "SANDQ_ERR_SANDBOX_RELEASED" });
+    }
+    expect(await p.resources()).toEqual([]);
+    expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(` ${workRoot} `);
+    expect(await readdir(workRoot)).toEqual([]);
+  });
+
   it("rejects image names that try to leave imagesDir", async () => {
     const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));
     roots.push(imagesDir);
@@ -240,20 +257,7 @@ describe("local provider specifics", () => {
     // A minimal image: dash and the C library copied from the host.
     const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));
     roots.push(imagesDir);
-    const rootfs = path.join(imagesDir, "tiny");
-    const ldd = await new Promise<string>((resolve) => {
-      const c = spawn("ldd", ["/bin/sh"]);
-      let out = "";
-      c.stdout.on("data", (d: Buffer) => (out += d.toString()));
-      c.on("close", () => resolve(out));
-    });
-    const libs = [...ldd.matchAll(/(\/\S+)/g)].map((m) => m[1]!);
-    expect(libs.length).toBeGreaterThan(0);
-    await mkdir(path.join(rootfs, "bin"), { recursive: true });
-    await cp("/bin/sh", path.join(rootfs, "bin", "sh"), { dereference: true });
-    for (const lib of libs) await cp(lib, path.join(rootfs, lib), { dereference: true });
-    await mkdir(path.join(rootfs, "etc"));
-    await writeFile(path.join(rootfs, "etc", "image-marker"), "tiny image\n");
+    await makeTinyImage(imagesDir);
     const p = await makeLocal({ imagesDir });
     const s = await p.acquire(spec({}, "tiny"), {});
     const r = await s.exec(req("read l < /etc/image-marker; echo \"$l\"; echo x > /etc/y || echo ro; test -e /usr/bin/python3 || echo no-python"));
@@ -262,6 +266,24 @@ describe("local provider specifics", () => {
     expect(await readdir(p.workRoot).then((e) => e.filter((n) => n.startsWith("sq-")))).toEqual([]);
   });
 });
+
+/** A minimal directory image `tiny`: dash and the C library copied from the host, and /etc/image-marker. */
+async function makeTinyImage(imagesDir: string): Promise<void> {
+  const rootfs = path.join(imagesDir, "tiny");
+  const ldd = await new Promise<string>((resolve) => {
+    const c = spawn("ldd", ["/bin/sh"]);
+    let out = "";
+    c.stdout.on("data", (d: Buffer) => (out += d.toString()));
+    c.on("close", () => resolve(out));
+  });
+  const libs = [...ldd.matchAll(/(\/\S+)/g)].map((m) => m[1]!);
+  expect(libs.length).toBeGreaterThan(0);
+  await mkdir(path.join(rootfs, "bin"), { recursive: true });
+  await cp("/bin/sh", path.join(rootfs, "bin", "sh"), { dereference: true });
+  for (const lib of libs) await cp(lib, path.join(rootfs, lib), { dereference: true });
+  await mkdir(path.join(rootfs, "etc"));
+  await writeFile(path.join(rootfs, "etc", "image-marker"), "tiny image\n");
+}
 
 /** Host processes whose command line contains `needle` (bwraps of a provider's sandboxes carry its work root). */
 function hostProcessesWith(needle: string): number[] {
