@@ -83,6 +83,8 @@ export class LocalSandbox implements Sandbox {
   private releasing: Promise<void> | null = null;
   private readonly leafRemovals = new Set<Promise<void>>();
   private launched: Launched | null = null;
+  /** Settles when the latest exec has ended, whatever its outcome. */
+  private execEnded: Promise<void> | null = null;
   private launches = 0;
 
   constructor(private readonly ctx: LocalSandboxContext) {
@@ -197,7 +199,21 @@ export class LocalSandbox implements Sandbox {
     unlinkFifos(l);
   }
 
-  async exec(req: ExecRequest): Promise<ExecResult> {
+  exec(req: ExecRequest): Promise<ExecResult> {
+    const before = this.running;
+    const result = this.runExec(req);
+    // runExec marks the sandbox busy before its first await: when it did, release() waits for this exec to end
+    // (a launch under way would otherwise create its FIFOs in a directory release has just removed).
+    if (this.running !== before) {
+      this.execEnded = result.then(
+        () => undefined,
+        () => undefined,
+      );
+    }
+    return result;
+  }
+
+  private async runExec(req: ExecRequest): Promise<ExecResult> {
     this.assertLive();
     if (this.running) {
       throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `sandbox ${this.id} is already running an exec`, { retryable: false });
@@ -402,6 +418,8 @@ export class LocalSandbox implements Sandbox {
     this.launched = null;
     const steps = [
       () => (idle ? this.discard(idle) : Promise.resolve()),
+      // Killed above: it ends promptly, and only then are its leaf removals all registered.
+      () => this.execEnded ?? Promise.resolve(),
       () => Promise.all(this.leafRemovals),
       () => this.ctx.cgroup.remove(),
       // Only our files (CA bundle, proxy socket): the sandbox sees the directory read-only.

@@ -224,6 +224,23 @@ describe("local provider specifics", () => {
     expect(await readdir(workRoot)).toEqual([]);
   });
 
+  it("release() while an exec is still launching its bwrap leaves nothing: the exec ends aborted or refused", async () => {
+    const p = await makeLocal();
+    for (const delayMs of [0, 1, 3, 10]) {
+      const s = await p.acquire(spec(), {});
+      const running = s.exec(req("echo ran"));
+      if (delayMs) await new Promise((r) => setTimeout(r, delayMs));
+      await s.release();
+      const outcome = await running.then(
+        (r) => r.limitHit,
+        (e: { code?: string }) => e.code,
+      );
+      expect(["aborted", "SANDQ_ERR_SANDBOX_RELEASED"]).toContain(outcome);
+      // Released means gone: no directory (or FIFO of the exec) is created after release() returned.
+      expect((await readdir(p.workRoot)).filter((n) => n.startsWith("sq-"))).toEqual([]);
+    }
+  });
+
   it("close() while acquires of a directory image are still resolving it leaves nothing", async () => {
     // The image is looked up before the create starts: close() must wait for the whole acquire, not the create only.
     const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));

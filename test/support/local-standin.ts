@@ -3,7 +3,7 @@
  * (bubblewrap) sandboxes under a temp dir: started before the file's tests,
  * and after them stopped with its cgroups and files removed.
  */
-import { mkdtemp, rm, rmdir } from "node:fs/promises";
+import { mkdtemp, readdir, rm, rmdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll } from "vitest";
@@ -30,6 +30,11 @@ export function localStandinForFile(tag: string, start: (local: LocalProvider) =
     await standin?.stop();
     await local?.close();
     for (const dir of local?.cgroupParentDirs ?? []) await rmdir(dir).catch(() => undefined);
-    if (tmp) await rm(tmp, { recursive: true, force: true });
+    if (!tmp) return;
+    // What is left says which sandbox outlived the close (its tmpfs then stays mounted: EBUSY).
+    const left = await readdir(path.join(tmp, "work"), { recursive: true }).catch(() => []);
+    await rm(tmp, { recursive: true, force: true }).catch((err: Error) => {
+      throw new Error(`${err.message}; left in the work root: ${left.slice(0, 10).join(", ")}`);
+    });
   });
 }
