@@ -2,8 +2,8 @@
  * The command string an E2B exec runs. `commands.start` runs
  * `/bin/bash -l -c STRING` with the sandbox's environment plus the given
  * one, so argv, environment and cwd go in the string exactly as for
- * Superserve (providers/superserve/command.ts: `env -i`, then a `cd` that
- * fails the way `sh -c 'cd …'` does). The one difference: a job with stdin
+ * Superserve (providers/superserve/command.ts: the shell's own `cd`, then
+ * `env -i` in front of argv). The one difference: a job with stdin
  * keeps the pipe envd gives it (started with `stdin: true`) instead of
  * /dev/null.
  */

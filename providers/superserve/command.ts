@@ -5,24 +5,30 @@
  * the request's environment and a cwd that, when missing, fails the way
  * `sh -c 'cd …'` does. So the string is
  *
- *   exec env -i NAME=VALUE… /bin/sh -c 'cd -- "$1" || exit 126; shift; unset OLDPWD; exec "$@"' sandqueue-exec CWD ARGV…
+ *   exec </dev/null; cd -- CWD || exit 126; exec env -i "PWD=$PWD" NAME=VALUE… ARGV…
  *
- * after `exec </dev/null`, every word single-quoted (the quoting in which
- * all bytes but NUL are literal). Validation (argv, env names, NUL bytes, absolute cwd) is the
- * request script's, shared with the local and docker providers.
+ * every word single-quoted (the quoting in which all bytes but NUL are
+ * literal). The service's own shell enters the cwd, and `env -i` starts
+ * argv with nothing but the listed variables: one program start in front
+ * of the job, the fewest that gives an exact environment (a shell cannot
+ * list its exported variables without a fork, which costs as much here).
+ * PWD is the shell's after its `cd`, as `sh` would export it; OLDPWD only
+ * when the request has it. Validation (argv, env names, NUL bytes, absolute
+ * cwd) is the request script's, shared with the local and docker providers.
  */
 import { WORKSPACE_DIR, type ExecRequest } from "../provider.js";
-import { requestPrelude, shellQuote } from "../request-script.js";
+import { CWD_MISSING_STATUS, requestPrelude, shellQuote } from "../request-script.js";
+
+/** `env` would take a program name containing `=` for one more variable: such an argv goes through `sh`'s exec. */
+const EXEC_ARGV = ["/bin/sh", "-c", 'exec "$@"', "sandqueue-exec"];
 
 /** Stdin is /dev/null: reading it ends at once, whatever the service would otherwise give. */
 export function commandString(req: Pick<ExecRequest, "argv" | "env" | "cwd">): string {
   requestPrelude(req); // validation only
   const cwd = req.cwd ?? WORKSPACE_DIR;
-  // sh exports PWD as it finds it; a job sees the directory it runs in.
-  const vars = { ...(req.env.PWD === undefined ? { PWD: cwd } : {}), ...req.env };
-  // cd sets OLDPWD; the job gets it only when it asked for it.
-  const oldpwd = req.env.OLDPWD === undefined ? "unset OLDPWD" : `export OLDPWD=${shellQuote(req.env.OLDPWD)}`;
-  const run = `cd -- "$1" || exit 126; shift; ${oldpwd}; exec "$@"`;
-  const words = ["env", "-i", ...Object.entries(vars).map(([k, v]) => `${k}=${v}`), "/bin/sh", "-c", run, "sandqueue-exec", cwd, ...req.argv];
-  return `exec </dev/null; exec ${words.map(shellQuote).join(" ")}`;
+  const vars = Object.entries(req.env).map(([k, v]) => shellQuote(`${k}=${v}`));
+  // Double quotes: the service's shell expands it after its cd.
+  if (req.env.PWD === undefined) vars.unshift('"PWD=$PWD"');
+  const argv = req.argv[0]!.includes("=") ? [...EXEC_ARGV, ...req.argv] : req.argv;
+  return `exec </dev/null; cd -- ${shellQuote(cwd)} || exit ${CWD_MISSING_STATUS}; exec env -i ${[...vars, ...argv.map(shellQuote)].join(" ")}`;
 }

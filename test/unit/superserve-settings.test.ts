@@ -1,14 +1,13 @@
 /**
  * The superserve provider's settings through the registry (what a worker
- * parses from its environment), its API key sources, and the command string
- * its exec sends. No service is contacted.
+ * parses from its environment) and its API key sources. No service is
+ * contacted.
  */
 import { mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { createProvider, providerSettings } from "../../providers/registry.js";
-import { commandString } from "../../providers/superserve/command.js";
 import type { SuperserveProvider } from "../../providers/superserve/index.js";
 
 const ctx = { workerId: "w-1", stateDir: ".sandqueue", concurrency: 2 };
@@ -64,20 +63,5 @@ describe("superserve settings", () => {
       code: "SANDQ_ERR_CONFIG_INVALID",
       message: expect.stringContaining("SANDQUEUE_SUPERSERVE_API_KEY"),
     });
-  });
-});
-
-describe("superserve command string", () => {
-  it("quotes every word, empties the environment and stdin, enters the cwd", () => {
-    const cmd = commandString({ argv: ["printf", "%s|", "a b", "it's", "$HOME"], env: { A: "x y" }, cwd: "/tmp" });
-    expect(cmd).toBe(
-      `exec </dev/null; exec 'env' '-i' 'PWD=/tmp' 'A=x y' '/bin/sh' '-c' 'cd -- "$1" || exit 126; shift; unset OLDPWD; exec "$@"' 'sandqueue-exec' '/tmp' 'printf' '%s|' 'a b' 'it'\\''s' '$HOME'`,
-    );
-  });
-
-  it("refuses what the request script refuses (NUL bytes, bad names, relative cwd)", () => {
-    expect(() => commandString({ argv: ["a\0b"], env: {} })).toThrow(/NUL/);
-    expect(() => commandString({ argv: ["true"], env: { "BAD-NAME": "x" } })).toThrow(/not a shell identifier/);
-    expect(() => commandString({ argv: ["true"], env: {}, cwd: "rel" })).toThrow(/absolute/);
   });
 });
