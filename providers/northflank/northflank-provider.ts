@@ -25,6 +25,7 @@ import { namesOfDeadOwners, ownerTag, ownerTagOf, sandboxName } from "../remote/
 import { removeEach } from "../remote/reap.js";
 import { NorthflankApi, type NorthflankConnection } from "./api.js";
 import { NORTHFLANK_CAPABILITIES } from "./capabilities.js";
+import { CLEAN_INSTANCE } from "./instance-clean.js";
 import { statusOf } from "./errors.js";
 import { Leases, instancesBusy } from "./lease.js";
 import { NorthflankSandbox } from "./northflank-sandbox.js";
@@ -32,8 +33,6 @@ import { NorthflankSandbox } from "./northflank-sandbox.js";
 export const NAME_PREFIX = "sq";
 /** The description of every service sandqueue creates starts with this: the reaper deletes nothing else. */
 export const EPHEMERAL_MARKER = "sandqueue ephemeral sandbox";
-/** Empties the workspace of an attached instance (made when missing); unreadable leftovers made removable first. */
-const CLEAN_WORKSPACE = "mkdir -p /workspace && chmod -R u+rwX /workspace 2>/dev/null; find /workspace -mindepth 1 -delete";
 const CLEAN_TIMEOUT_MS = 60_000;
 /** A lease outlives its sandbox's lifetime by this much before another worker may break it. */
 const LEASE_GRACE_MS = 60_000;
@@ -246,7 +245,7 @@ export class NorthflankProvider implements SandboxProvider {
         if (!lease) continue;
         try {
           // Whatever a holder that died left is gone before the job starts.
-          await this.cleanWorkspace(serviceId, instance, signal);
+          await this.cleanInstance(serviceId, instance, signal);
           if (signal?.aborted) throw aborted(signal);
         } catch (err) {
           await this.leases.drop(lease.id).catch(() => undefined);
@@ -261,10 +260,10 @@ export class NorthflankProvider implements SandboxProvider {
     }
   }
 
-  private async cleanWorkspace(serviceId: string, instance: string, signal?: AbortSignal): Promise<void> {
-    const r = await this.api.session(serviceId, instance, ["/bin/sh", "-c", CLEAN_WORKSPACE], { timeoutMs: CLEAN_TIMEOUT_MS, ...(signal ? { signal } : {}) });
+  private async cleanInstance(serviceId: string, instance: string, signal?: AbortSignal): Promise<void> {
+    const r = await this.api.session(serviceId, instance, ["/bin/sh", "-c", CLEAN_INSTANCE], { timeoutMs: CLEAN_TIMEOUT_MS, ...(signal ? { signal } : {}) });
     if (r.exitCode !== 0) {
-      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `northflank: cannot empty /workspace in ${serviceId}/${instance} (exit ${r.exitCode}): ${r.stderr.toString().trim().slice(0, 300)}`, {
+      throw new ProviderError(ErrorCodes.PROVIDER_FAILED, `northflank: cannot clean ${serviceId}/${instance} (its job processes, /workspace) (exit ${r.exitCode}): ${r.stderr.toString().trim().slice(0, 300)}`, {
         retryable: true,
       });
     }
@@ -272,7 +271,7 @@ export class NorthflankProvider implements SandboxProvider {
 
   /** Release of an attached instance: emptied (best effort: a gone instance has nothing left), then freed. */
   async returnInstance(box: NorthflankSandbox): Promise<void> {
-    await this.cleanWorkspace(box.serviceId, box.instance).catch(() => undefined);
+    await this.cleanInstance(box.serviceId, box.instance).catch(() => undefined);
     if (box.lease) await this.leases.drop(box.lease.id);
   }
 
@@ -313,7 +312,7 @@ export class NorthflankProvider implements SandboxProvider {
     return (
       reaped +
       (await removeEach(doomed, async (l) => {
-        await this.cleanWorkspace(l.record.service, l.record.instance).catch(() => undefined);
+        await this.cleanInstance(l.record.service, l.record.instance).catch(() => undefined);
         await this.leases.drop(l.id);
       }))
     );
