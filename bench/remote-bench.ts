@@ -29,11 +29,11 @@ import { microsandboxTarget } from "./remote-microsandbox.js";
 import { provisionerTarget } from "./remote-provisioner.js";
 import { superserveTarget } from "./remote-superserve.js";
 import { isloTarget } from "./remote-islo.js";
-import { e2bTarget } from "./remote-e2b.js";
+import { e2bPoolTarget, e2bTarget } from "./remote-e2b.js";
 import { northflankTarget } from "./remote-northflank.js";
 
 /** Every target, in the order they run. Add one line per remote provider. */
-export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget, isloTarget, e2bTarget, northflankTarget];
+export const REMOTE_TARGETS: RemoteBenchTarget[] = [microsandboxTarget, provisionerTarget, superserveTarget, isloTarget, e2bTarget, e2bPoolTarget, northflankTarget];
 
 export interface RemoteBenchRow {
   provider: string;
@@ -43,8 +43,8 @@ export interface RemoteBenchRow {
 
 async function drained(h: RemoteStandinHandle): Promise<void> {
   const end = Date.now() + 30_000;
-  while ((await h.count()) > 0) {
-    if (Date.now() > end) throw new Error("the service still lists a sandbox 30 s after the job");
+  while ((await h.count()) > 0 || (h.atRest && !(await h.atRest()))) {
+    if (Date.now() > end) throw new Error("the service still lists a sandbox (or refills its pool) 30 s after the job");
     await new Promise((r) => setTimeout(r, 5));
   }
 }
@@ -54,12 +54,13 @@ export async function runRemoteBench(opts: { n?: number; warmup?: number; only?:
   const warmup = opts.warmup ?? 3;
   const only = opts.only ?? process.env.BENCH_REMOTE?.split(",").filter(Boolean);
   const rows: RemoteBenchRow[] = [];
-  for (const target of REMOTE_TARGETS.filter((t) => !only || only.includes(t.provider))) {
+  for (const target of REMOTE_TARGETS.filter((t) => !only || only.includes(t.name ?? t.provider))) {
+    const name = target.name ?? target.provider;
     const dir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-remote-bench-"));
     const local = new LocalProvider({ workRoot: dir, cgroupParent: `sandqueue-remote-bench-${process.pid}` });
     const h = await target.start(local);
     const queue = `bench-remote-${randomBytes(4).toString("hex")}`;
-    const config = parseWorkerConfig({ ...process.env, ...h.env }, {}, { queue, provider: target.provider, concurrency: 1, metricsPort: 0, logJobs: false });
+    const config = parseWorkerConfig({ ...process.env, ...h.env, ...target.workerEnv }, {}, { queue, provider: target.provider, concurrency: 1, metricsPort: 0, logJobs: false });
     const runtime = await startWorkerRuntime(config, silentLogger);
     const client = new SandqueueClient({ redisUrl: config.redisUrl, queue, prefix: config.prefix });
     try {
@@ -69,12 +70,12 @@ export async function runRemoteBench(opts: { n?: number; warmup?: number; only?:
         let t0 = performance.now();
         const r = await client.waitForResult((await client.enqueue({ kind: "python", code: BENCH_CODE })).id, { timeoutMs: 120_000 });
         const tq = performance.now() - t0;
-        if (r.status !== "succeeded" || r.stdout !== "42\n") throw new Error(`${target.provider}: bench job ended ${r.status}: ${JSON.stringify(r.error ?? r.stdout)}`);
+        if (r.status !== "succeeded" || r.stdout !== "42\n") throw new Error(`${name}: bench job ended ${r.status}: ${JSON.stringify(r.error ?? r.stdout)}`);
         await drained(h);
         t0 = performance.now();
         const m = await h.minimalJob(i);
         const tm = performance.now() - t0;
-        if (m.stdout !== "42\n" && m.stdout !== "42") throw new Error(`${target.provider}: minimal client got ${JSON.stringify(m.stdout)}`);
+        if (m.stdout !== "42\n" && m.stdout !== "42") throw new Error(`${name}: minimal client got ${JSON.stringify(m.stdout)}`);
         await m.deleted;
         await drained(h);
         if (i >= warmup) {
@@ -83,7 +84,7 @@ export async function runRemoteBench(opts: { n?: number; warmup?: number; only?:
         }
       }
       const sum = (xs: number[]): number => xs.reduce((a, b) => a + b, 0);
-      rows.push({ provider: target.provider, sandqueue: stats(viaSandqueue, sum(viaSandqueue)), minimal: stats(viaMinimal, sum(viaMinimal)) });
+      rows.push({ provider: name, sandqueue: stats(viaSandqueue, sum(viaSandqueue)), minimal: stats(viaMinimal, sum(viaMinimal)) });
     } finally {
       await client.close();
       await runtime.close();

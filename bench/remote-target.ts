@@ -19,14 +19,20 @@ export interface RemoteStandinHandle {
   env: Record<string, string>;
   /** One job with only the service's own calls: resolves with the command's stdout once it is in hand, and a promise of the delete. */
   minimalJob(i: number): Promise<{ stdout: string; deleted: Promise<void> }>;
-  /** How many sandboxes the service lists. */
+  /** How many sandboxes the service lists (a warm pool's waiting ones aside). */
   count(): Promise<number>;
+  /** Whether background work between jobs is done (a warm pool refilled); absent: nothing to wait for. */
+  atRest?(): Promise<boolean>;
   stop(): Promise<void>;
 }
 
 export interface RemoteBenchTarget {
   /** The provider's registry name. */
   provider: string;
+  /** The row's name, when one provider has several (a setting changed); default the provider's. */
+  name?: string;
+  /** Worker settings on top of the stand-in's env file. */
+  workerEnv?: Record<string, string>;
   start(local: LocalProvider): Promise<RemoteStandinHandle>;
 }
 

@@ -42,6 +42,18 @@ export const e2bDefinition = defineProvider({
       default: () => "60000",
       ...settingTypes.int(1000, 3_600_000),
     },
+    poolMinIdle: {
+      env: "SANDQUEUE_POOL_MIN_IDLE",
+      doc: "sandboxes kept created ahead per template (each is billed while it waits; 0: a create per job)",
+      default: () => "0",
+      ...settingTypes.int(0, 64),
+    },
+    poolMaxSize: {
+      env: "SANDQUEUE_POOL_MAX_SIZE",
+      doc: "most sandboxes the pool holds in all",
+      default: () => "4",
+      ...settingTypes.int(0, 256),
+    },
   },
   capabilities: E2B_CAPABILITIES,
   async create(s, ctx) {
@@ -61,6 +73,7 @@ export const e2bDefinition = defineProvider({
       createTimeoutMs: s.createTimeoutMs ?? 120_000,
       createRetries: s.createRetries ?? 3,
       requestTimeoutMs: s.requestTimeoutMs ?? 60_000,
+      pool: { minIdle: s.poolMinIdle ?? 0, maxSize: s.poolMaxSize ?? 4 },
     });
   },
 });

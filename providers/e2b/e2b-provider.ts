@@ -11,6 +11,10 @@
  * - Idempotent create: a create token in the metadata; a create whose answer
  *   was lost (5xx, timeout, network) is looked up by it before it is sent
  *   again, and adopted (`Sandbox.connect`) when it exists.
+ * - Warm pool (off unless `pool.minIdle` > 0: a waiting sandbox is billed):
+ *   sandboxes created ahead per template, with the owner labels and a
+ *   pool timeout; a job that takes one has the service's timeout set to its
+ *   own lifetime beside its first command, off its critical path.
  */
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -24,11 +28,24 @@ import { ofDeadWorkers, removeEach } from "../remote/reap.js";
 import { E2B_CAPABILITIES } from "./capabilities.js";
 import { DEFAULT_RATE_LIMIT_WAIT_MS, isRetryableSdkError, translateSdkError } from "./errors.js";
 import { E2bSandbox } from "./e2b-sandbox.js";
+import { WarmPool, type WarmPoolOptions } from "../docker/warm-pool.js";
 
 /** Metadata key of the create token (idempotent create). */
 export const LABEL_CREATE = "sandqueue.io/create";
+/** Metadata key marking a sandbox created for the warm pool (it has no job label). */
+export const LABEL_POOLED = "sandqueue.io/pooled";
 /** The longest sandbox timeout E2B accepts (24 h, Pro plans). */
 const MAX_SANDBOX_TIMEOUT_MS = 86_400_000;
+/** Timeout of a sandbox waiting in the pool (the service ends it if this worker forgets it). */
+const POOLED_TIMEOUT_MS = 900_000;
+/** A pooled sandbox older than this is not handed out: the service may end it under the job. */
+const POOLED_MAX_AGE_MS = POOLED_TIMEOUT_MS - 120_000;
+
+interface PooledSandbox {
+  id: string;
+  sdk: SdkSandbox;
+  createdAt: number;
+}
 
 export interface E2bProviderOptions {
   apiKey: string;
@@ -46,6 +63,8 @@ export interface E2bProviderOptions {
   createRetries: number;
   requestTimeoutMs: number;
   archiveLimits?: ArchiveLimits;
+  /** Warm pool per template; unset or `{minIdle: 0}`: every job creates its sandbox. */
+  pool?: WarmPoolOptions;
 }
 
 /** The SDK's connection options every call gets. */
@@ -75,6 +94,7 @@ export class E2bProvider implements SandboxProvider {
   readonly conn: E2bConnection;
   private readonly ownerLabel: string;
   private readonly live = new Set<E2bSandbox>();
+  readonly pool: WarmPool<PooledSandbox>;
   private closed = false;
 
   constructor(private readonly opts: E2bProviderOptions) {
@@ -88,6 +108,16 @@ export class E2bProvider implements SandboxProvider {
     };
     this.ownerLabel = labelSafe(opts.owner);
     this.archiveLimits = opts.archiveLimits ?? DEFAULT_ARCHIVE_LIMITS;
+    this.pool = new WarmPool<PooledSandbox>(
+      opts.pool ?? { minIdle: 0, maxSize: 0 },
+      async (t) => {
+        const template = t as string;
+        const metadata = { [LABEL_WORKER]: this.ownerLabel, [LABEL_MANAGED_BY]: MANAGED_BY, [LABEL_POOLED]: "true" };
+        const sdk = await this.create(template, template, metadata, POOLED_TIMEOUT_MS);
+        return { id: sdk.sandboxId, sdk, createdAt: Date.now() };
+      },
+      (m) => this.destroy(m.id),
+    );
   }
 
   templateFor(image: string): string {
@@ -102,8 +132,17 @@ export class E2bProvider implements SandboxProvider {
     }
     throwIfAcquireAborted(signal, "e2b");
     const template = this.templateFor(spec.image);
-    const metadata: Record<string, string> = { ...spec.labels, [LABEL_WORKER]: spec.labels[LABEL_WORKER] ?? this.ownerLabel, [LABEL_MANAGED_BY]: MANAGED_BY };
-    const sdk = await this.create(spec.image, template, metadata, Math.min(spec.maxLifetimeMs, MAX_SANDBOX_TIMEOUT_MS), signal);
+    const timeoutMs = Math.min(spec.maxLifetimeMs, MAX_SANDBOX_TIMEOUT_MS);
+    const pooled = await this.takePooled(template, signal);
+    let sdk: SdkSandbox;
+    if (pooled) {
+      sdk = pooled.sdk;
+      // Beside the job's first command: a sandbox gone meanwhile shows there (SANDBOX_LOST, retried).
+      void sdk.setTimeout(timeoutMs).catch(() => undefined);
+    } else {
+      const metadata: Record<string, string> = { ...spec.labels, [LABEL_WORKER]: spec.labels[LABEL_WORKER] ?? this.ownerLabel, [LABEL_MANAGED_BY]: MANAGED_BY };
+      sdk = await this.create(spec.image, template, metadata, timeoutMs, signal);
+    }
     if (signal?.aborted) {
       await this.destroy(sdk.sandboxId).catch(() => undefined);
       throw acquireAborted(signal, "e2b");
@@ -111,6 +150,25 @@ export class E2bProvider implements SandboxProvider {
     const box = new E2bSandbox(this, sdk);
     this.live.add(box);
     return box;
+  }
+
+  /** A pooled sandbox young enough for a job, or undefined (the caller creates one). */
+  private async takePooled(template: string, signal?: AbortSignal): Promise<PooledSandbox | undefined> {
+    for (;;) {
+      const m = await this.pool.take(template, template, signal);
+      if (!m || Date.now() - m.createdAt < POOLED_MAX_AGE_MS) return m;
+      void this.destroy(m.id).catch(() => undefined);
+    }
+  }
+
+  /** Starts filling the pool for an image before its first job. */
+  prewarm(image: string): void {
+    const template = this.templateFor(image);
+    this.pool.register(template, template);
+  }
+
+  readySandboxes(): Record<string, number> {
+    return Object.fromEntries(this.pool.idleByKey());
   }
 
   private async create(image: string, template: string, metadata: Record<string, string>, timeoutMs: number, signal?: AbortSignal): Promise<SdkSandbox> {
@@ -198,6 +256,6 @@ export class E2bProvider implements SandboxProvider {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.allSettled([...this.live].map((b) => b.release()));
+    await Promise.allSettled([this.pool.drain(), ...[...this.live].map((b) => b.release())]);
   }
 }

@@ -14,6 +14,7 @@ import { E2bProvider, type E2bProviderOptions } from "../../providers/e2b/index.
 import { E2bStandin } from "../../standins/e2b/index.js";
 import { filesToTar } from "../../providers/archive/index.js";
 import { localStandinForFile } from "../support/local-standin.js";
+import { until } from "../support/standin-process.js";
 import { contractSandboxes, expectBadKeyRefused, expectCreateBurstAndLostAnswer, expectCreateRateLimited, expectPathEscapesRefused, expectOnlyDeadWorkersSandboxReaped, expectSlowAnswersWaited, providerForSuite, sandboxSpec as spec, sh } from "../support/sdk-provider-cases.js";
 
 let standin: E2bStandin;
@@ -38,6 +39,34 @@ function makeProvider(over: Partial<E2bProviderOptions> = {}): E2bProvider {
 }
 
 describeProviderContract("e2b (stand-in)", async () => makeProvider(), { image: "host", listResources: contractSandboxes(() => standin) });
+
+describe("e2b provider: warm pool", () => {
+  it("hands out a sandbox created ahead, sets its timeout to the job's lifetime, refills, and leaves nothing at close", async () => {
+    const pooled = () => standin.sandboxList().filter((s) => s.metadata["sandqueue.io/pooled"] === "true");
+    const provider = makeProvider({ owner: "pool-worker", pool: { minIdle: 1, maxSize: 2 } });
+    try {
+      provider.prewarm("host");
+      await provider.pool.waitReady();
+      const [ready] = pooled();
+      expect(ready).toMatchObject({ template: "base", allowInternetAccess: false });
+      expect(ready!.metadata).toMatchObject({ "app.kubernetes.io/managed-by": "sandqueue", "sandqueue.io/worker": "pool-worker" });
+      expect(provider.readySandboxes()).toEqual({ base: 1 });
+      const t0 = Date.now();
+      const box = await provider.acquire(spec({ labels: ownershipLabels("pool-worker", "job-pooled"), maxLifetimeMs: 120_000 }), {});
+      expect(box.id).toBe(ready!.id);
+      const r = await box.exec({ argv: ["sh", "-c", "echo pooled"], env: {}, timeoutMs: 10_000, maxOutputBytes: 1024 });
+      expect(r.stdout.toString()).toBe("pooled\n");
+      // Set beside the job (not awaited by acquire): the pool's 15 min become the job's 2.
+      await until("the job's timeout", async () => Math.abs(standin.sandboxList().find((s) => s.id === box.id)!.endAt.getTime() - (t0 + 120_000)) < 5_000, 5_000);
+      await provider.pool.waitReady();
+      expect(pooled().filter((s) => s.id !== box.id)).toHaveLength(1);
+      await box.release();
+    } finally {
+      await provider.close();
+    }
+    expect(standin.sandboxList().filter((s) => s.metadata["sandqueue.io/worker"] === "pool-worker")).toEqual([]);
+  });
+});
 
 describe("e2b provider: faults", () => {
   let provider: E2bProvider;
