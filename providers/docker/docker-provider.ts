@@ -32,7 +32,7 @@ import { imageNotFound, translateEngineError, type EngineErrorContext } from "./
 import { podmanProfilePath } from "./seccomp-profile.js";
 import { parseCounters, runExec, type Counters, type ExecTarget } from "./exec.js";
 import { INIT_SCRIPT, launcherCommand } from "./launcher.js";
-import { WarmPool, type WarmPoolOptions } from "./warm-pool.js";
+import { WarmPool, type WarmPoolOptions } from "../warm-pool.js";
 import { dockerDefinition } from "./definition.js";
 import { checkedWorkspaceDir } from "./workspace-path.js";
 import { makeEgressDir, reapEgressDirs, startContainerBridge, stopContainerBridge } from "./egress.js";

@@ -28,7 +28,7 @@ import { ofDeadWorkers, removeEach } from "../remote/reap.js";
 import { E2B_CAPABILITIES } from "./capabilities.js";
 import { DEFAULT_RATE_LIMIT_WAIT_MS, isRetryableSdkError, translateSdkError } from "./errors.js";
 import { E2bSandbox } from "./e2b-sandbox.js";
-import { WarmPool, type WarmPoolOptions } from "../docker/warm-pool.js";
+import { WarmPool, type WarmPoolOptions } from "../warm-pool.js";
 
 /** Metadata key of the create token (idempotent create). */
 export const LABEL_CREATE = "sandqueue.io/create";

@@ -17,7 +17,7 @@ import {
 import { throwIfAcquireAborted } from "../abort.js";
 import { ConfigError, ErrorCodes, ProviderError } from "../../errors/index.js";
 import { DEFAULT_ARCHIVE_LIMITS, type ArchiveLimits } from "../archive/index.js";
-import { WarmPool, type WarmPoolOptions } from "../docker/warm-pool.js";
+import { WarmPool, type WarmPoolOptions } from "../warm-pool.js";
 import {
   LABEL_JOB,
   LABEL_MANAGED_BY,

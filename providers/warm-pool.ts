@@ -1,14 +1,16 @@
 /**
- * Warm pool: containers created and started ahead of demand so `acquire`
- * only pays for handing one out. Containers are never reused across jobs;
- * the pool only moves create+start off the critical path.
+ * Warm pool: sandboxes created ahead of demand so `acquire` only pays for
+ * handing one out (docker containers, kubernetes pods, E2B sandboxes).
+ * Sandboxes are never reused across jobs; the pool only moves create+start
+ * off the critical path.
  *
- * Keyed by (image, memoryMb, pids): the limits are fixed at create time
- * because Podman 4.3's compat API has no `POST /containers/{id}/update` (404)
- * and its libpod update fails under cgroup v1 (`runc update` exits 1), so a
- * pooled container can only serve jobs asking for exactly its limits. A key
- * is learnt from the first acquire that asks for it (or from `prewarm`);
- * keys unused for `keyIdleMs` are dropped with their containers.
+ * Keyed by what a sandbox cannot change after its create, as each provider
+ * says: docker by (image, memoryMb, pids), since Podman 4.3's compat API has
+ * no `POST /containers/{id}/update` (404) and its libpod update fails under
+ * cgroup v1 (`runc update` exits 1); kubernetes by (image, memory); e2b by
+ * template. A key is learnt from the first acquire that asks for it (or
+ * from `prewarm`); keys unused for `keyIdleMs` are dropped with their
+ * sandboxes.
  */
 export interface WarmPoolOptions {
   /** Ready containers kept per key. 0 disables the pool. */
