@@ -211,17 +211,7 @@ describe("local provider specifics", () => {
   });
 
   it("close() while acquires are under way leaves nothing: the work root's tmpfs is empty and unmounted", async () => {
-    const p = await makeLocal();
-    const workRoot = roots[roots.length - 1]!;
-    const acquires = [1, 2, 3].map(() => p.acquire(spec(), {}));
-    await p.close();
-    // Each ends as a sandbox close() has released, or refused: none survives the close.
-    for (const r of await Promise.allSettled(acquires)) {
-      if (r.status === "fulfilled") await expect(r.value.exec(shellRequest("true"))).rejects.toMatchObject({ code: "SANDQ_ERR_SANDBOX_RELEASED" });
-    }
-    expect(await p.resources()).toEqual([]);
-    expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(` ${workRoot} `);
-    expect(await readdir(workRoot)).toEqual([]);
+    await expectCloseDuringAcquiresLeavesNothing(await makeLocal(), "host");
   });
 
   it("release() while an exec is still launching its bwrap leaves nothing: the exec ends aborted or refused", async () => {
@@ -246,16 +236,7 @@ describe("local provider specifics", () => {
     const imagesDir = await mkdtemp(path.join(os.tmpdir(), "sandqueue-images-"));
     roots.push(imagesDir);
     await makeTinyImage(imagesDir);
-    const p = await makeLocal({ imagesDir });
-    const workRoot = roots[roots.length - 1]!;
-    const acquires = [1, 2, 3].map(() => p.acquire(spec({}, "tiny"), {}));
-    await p.close();
-    for (const r of await Promise.allSettled(acquires)) {
-      if (r.status === "fulfilled") await expect(r.value.exec(shellRequest("true"))).rejects.toMatchObject({ code: "SANDQ_ERR_SANDBOX_RELEASED" });
-    }
-    expect(await p.resources()).toEqual([]);
-    expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(` ${workRoot} `);
-    expect(await readdir(workRoot)).toEqual([]);
+    await expectCloseDuringAcquiresLeavesNothing(await makeLocal({ imagesDir }), "tiny");
   });
 
   it("rejects image names that try to leave imagesDir", async () => {
@@ -283,6 +264,18 @@ describe("local provider specifics", () => {
     expect(await readdir(p.workRoot).then((e) => e.filter((n) => n.startsWith("sq-")))).toEqual([]);
   });
 });
+
+/** Three acquires, then close() at once: each ends released or refused, and the work root's tmpfs is empty and unmounted. */
+async function expectCloseDuringAcquiresLeavesNothing(p: LocalProvider, image: string): Promise<void> {
+  const acquires = [1, 2, 3].map(() => p.acquire(spec({}, image), {}));
+  await p.close();
+  for (const r of await Promise.allSettled(acquires)) {
+    if (r.status === "fulfilled") await expect(r.value.exec(shellRequest("true"))).rejects.toMatchObject({ code: "SANDQ_ERR_SANDBOX_RELEASED" });
+  }
+  expect(await p.resources()).toEqual([]);
+  expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(` ${p.workRoot} `);
+  expect(await readdir(p.workRoot)).toEqual([]);
+}
 
 /** A minimal directory image `tiny`: dash and the C library copied from the host, and /etc/image-marker. */
 async function makeTinyImage(imagesDir: string): Promise<void> {
