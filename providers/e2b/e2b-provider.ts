@@ -161,9 +161,9 @@ export class E2bProvider implements SandboxProvider {
     }
   }
 
-  /** Starts filling the pool for an image before its first job. */
-  prewarm(image: string): void {
-    const template = this.templateFor(image);
+  /** Starts filling the pool for an image before its first job (the limits are the template's: not part of the key). */
+  prewarm(spec: Pick<SandboxSpec, "image" | "limits">): void {
+    const template = this.templateFor(spec.image);
     this.pool.register(template, template);
   }
 

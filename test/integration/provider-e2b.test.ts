@@ -45,7 +45,7 @@ describe("e2b provider: warm pool", () => {
     const pooled = () => standin.sandboxList().filter((s) => s.metadata["sandqueue.io/pooled"] === "true");
     const provider = makeProvider({ owner: "pool-worker", pool: { minIdle: 1, maxSize: 2 } });
     try {
-      provider.prewarm("host");
+      provider.prewarm(spec());
       await provider.pool.waitReady();
       const [ready] = pooled();
       expect(ready).toMatchObject({ template: "base", allowInternetAccess: false });
