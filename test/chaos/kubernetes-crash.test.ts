@@ -67,9 +67,24 @@ describe("chaos: kubernetes provider", () => {
     expect(new Set(all.map((r) => r.id)).size).toBe(N);
     const counts = await client.counts();
     expect([counts.completed, counts.failed]).toEqual([N, 0]);
-    const finished = workers.flatMap((w) => w.events.filter((e) => e.event === "job.finished").map((e) => e.job as string));
-    const twice = finished.length - new Set(finished).size;
-    expect(twice, `jobs whose exec finished on two workers: ${finished.filter((j, i) => finished.indexOf(j) !== i).join(", ")}`).toBe(0);
+    // Each job has one result (above). A job's exec may still have finished twice: on a worker killed after its
+    // exec ended and before BullMQ recorded the result (the unavoidable window of at-least-once delivery), and
+    // again on the worker the job was redelivered to. Only that is allowed: the other run must be a killed
+    // worker's, never the result's, and at most as many as the killed workers had jobs at once.
+    const finishers = new Map<string, number[]>();
+    workers.forEach((w, i) => {
+      for (const e of w.events.filter((e) => e.event === "job.finished")) finishers.set(e.job as string, [...(finishers.get(e.job as string) ?? []), i]);
+    });
+    const finished = [...finishers.values()].flat();
+    const twice = [...finishers].filter(([, by]) => by.length > 1);
+    const pidOf = (i: number) => `:${workers[i]!.pid}:`;
+    for (const [job, by] of twice) {
+      const recorded = all.find((r) => r.id === job)!;
+      const others = by.filter((i) => !recorded.worker.includes(pidOf(i)));
+      expect(others.length, `job ${job} finished on workers ${by.join(", ")}, recorded by ${recorded.worker}`).toBe(by.length - 1);
+      for (const i of others) expect(i, `job ${job}: its other run was on a worker that was not killed`).toBeLessThan(2);
+    }
+    expect(twice.length, `jobs whose exec finished on two workers: ${twice.map(([j]) => j).join(", ")}`).toBeLessThanOrEqual(2 * 2);
 
     // The dead workers' heartbeats expire (2 s); the survivor reaps once a second.
     for (let i = 0; i < 100 && (await deadLeft()).length; i++) await sleep(100);
@@ -84,7 +99,7 @@ describe("chaos: kubernetes provider", () => {
     expect(left).toEqual([]);
     console.log(
       `kubernetes kill -9 chaos: jobs=${N} kills=2 results=${all.length} unique=${new Set(all.map((r) => r.id)).size} ` +
-        `executions-logged=${finished.length} completed-twice=${twice} redelivered=${stalled} ` +
+        `executions-logged=${finished.length} exec-finished-twice=${twice.length} (killed before recording) redelivered=${stalled} ` +
         `dead-worker-pods-at-kill=${deadPods.length} reaped-by-survivor=${reaped} orphans=${orphans.length} pods-left=${left.length}`,
     );
   }, 900_000);
